@@ -1,0 +1,26 @@
+# Reproduces Oymak, Fabian, Li, Soltanolkotabi (arXiv 1906.05392) end to end.
+# All logic lives in src/jacobian_spectrum; this file and rules/ are the wiring.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True
+
+
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/jacobian.smk"
+include: "rules/spectrum.smk"
+include: "rules/measure.smk"
+include: "rules/theory.smk"
+include: "rules/figures.smk"

@@ -1,0 +1,120 @@
+# Helpers shared by every rules file: config validation, artifact paths, code-version params.
+import hashlib
+import math
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from jacobian_spectrum.config import check_config, level_tag, run_epochs_needed
+
+
+# Schema first (fills defaults), then the checks a schema cannot express (classes that
+# exist, counts that are available, runs that reference known levels...). Both stop the
+# workflow before any job runs.
+validate(config, workflow.source_path("../workflow/schemas/config.schema.yaml"))
+check_config(config)
+
+R = config["results"]
+SRC = Path(workflow.basedir) / "src" / "jacobian_spectrum"
+K = len(config["dataset"]["classes"])
+N_SPLIT = {
+    "train": config["dataset"]["train_per_class"] * K,
+    "test": config["dataset"]["test_per_class"] * K,
+}
+RUNS = config["runs"]
+LEVELS = [level_tag(x) for x in config["corruption"]["levels"]]
+
+
+wildcard_constraints:
+    run="[A-Za-z0-9_\-]+",
+    owner="init|runs/[A-Za-z0-9_\-]+",
+    split="train|test",
+    epoch="[0-9]+",
+    chunk="[0-9]+",
+    level="[0-9.]+",
+
+
+def code_version(*modules):
+    """Hash of the package sources a rule depends on: a param, so edits rerun the rule."""
+    h = hashlib.sha256()
+    for m in ("__init__.py", "h5io.py", "config.py") + modules:
+        h.update((SRC / m).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def final_epoch(run):
+    return RUNS[run]["epochs"]
+
+
+def reference_epoch(run):
+    ref = RUNS[run].get("reference_epoch")
+    return final_epoch(run) if ref is None else ref
+
+
+def owner(run, epoch):
+    """Epoch 0 of every run is the shared initialisation, stored once under init/."""
+    return "init" if int(epoch) == 0 else f"runs/{run}"
+
+
+def jacobian_path(run, split, epoch):
+    return f"{R}/{owner(run, epoch)}/jacobian/{split}_epoch{epoch}.h5"
+
+
+def spectrum_path(run, split, epoch):
+    return f"{R}/{owner(run, epoch)}/spectrum/{split}_epoch{epoch}.h5"
+
+
+def checkpoint_path(owner_, epoch):
+    if owner_ == "init":
+        return f"{R}/init/checkpoints/epoch0.pt"
+    return f"{R}/{owner_}/checkpoints/epoch{epoch}.pt"
+
+
+def n_chunks(split):
+    return math.ceil(N_SPLIT[split] / config["jacobian"]["chunk_size"])
+
+
+def labels_path(run):
+    return f"{R}/data/labels_noise{level_tag(RUNS[run]['corruption'])}.h5"
+
+
+def spectra_of_run(run):
+    """The spectra the measurements of a run read: J_init, J_final (train), J_ref (train, test)."""
+    return {
+        "init": spectrum_path(run, "train", 0),
+        "final": spectrum_path(run, "train", final_epoch(run)),
+        "ref_train": spectrum_path(run, "train", reference_epoch(run)),
+        "ref_test": spectrum_path(run, "test", reference_epoch(run)),
+    }
+
+
+def figure_files(name):
+    return [f"{R}/figures/{name}.{fmt}" for fmt in config["figures"]["formats"]]
+
+
+def paper_tables():
+    """Tables 1-3 whose run is configured (a config may leave one out with null)."""
+    return {i: config["figures"][f"table{i}"] for i in (1, 2, 3) if config["figures"][f"table{i}"]}
+
+
+def all_targets():
+    targets = [f"{R}/data/subset.h5"]
+    targets += [f"{R}/data/labels_noise{lv}.h5" for lv in LEVELS]
+    for run in RUNS:
+        targets.append(f"{R}/runs/{run}/trajectory.h5")
+        targets.append(f"{R}/runs/{run}/measurements.h5")
+    targets += figure_files("fig2") + figure_files("fig4")
+    tables = paper_tables()
+    for i in tables:
+        targets += [f"{R}/tables/table{i}.{ext}" for ext in ("csv", "md", "tex")]
+    if tables:
+        targets.append(f"{R}/tables/comparison.md")
+    if 1 in tables:
+        targets += figure_files("fig5") + figure_files("fig6")
+    if 2 in tables:
+        targets += figure_files("fig7")
+    if 3 in tables:
+        targets += figure_files("fig8")
+    if config["figures"]["corruption_runs"]:
+        targets += figure_files("fig9")
+    return targets

@@ -1,0 +1,27 @@
+# The paper's synthetic experiments (Figures 2 and 4): no dependence on the data set or runs.
+
+
+rule linear_model:
+    output:
+        figure=figure_files("fig2"),
+        data=f"{R}/figures/fig2.csv",
+    params:
+        settings=config["theory"]["linear"],
+        code=code_version("theory.py"),
+    log:
+        f"{R}/logs/theory/linear_model.log",
+    script:
+        "../workflow/scripts/theory_linear.py"
+
+
+rule gaussian_mixture:
+    output:
+        figure=figure_files("fig4"),
+        data=f"{R}/figures/fig4.csv",
+    params:
+        settings=config["theory"]["mixture"],
+        code=code_version("theory.py", "models.py"),
+    log:
+        f"{R}/logs/theory/gaussian_mixture.log",
+    script:
+        "../workflow/scripts/theory_mixture.py"

@@ -1,0 +1,440 @@
+"""Data stage: read a data set, draw the class-balanced subset, corrupt labels.
+
+Sources (one contract, ``results/data/subset.h5``):
+  digits        scikit-learn's embedded 8x8 digits (offline default)
+  cifar10       the official ``cifar-10-batches-py`` pickle release (torchvision downloads it)
+  imagefolder   ``train/<class>/*`` and ``test/<class>/*`` image files
+  mnist, fashion_mnist   through torchvision
+
+Importing this module is light (no torch): the workflow calls :func:`dataset_info` at
+parse time to check the config.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .h5io import atomic_h5, open_checked, write_provenance
+
+SPLITS = ("train", "test")
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+# The official release has exactly these per-class counts; the reader checks the real
+# counts again when it loads, this is only the parse-time check.
+CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """A data source is missing or does not hold what the config asks for."""
+
+
+@dataclass
+class Source:
+    """A data set's labels per split, and a way to load the images of chosen rows."""
+
+    name: str
+    class_names: list[str]
+    image_shape: tuple[int, int, int]  # (channels, height, width)
+    pixel_max: float  # raw pixel values lie in [0, pixel_max]
+    labels: dict[str, np.ndarray]  # split -> int label of every row, in the data set's order
+    has_test_split: bool = True
+    _images: dict = field(default_factory=dict, repr=False)  # split -> uint8 (N, C, H, W) or loader
+    _files: dict = field(default_factory=dict, repr=False)  # split -> list of image paths (imagefolder)
+
+    def images(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """uint8 images (len(rows), C, H, W) of the given rows of ``split``."""
+        if split in self._images:
+            return self._images[split][rows]
+        return np.stack([_read_image(self._files[split][i], self.image_shape) for i in rows])
+
+
+# ---------------------------------------------------------------- readers
+def _digits() -> Source:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = d.images.astype(np.uint8)[:, None]  # values 0..16
+    target = d.target.astype(np.int64)
+    return Source(
+        name="digits",
+        class_names=[str(c) for c in range(10)],
+        image_shape=(1, 8, 8),
+        pixel_max=16.0,
+        labels={"train": target, "test": target},
+        has_test_split=False,
+        _images={"train": images, "test": images},
+    )
+
+
+def cifar10_folder(root: str | os.PathLike) -> Path:
+    """The ``cifar-10-batches-py`` folder: ``root`` itself or the folder inside it."""
+    root = Path(root)
+    return root if (root / "batches.meta").is_file() else root / "cifar-10-batches-py"
+
+
+def _unpickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f, encoding="latin1")
+    except (OSError, pickle.UnpicklingError, EOFError) as exc:
+        raise DataError(f"{path}: not a readable CIFAR-10 batch file: {exc}") from exc
+
+
+def _cifar10(root: str | None, download: bool) -> Source:
+    if root is None:
+        raise DataError("dataset.root: cifar10 needs the folder that holds cifar-10-batches-py")
+    folder = cifar10_folder(root)
+    if not (folder / "batches.meta").is_file():
+        if not download:
+            raise DataError(
+                f"dataset.root: no CIFAR-10 at {folder} (expected batches.meta, data_batch_1..5, test_batch "
+                "of the official cifar-10-batches-py release). Put the extracted release there, "
+                "or set dataset.download: true where a network is reachable."
+            )
+        import torchvision
+
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+        folder = cifar10_folder(root)
+    meta = _unpickle(folder / "batches.meta")
+    images, labels = {}, {}
+    for split, names in (("train", [f"data_batch_{i}" for i in range(1, 6)]), ("test", ["test_batch"])):
+        xs, ys = [], []
+        for name in names:
+            path = folder / name
+            if not path.is_file():
+                raise DataError(f"{path}: missing CIFAR-10 batch file")
+            batch = _unpickle(path)
+            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            ys.append(np.asarray(batch["labels"], dtype=np.int64))
+        images[split], labels[split] = np.concatenate(xs), np.concatenate(ys)
+    return Source("cifar10", list(meta["label_names"]), (3, 32, 32), 255.0, labels, True, images)
+
+
+def _mnist_like(name: str, root: str | None, download: bool) -> Source:
+    if root is None:
+        raise DataError(f"dataset.root: {name} needs a folder (torchvision's root, holding {_tv_class(name)}/raw)")
+    import torchvision
+
+    cls = getattr(torchvision.datasets, _tv_class(name))
+    images, labels = {}, {}
+    for split in SPLITS:
+        try:
+            ds = cls(str(root), train=split == "train", download=download)
+        except RuntimeError as exc:
+            raise DataError(
+                f"dataset.root: no {name} at {Path(root) / _tv_class(name) / 'raw'} ({exc}); "
+                "put the raw idx files there or set dataset.download: true where a network is reachable"
+            ) from exc
+        images[split] = ds.data.numpy().astype(np.uint8)[:, None]
+        labels[split] = ds.targets.numpy().astype(np.int64)
+    classes = [str(c) for c in range(10)] if name == "mnist" else list(FASHION_CLASSES)
+    return Source(name, classes, (1, 28, 28), 255.0, labels, True, images)
+
+
+def _tv_class(name: str) -> str:
+    return {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}[name]
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _imagefolder(root: str | None) -> Source:
+    if root is None:
+        raise DataError("dataset.root: imagefolder needs a folder with train/<class>/ and test/<class>/")
+    root = Path(root)
+    labels, files = {}, {}
+    class_names: list[str] | None = None
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            raise DataError(f"dataset.root: {split_dir} does not exist (expected {root}/{{train,test}}/<class>/<image>)")
+        names = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+        if class_names is None:
+            class_names = names
+        elif names != class_names:
+            raise DataError(f"dataset.root: class folders of {root}/train and {root}/test differ: {class_names} vs {names}")
+        split_files, split_labels = [], []
+        for c, cname in enumerate(names):  # the order torchvision's ImageFolder uses
+            fs = _image_files(split_dir / cname)
+            split_files += fs
+            split_labels += [c] * len(fs)
+        files[split], labels[split] = split_files, np.asarray(split_labels, dtype=np.int64)
+    first = _read_image(files["train"][0], None) if files["train"] else np.zeros((3, 1, 1), np.uint8)
+    return Source("imagefolder", class_names or [], tuple(first.shape), 255.0, labels, True, {}, files)
+
+
+def _read_image(path: Path, shape: tuple[int, int, int] | None) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        mode = "L" if shape is not None and shape[0] == 1 else "RGB"
+        if shape is None and im.mode in ("L", "1", "I;16"):
+            mode = "L"
+        a = np.asarray(im.convert(mode), dtype=np.uint8)
+    a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
+    if shape is not None and a.shape != tuple(shape):
+        raise DataError(f"{path}: image of shape {a.shape}, expected {tuple(shape)} like the first image of the folder")
+    return a
+
+
+def open_source(dataset: Mapping) -> Source:
+    """Open the data set named in the ``dataset`` config section."""
+    name = dataset["name"]
+    if name == "digits":
+        return _digits()
+    if name == "cifar10":
+        return _cifar10(dataset.get("root"), dataset.get("download", False))
+    if name == "imagefolder":
+        return _imagefolder(dataset.get("root"))
+    if name in ("mnist", "fashion_mnist"):
+        return _mnist_like(name, dataset.get("root"), dataset.get("download", False))
+    raise DataError(f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist")
+
+
+# ---------------------------------------------------------------- parse-time information
+@dataclass
+class DatasetInfo:
+    class_names: list[str]
+    per_class: dict[str, np.ndarray]  # split -> available images per class
+    has_test_split: bool
+
+
+def _idx_labels(path: Path) -> np.ndarray:
+    raw = path.read_bytes()
+    return np.frombuffer(raw, dtype=np.uint8, offset=8).astype(np.int64)
+
+
+def dataset_info(dataset: Mapping) -> DatasetInfo:
+    """Class names and per-class counts, read cheaply (no image decoding) to check a config."""
+    name, root = dataset["name"], dataset.get("root")
+    if name == "digits":
+        src = _digits()
+        counts = np.bincount(src.labels["train"], minlength=10)
+        return DatasetInfo(src.class_names, {"train": counts, "test": counts}, False)
+    if name == "cifar10":
+        if root is None or not (cifar10_folder(root) / "batches.meta").is_file():
+            if dataset.get("download") and root is not None:
+                names = list(CIFAR10_CLASSES)
+            else:
+                raise DataError(
+                    f"dataset.root: no CIFAR-10 at {None if root is None else cifar10_folder(root)} "
+                    "(the official cifar-10-batches-py release: batches.meta, data_batch_1..5, test_batch); "
+                    "put it there or set dataset.download: true where a network is reachable"
+                )
+        else:
+            names = list(_unpickle(cifar10_folder(root) / "batches.meta")["label_names"])
+        return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True)
+    if name in ("mnist", "fashion_mnist"):
+        raw = None if root is None else Path(root) / _tv_class(name) / "raw"
+        names = [str(c) for c in range(10)] if name == "mnist" else list(FASHION_CLASSES)
+        files = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
+        if raw is None or not all((raw / f).is_file() for f in files.values()):
+            if dataset.get("download") and root is not None:
+                return DatasetInfo(names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True)
+            raise DataError(
+                f"dataset.root: no {name} idx files in {raw} ({', '.join(files.values())} and the image files); "
+                "put them there or set dataset.download: true where a network is reachable"
+            )
+        return DatasetInfo(names, {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}, True)
+    if name == "imagefolder":
+        if root is None or not (Path(root) / "train").is_dir():
+            raise DataError(f"dataset.root: no image folder at {root} (expected {root}/train/<class>/ and {root}/test/<class>/)")
+        names = sorted(d.name for d in (Path(root) / "train").iterdir() if d.is_dir())
+        per_class = {}
+        for split in SPLITS:
+            per_class[split] = np.array(
+                [len(_image_files(Path(root) / split / c)) if (Path(root) / split / c).is_dir() else 0 for c in names]
+            )
+        return DatasetInfo(names, per_class, True)
+    raise DataError(f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist")
+
+
+def resolve_classes(requested: list, class_names: list[str]) -> list[int]:
+    """Map config classes (names, or integer indices) to the data set's class indices."""
+    out = []
+    for c in requested:
+        if isinstance(c, str) and c in class_names:
+            out.append(class_names.index(c))
+        elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(class_names):
+            out.append(c)
+        else:
+            raise DataError(f"dataset.classes: {c!r} is not a class of this data set; allowed: {class_names} or 0..{len(class_names) - 1}")
+    if len(set(out)) != len(out):
+        raise DataError(f"dataset.classes: {requested} names a class twice")
+    return out
+
+
+# ---------------------------------------------------------------- subsampling
+@dataclass
+class Subset:
+    x: dict[str, np.ndarray]  # split -> uint8 (n, C, H, W)
+    y: dict[str, np.ndarray]  # split -> int labels 0..K-1 (position in the configured class list)
+    source_index: dict[str, np.ndarray]  # split -> row in the original data set's split
+    class_names: list[str]
+    class_source_index: list[int]
+
+
+def draw_subset(
+    labels: Mapping[str, np.ndarray],
+    classes: list[int],
+    train_per_class: int,
+    test_per_class: int,
+    seed: int,
+    has_test_split: bool = True,
+) -> dict[str, np.ndarray]:
+    """Seeded class-balanced choice of rows: split -> source indices, shuffled across classes.
+
+    Without a test split (digits) the test rows are drawn from the rows of each class that
+    the training draw did not take, so train and test never share an image.
+    """
+    rng = np.random.default_rng(seed)
+    chosen: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    for c in classes:
+        pool_train = np.flatnonzero(labels["train"] == c)
+        need = train_per_class + (0 if has_test_split else test_per_class)
+        if len(pool_train) < need:
+            raise DataError(
+                f"dataset.train_per_class/test_per_class: class {c} has {len(pool_train)} images, {need} requested"
+            )
+        perm = rng.permutation(pool_train)
+        chosen["train"].append(perm[:train_per_class])
+        if has_test_split:
+            pool_test = np.flatnonzero(labels["test"] == c)
+            if len(pool_test) < test_per_class:
+                raise DataError(f"dataset.test_per_class: class {c} has {len(pool_test)} test images, {test_per_class} requested")
+            chosen["test"].append(rng.permutation(pool_test)[:test_per_class])
+        else:
+            chosen["test"].append(perm[train_per_class:need])
+    return {s: rng.permutation(np.concatenate(chosen[s])) for s in SPLITS}
+
+
+def build_subset(dataset: Mapping) -> tuple[Subset, Source]:
+    """Open the configured data set and draw the subset (images loaded for chosen rows only)."""
+    source = open_source(dataset)
+    classes = resolve_classes(list(dataset["classes"]), source.class_names)
+    rows = draw_subset(
+        source.labels, classes, dataset["train_per_class"], dataset["test_per_class"], dataset["seed"], source.has_test_split
+    )
+    remap = {c: k for k, c in enumerate(classes)}
+    subset = Subset(
+        x={s: source.images(s, rows[s]) for s in SPLITS},
+        y={s: np.array([remap[int(c)] for c in source.labels[s][rows[s]]], dtype=np.int64) for s in SPLITS},
+        source_index=rows,
+        class_names=[source.class_names[c] for c in classes],
+        class_source_index=classes,
+    )
+    return subset, source
+
+
+def write_subset(path: str | os.PathLike, subset: Subset, source: Source, dataset: Mapping) -> None:
+    """Write ``subset.h5`` (artifact contract): train/ and test/ groups with x, y, source_index."""
+    x_train = subset.x["train"].astype(np.float64) / source.pixel_max
+    mean = x_train.mean(axis=(0, 2, 3))
+    std = x_train.std(axis=(0, 2, 3))
+    std[std == 0] = 1.0
+    with atomic_h5(path) as f:
+        write_provenance(
+            f,
+            "subset",
+            dict(dataset),
+            dataset=source.name,
+            classes=subset.class_names,
+            class_source_index=subset.class_source_index,
+            seed=int(dataset["seed"]),
+            num_classes=len(subset.class_names),
+            image_shape=list(source.image_shape),
+            pixel_max=source.pixel_max,
+            channel_mean=mean,
+            channel_std=std,
+            normalisation="x are raw uint8 pixels; the network sees (x / pixel_max - channel_mean) / channel_std "
+            "(mean and std per channel over the training subset)",
+            test_source="official test split" if source.has_test_split else "rows of each class not drawn for training",
+        )
+        for s in SPLITS:
+            g = f.create_group(s)
+            g.create_dataset("x", data=subset.x[s], compression="gzip")
+            g.create_dataset("y", data=subset.y[s])
+            g.create_dataset("source_index", data=subset.source_index[s])
+            g.attrs["n"] = len(subset.y[s])
+
+
+@dataclass
+class SplitData:
+    x: np.ndarray  # float32 (n, C, H, W), normalised as the network sees it
+    y: np.ndarray  # int labels 0..K-1 (clean)
+    num_classes: int
+    image_shape: tuple[int, int, int]
+
+
+def read_split(path: str | os.PathLike, split: str) -> SplitData:
+    """Read one split of ``subset.h5`` normalised as documented in its attrs."""
+    with open_checked(path, [f"{split}/x", f"{split}/y"], artifact="subset") as f:
+        x = f[f"{split}/x"][...].astype(np.float32)
+        y = f[f"{split}/y"][...]
+        mean = np.asarray(f.attrs["channel_mean"], dtype=np.float32)[None, :, None, None]
+        std = np.asarray(f.attrs["channel_std"], dtype=np.float32)[None, :, None, None]
+        x = (x / np.float32(f.attrs["pixel_max"]) - mean) / std
+        return SplitData(x, y, int(f.attrs["num_classes"]), tuple(int(v) for v in f.attrs["image_shape"]))
+
+
+# ---------------------------------------------------------------- label corruption
+def corrupt_labels(y: np.ndarray, num_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Replace exactly round(fraction * n) labels by a label drawn uniformly from the K - 1 others.
+
+    The corrupted rows are the first m of one seeded permutation and the offsets come from one
+    seeded draw, so for a fixed seed the rows corrupted at a lower level are a subset of those
+    at a higher level (the levels are nested, differing only in how much is corrupted).
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"corruption fraction {fraction} is outside [0, 1]")
+    if num_classes < 2:
+        raise ValueError("label corruption needs at least 2 classes")
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(n)
+    offsets = rng.integers(1, num_classes, size=n)  # 1..K-1: never the same class
+    m = int(round(fraction * n))
+    corrupted = np.zeros(n, dtype=bool)
+    corrupted[order[:m]] = True
+    y_new = np.where(corrupted, (y + offsets) % num_classes, y)
+    return y_new.astype(np.int64), corrupted
+
+
+def write_labels(path: str | os.PathLike, subset_path: str | os.PathLike, fraction: float, seed: int) -> None:
+    """Write ``labels_noise{level}.h5``: y (used for training), y_clean, corrupted."""
+    with open_checked(subset_path, ["train/y"], artifact="subset") as f:
+        y_clean = f["train/y"][...]
+        k = int(f.attrs["num_classes"])
+    y, corrupted = corrupt_labels(y_clean, k, fraction, seed)
+    with atomic_h5(path) as f:
+        write_provenance(
+            f,
+            "labels",
+            None,
+            fraction=float(fraction),
+            seed=int(seed),
+            num_classes=k,
+            num_corrupted=int(corrupted.sum()),
+            subset=str(subset_path),
+            rule="exactly round(fraction * n) training labels replaced by a uniformly drawn different class",
+        )
+        f.create_dataset("y", data=y)
+        f.create_dataset("y_clean", data=y_clean)
+        f.create_dataset("corrupted", data=corrupted)
+
+
+def read_labels(path: str | os.PathLike, n: int | None = None) -> np.ndarray:
+    """Training labels of a label file, checked against the subset size when given."""
+    with open_checked(path, ["y", "y_clean", "corrupted"], artifact="labels") as f:
+        y = f["y"][...]
+    if n is not None and len(y) != n:
+        raise ValueError(f"{path}: {len(y)} labels but the subset has {n} training images; rerun corrupt_labels")
+    return y

@@ -1,0 +1,119 @@
+"""HDF5 and file helpers shared by every stage: atomic writes, provenance attrs, checked reads."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from . import __version__
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
+
+    A kill at any moment leaves either the old file (or none) or the complete new one,
+    never a partial file under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_h5(path: str | Path) -> Iterator[h5py.File]:
+    """Open a new HDF5 file for writing under a temporary name; rename when closed cleanly."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            yield f
+
+
+def _git_revision() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+        return out.stdout.strip() if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _attr_value(value: object) -> object:
+    """HDF5 attrs take numbers, strings and arrays; nested config goes in as JSON."""
+    if value is None:
+        return "none"
+    if isinstance(value, (bool, int, float, str, np.integer, np.floating, np.ndarray)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value) and value:
+        return np.asarray(value)
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) and value:
+        return [str(v) for v in value]
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def write_attrs(obj: h5py.HLObject, attrs: Mapping[str, object]) -> None:
+    """Set attrs on a file, group or dataset, converting config values to HDF5 types."""
+    for key, value in attrs.items():
+        obj.attrs[key] = _attr_value(value)
+
+
+def write_provenance(f: h5py.File, what: str, config: Mapping[str, object] | None = None, **attrs: object) -> None:
+    """The attrs every artifact carries: what it is, who made it, the config it depends on."""
+    write_attrs(
+        f,
+        {
+            "artifact": what,
+            "producer": f"jacobian_spectrum {__version__}",
+            "git_revision": _git_revision(),
+            **({"config": config} if config is not None else {}),
+            **attrs,
+        },
+    )
+
+
+def open_checked(path: str | Path, datasets: Sequence[str] = (), artifact: str | None = None) -> h5py.File:
+    """Open an HDF5 file for reading and check that it holds ``datasets`` (and is ``artifact``).
+
+    Raises ``ValueError`` naming the file and what is wrong, instead of a deep h5py error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file does not exist")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise ValueError(f"{path}: not a readable HDF5 file (truncated or corrupted?): {exc}") from exc
+    missing = [d for d in datasets if d not in f]
+    if missing:
+        f.close()
+        raise ValueError(f"{path}: missing dataset(s) {missing}; the file may come from an older or different step")
+    if artifact is not None and f.attrs.get("artifact") != artifact:
+        found = f.attrs.get("artifact")
+        f.close()
+        raise ValueError(f"{path}: expected a {artifact!r} file, found artifact={found!r}")
+    return f
+
+
+def require_finite(array: np.ndarray, what: str) -> None:
+    """Stop with a message naming ``what`` if the array holds NaN or Inf."""
+    bad = ~np.isfinite(array)
+    if bad.any():
+        idx = np.argwhere(bad)[0].tolist()
+        raise ValueError(f"{what}: {int(bad.sum())} non-finite value(s) (NaN or Inf), first at index {idx}")

@@ -1,0 +1,171 @@
+"""The paper's networks: ResNet20 without batch-norm and softmax, and the one-hidden-layer net.
+
+Checkpoints are plain dicts of tensors and primitives so that
+``torch.load(path, weights_only=True)`` reads them without unpickling code;
+:func:`load_checkpoint` rebuilds the model from one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
+MODEL_NAMES = ("resnet20", "one_hidden")
+ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a network; stored in every checkpoint."""
+
+    name: str  # one of MODEL_NAMES
+    in_channels: int
+    image_size: int
+    num_classes: int
+    width: float = 1.0  # ResNet20 channel multiplier (1.0 = 16/32/64 channels)
+    hidden: int = 256  # one_hidden: number of hidden units k
+    activation: str = "softplus"  # one_hidden: phi
+    output_scale: float = 1.0  # one_hidden: nu in V ~ Rademacher * nu / sqrt(k K)
+
+
+class BasicBlock(nn.Module):
+    """3x3-3x3 residual block without batch-norm; option-A (parameter-free) shortcut."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=True)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=1, padding=1, bias=True)
+        self.stride = stride
+        self.pad = planes - in_planes
+
+    def shortcut(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride == 1 and self.pad == 0:
+            return x
+        x = x[:, :, :: self.stride, :: self.stride]
+        return F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.conv1(x))
+        out = self.conv2(out)
+        return F.relu(out + self.shortcut(x))
+
+
+class ResNet20(nn.Module):
+    """He et al.'s CIFAR ResNet20 (3 stages x 3 blocks) with batch-norm and softmax removed.
+
+    Initialisation (no batch-norm to keep activations in range): Kaiming-normal (fan-in,
+    ReLU gain) for every convolution, zero biases, and the second convolution of each
+    residual branch scaled by 1/sqrt(number of blocks), so the activation variance grows by
+    at most (1 + 1/9)^9 ~ 2.6 through the 9 blocks instead of 2^9. The last layer keeps
+    PyTorch's default (non-zero) initialisation so that J_init is not degenerate.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0, blocks_per_stage: int = 3) -> None:
+        super().__init__()
+        widths = [max(1, round(c * width)) for c in (16, 32, 64)]
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=True)
+        layers: list[nn.Module] = []
+        in_planes = widths[0]
+        for stage, planes in enumerate(widths):
+            for b in range(blocks_per_stage):
+                stride = 2 if stage > 0 and b == 0 else 1
+                layers.append(BasicBlock(in_planes, planes, stride))
+                in_planes = planes
+        self.blocks = nn.Sequential(*layers)
+        self.linear = nn.Linear(in_planes, num_classes)
+        n_blocks = len(layers)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+        with torch.no_grad():
+            for block in layers:
+                block.conv2.weight.mul_(1.0 / math.sqrt(n_blocks))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.conv1(x))
+        out = self.blocks(out)
+        out = F.adaptive_avg_pool2d(out, 1).flatten(1)
+        return self.linear(out)
+
+
+class OneHiddenLayerNet(nn.Module):
+    """f(x) = V phi(W x) of Section 1.2: W (k x d) trained, V (K x k) fixed.
+
+    W0 has i.i.d. N(0, 1) entries and V i.i.d. Rademacher entries scaled by nu / sqrt(k K),
+    as in Theorem 3.2. Images are flattened, so d = channels * size^2.
+    """
+
+    def __init__(self, d: int, hidden: int, num_classes: int, activation: str = "softplus", output_scale: float = 1.0) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")
+        self.activation = activation
+        self.W = nn.Parameter(torch.randn(hidden, d))
+        signs = torch.randint(0, 2, (num_classes, hidden)).float() * 2 - 1
+        self.register_buffer("V", signs * output_scale / math.sqrt(hidden * num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = ACTIVATIONS[self.activation](x.flatten(1) @ self.W.T)
+        return h @ self.V.T
+
+
+def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
+    """Build the network described by ``spec``; ``seed`` fixes the initialisation."""
+    if spec.name not in MODEL_NAMES:
+        raise ValueError(f"model name {spec.name!r} is not one of {list(MODEL_NAMES)}")
+    if seed is not None:
+        torch.manual_seed(seed)
+    if spec.name == "resnet20":
+        return ResNet20(spec.in_channels, spec.num_classes, spec.width)
+    d = spec.in_channels * spec.image_size**2
+    return OneHiddenLayerNet(d, spec.hidden, spec.num_classes, spec.activation, spec.output_scale)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trained parameters p (the column count of the Jacobian)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, epoch: int, **meta: object) -> None:
+    """Write a weights-only checkpoint atomically (temporary name, then rename)."""
+    from .h5io import atomic_path
+
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "model": asdict(spec),
+        "epoch": int(epoch),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "meta": {k: v for k, v in meta.items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint dict safely (``weights_only=True``) and check it is ours."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated file or foreign pickle
+        raise ValueError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (missing or wrong 'format' key)")
+    return payload
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Return ``(model, checkpoint)`` for a checkpoint written by :func:`save_checkpoint`."""
+    payload = read_checkpoint(path)
+    spec = ModelSpec(**payload["model"])
+    model = build_model(spec)
+    model.load_state_dict(payload["state_dict"])
+    return model.to(device), payload

@@ -1,0 +1,530 @@
+"""The paper's two synthetic experiments: Figure 2 (linear model) and Figure 4 (Gaussian mixture).
+
+Figure 2 -- Section 2.1. A rank-r clean feature matrix ``Xbar = U Sigma V^T`` (n x d) with
+uniformly random orthonormal ``U`` (n x r), ``V`` (d x r) and ``Sigma = I_r``; training
+features ``X = Xbar + Z`` with ``Z`` i.i.d. N(0, sigma_x^2 / n); labels ``y = ybar + z`` with
+``ybar = Xbar w*`` and ``z`` i.i.d. N(0, sigma_y^2 / n). Gradient descent (2.2)
+``w <- w - eta X^T (X w - y)`` from ``w_0 = 0``. The population loss is the expected loss on
+fresh test noise ``(Z', z')`` with the same law:
+
+    E L(w)   = 1/2 ||Xbar w - ybar||^2 + 1/2 sigma_x^2 ||w||^2 + 1/2 sigma_y^2,
+    E L_I(w) = E 1/2 ||Pi_I ((Xbar + Z') w - (ybar + z'))||^2
+             = 1/2 ||Xbar w - ybar||^2 + r / (2n) (sigma_x^2 ||w||^2 + sigma_y^2),
+    E L_N(w) = E 1/2 ||Pi_N ((Xbar + Z') w - (ybar + z'))||^2
+             = 1/2 (1 - r/n) (sigma_x^2 ||w||^2 + sigma_y^2),
+
+with ``Pi_I = U U^T`` and ``Pi_N = I - U U^T``. The paper prints E L_I without the 1/2 on the
+first term (and the definitions E||Pi (...)||^2 without the 1/2 of the loss); we keep the
+1/2 everywhere, which is the only choice for which E L_I + E L_N = E L as the paper states
+(``Xbar w - ybar = U Sigma V^T (w - w*)`` lies in span(U), so Pi_N removes it, and
+``Z' w - z'`` is isotropic N(0, (sigma_x^2 ||w||^2 + sigma_y^2)/n I_n), so a rank-r
+projection keeps an r/n share of its energy).
+
+Choice of w*: ``w* = V a`` with ``a`` uniform on the sphere of radius sqrt(r), so
+``||ybar|| = ||w*|| = sqrt(r)`` and E L(w_0 = 0) = (r + sigma_y^2) / 2 = 5.5 for the paper's
+r = 10, sigma_y = 1 -- the top of the paper's Figure 2a (whose axis spans ~5 to 5.4).
+
+Figure 4 -- Definition 3.4 and Section 3.3. K classes of C clusters each, unit-norm centres
+``mu`` at pairwise distance >= min_distance (rejection sampling), points N(mu, sigma^2/d I_d),
+label = one-hot class. By default cluster membership is *balanced* (each of the KC clusters
+gets n // (KC) points, the remainder goes to randomly chosen distinct clusters) instead of
+the paper's i.i.d. uniform membership: it has the same mean count n/(KC) and makes the
+sqrt(n) growth of the top singular values exact at sigma = 0 (``balanced=False`` gives the
+paper's i.i.d. draw).
+
+The network is :class:`jacobian_spectrum.models.OneHiddenLayerNet` (f(x) = V phi(W x),
+W0 ~ N(0, 1), V ~ Rademacher * nu / sqrt(k K)). Its Jacobian with respect to W is stored
+*sample-major*: row ``i*K + l`` is d f_l(x_i) / d vec(W) with vec(W) row-major
+(column ``s*d + j`` is W[s, j]), i.e. row = (V[l, :] * phi'(W x_i)) kron x_i.
+
+Expected Jacobian. For rows (i, l), (j, m):
+``(J J^T) = sum_s V[l,s] V[m,s] phi'(w_s.x_i) phi'(w_s.x_j) x_i.x_j``. With E V[l,s] V[m,s]
+= delta_lm nu^2 / (k K) and the k rows w_s i.i.d. N(0, I_d), summing k identical
+expectations gives
+
+    E[J J^T] = (nu^2 / K) * (Sigma_1(X) kron I_K)        (sample-major ordering),
+    Sigma_1(X) = E_w[(phi'(X w) phi'(X w)^T) ⊙ (X X^T)],
+
+i.e. (nu^2 / K) Sigma(X) with the paper's Sigma(X) = I_K kron Sigma_1(X) up to the row
+permutation class-major <-> sample-major. The paper's sentence "V with variance nu^2/K gives
+E[J J^T] = nu^2 Sigma(X)" does not match its own Theorem 3.2 scaling nu/sqrt(kK); with the
+variance nu^2/(kK) actually used the factor is nu^2/K (test_theory checks this numerically).
+The "expected Jacobian" spectrum plotted beside the sampled one is therefore
+sqrt(eig((nu^2/K) Sigma(X))) (each eigenvalue of Sigma_1 repeated K times), normalised by
+the same sqrt(KC/n) as the sampled spectrum.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+# --------------------------------------------------------------------------------------
+# Figure 2: the linear model of Section 2.1
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LinearModel:
+    """One instance of the Section 2.1 problem (all float64 numpy arrays)."""
+
+    Xbar: np.ndarray  # n x d, rank r
+    X: np.ndarray  # n x d, Xbar + Z
+    ybar: np.ndarray  # n, Xbar w*
+    y: np.ndarray  # n, ybar + z
+    U: np.ndarray  # n x r, information subspace
+    V: np.ndarray  # d x r
+    w_star: np.ndarray  # d, in Range(V)
+    sigma_x: float
+    sigma_y: float
+
+    @property
+    def n(self) -> int:
+        return self.X.shape[0]
+
+    @property
+    def d(self) -> int:
+        return self.X.shape[1]
+
+    @property
+    def rank(self) -> int:
+        return self.U.shape[1]
+
+
+@dataclass(frozen=True)
+class LinearLosses:
+    """Population losses along gradient descent; index t = iteration t (w_0 = 0 included)."""
+
+    iteration: np.ndarray  # 0..iterations
+    loss: np.ndarray  # E L(w_t)
+    loss_information: np.ndarray  # E L_I(w_t)
+    loss_nuisance: np.ndarray  # E L_N(w_t)
+    train_loss: np.ndarray  # L(w_t) = 1/2 ||X w_t - y||^2
+    step_size: float
+    n: int
+    d: int
+    rank: int
+
+
+def random_orthonormal(rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """A Haar-uniform ``rows x cols`` matrix with orthonormal columns (QR with sign fix)."""
+    if cols > rows:
+        raise ValueError(f"cannot have {cols} orthonormal columns in R^{rows}")
+    q, r = np.linalg.qr(rng.standard_normal((rows, cols)))
+    return q * np.sign(np.diag(r))
+
+
+def linear_model_instance(
+    n: int, d: int, rank: int, sigma_x: float = 1.0, sigma_y: float = 1.0, seed: int = 0
+) -> LinearModel:
+    """Draw the Section 2.1 instance: Sigma = I_r, w* = V a with ||a|| = sqrt(r) (see module doc)."""
+    if not 1 <= rank <= min(n, d):
+        raise ValueError(f"rank must be in [1, min(n, d)] = [1, {min(n, d)}], got {rank}")
+    rng = np.random.default_rng(seed)
+    U = random_orthonormal(n, rank, rng)
+    V = random_orthonormal(d, rank, rng)
+    Xbar = U @ V.T  # Sigma = I_r
+    a = rng.standard_normal(rank)
+    a *= math.sqrt(rank) / np.linalg.norm(a)
+    w_star = V @ a
+    ybar = Xbar @ w_star
+    X = Xbar + rng.standard_normal((n, d)) * (sigma_x / math.sqrt(n))
+    y = ybar + rng.standard_normal(n) * (sigma_y / math.sqrt(n))
+    return LinearModel(Xbar, X, ybar, y, U, V, w_star, float(sigma_x), float(sigma_y))
+
+
+def population_losses(model: LinearModel, w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Closed-form ``(E L, E L_I, E L_N)`` for weights ``w`` (shape (d,) or (T, d))."""
+    w = np.atleast_2d(w)
+    misfit = 0.5 * np.sum((w @ model.Xbar.T - model.ybar) ** 2, axis=1)
+    noise = model.sigma_x**2 * np.sum(w**2, axis=1) + model.sigma_y**2
+    share = model.rank / model.n
+    info = misfit + 0.5 * share * noise
+    nuis = 0.5 * (1.0 - share) * noise
+    return misfit + 0.5 * noise, info, nuis
+
+
+def monte_carlo_losses(
+    model: LinearModel, w: np.ndarray, draws: int, seed: int = 0, batch: int = 100
+) -> dict[str, tuple[float, float]]:
+    """Monte-Carlo ``{name: (mean, standard error)}`` of L, L_I, L_N on fresh test noise.
+
+    Each draw is a new ``Z'`` (n x d, N(0, sigma_x^2/n)) and ``z'`` (n, N(0, sigma_y^2/n));
+    L = 1/2 ||(Xbar + Z') w - (ybar + z')||^2, L_I / L_N the same with Pi_I / Pi_N applied.
+    """
+    rng = np.random.default_rng(seed)
+    n, d = model.n, model.d
+    totals: dict[str, list[np.ndarray]] = {"loss": [], "loss_information": [], "loss_nuisance": []}
+    done = 0
+    while done < draws:
+        b = min(batch, draws - done)
+        Zp = rng.standard_normal((b, n, d)) * (model.sigma_x / math.sqrt(n))
+        zp = rng.standard_normal((b, n)) * (model.sigma_y / math.sqrt(n))
+        resid = (model.Xbar @ w - model.ybar)[None, :] + Zp @ w - zp  # b x n
+        info_part = (resid @ model.U) @ model.U.T
+        totals["loss"].append(0.5 * np.sum(resid**2, axis=1))
+        totals["loss_information"].append(0.5 * np.sum(info_part**2, axis=1))
+        totals["loss_nuisance"].append(0.5 * np.sum((resid - info_part) ** 2, axis=1))
+        done += b
+    out = {}
+    for name, parts in totals.items():
+        v = np.concatenate(parts)
+        out[name] = (float(v.mean()), float(v.std(ddof=1) / math.sqrt(len(v))))
+    return out
+
+
+def gradient_descent_losses(model: LinearModel, iterations: int, step_size: float | None = None) -> LinearLosses:
+    """Run (2.2) from w_0 = 0 for ``iterations`` steps; ``step_size=None`` means 1 / ||X||^2."""
+    X, y = model.X, model.y
+    eta = 1.0 / np.linalg.norm(X, 2) ** 2 if step_size is None else float(step_size)
+    if eta <= 0:
+        raise ValueError(f"step_size must be positive, got {eta}")
+    ws = np.zeros((iterations + 1, model.d))
+    w = np.zeros(model.d)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t in range(iterations):
+            w = w - eta * (X.T @ (X @ w - y))
+            ws[t + 1] = w
+            if not np.all(np.isfinite(w)):
+                break
+    if not np.all(np.isfinite(ws)):
+        raise FloatingPointError(f"gradient descent diverged with step size {eta:g} (use <= 2/||X||^2)")
+    loss, info, nuis = population_losses(model, ws)
+    train = 0.5 * np.sum((ws @ X.T - y) ** 2, axis=1)
+    return LinearLosses(np.arange(iterations + 1), loss, info, nuis, train, eta, model.n, model.d, model.rank)
+
+
+def run_linear(settings: Mapping) -> LinearLosses:
+    """Figure 2 from the ``theory.linear`` config section."""
+    model = linear_model_instance(
+        settings["n"], settings["d"], settings["rank"], settings["sigma_x"], settings["sigma_y"], settings["seed"]
+    )
+    return gradient_descent_losses(model, settings["iterations"], settings.get("step_size"))
+
+
+# --------------------------------------------------------------------------------------
+# Figure 4: the Gaussian mixture of Definition 3.4 and the one-hidden-layer net
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Mixture:
+    X: np.ndarray  # n x d inputs
+    Y: np.ndarray  # n x K one-hot labels
+    classes: np.ndarray  # n, class index l
+    clusters: np.ndarray  # n, global cluster index l * C + c
+    centres: np.ndarray  # KC x d, row l * C + c is mu_{l, c}
+
+
+def cluster_centres(
+    num_centres: int, dim: int, min_distance: float, rng: np.random.Generator, max_tries: int = 10_000
+) -> np.ndarray:
+    """``num_centres`` uniform unit vectors in R^dim, pairwise distance >= min_distance.
+
+    Sequential rejection sampling; raises ValueError when ``max_tries`` draws in a row fail
+    to place a centre (the separation is then impossible or very unlikely).
+    """
+    if min_distance > 2.0:
+        raise ValueError(f"unit vectors are at most 2 apart; min_distance={min_distance} is impossible")
+    centres: list[np.ndarray] = []
+    while len(centres) < num_centres:
+        for _ in range(max_tries):
+            v = rng.standard_normal(dim)
+            v /= np.linalg.norm(v)
+            if all(np.linalg.norm(v - c) >= min_distance for c in centres):
+                centres.append(v)
+                break
+        else:
+            raise ValueError(
+                f"could not place centre {len(centres) + 1} of {num_centres} unit vectors in R^{dim} at "
+                f"pairwise distance >= {min_distance} after {max_tries} tries; lower min_distance, "
+                f"raise dim or use fewer clusters"
+            )
+    return np.stack(centres)
+
+
+def gaussian_mixture(
+    n: int,
+    num_classes: int,
+    clusters_per_class: int,
+    dim: int,
+    sigma: float,
+    min_distance: float,
+    rng: np.random.Generator,
+    centres: np.ndarray | None = None,
+    balanced: bool = True,
+) -> Mixture:
+    """n points of Definition 3.4; pass ``centres`` to reuse the cluster centres of another draw."""
+    KC = num_classes * clusters_per_class
+    if centres is None:
+        centres = cluster_centres(KC, dim, min_distance, rng)
+    if centres.shape != (KC, dim):
+        raise ValueError(f"centres must be {KC} x {dim}, got {centres.shape}")
+    if balanced:
+        clusters = np.repeat(np.arange(KC), n // KC)
+        clusters = np.concatenate([clusters, rng.choice(KC, n % KC, replace=False)])
+        clusters = rng.permutation(clusters)
+    else:
+        clusters = rng.integers(0, KC, n)
+    classes = clusters // clusters_per_class
+    X = centres[clusters] + rng.standard_normal((n, dim)) * (sigma / math.sqrt(dim))
+    Y = np.eye(num_classes)[classes]
+    return Mixture(X, Y, classes, clusters, centres)
+
+
+def activation_derivative(activation: str, z: np.ndarray) -> np.ndarray:
+    """phi'(z): sigmoid for softplus, the step 1{z > 0} for relu."""
+    if activation == "softplus":
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # numerically stable sigmoid
+    if activation == "relu":
+        return (z > 0).astype(z.dtype)
+    raise ValueError(f"unknown activation {activation!r}")
+
+
+def make_network(d: int, hidden: int, num_classes: int, activation: str, output_scale: float = 1.0, seed: int = 0):
+    """A float64 :class:`OneHiddenLayerNet` with W0 ~ N(0,1), V ~ Rademacher nu/sqrt(kK) (seeded)."""
+    from .models import OneHiddenLayerNet
+
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        net = OneHiddenLayerNet(d, hidden, num_classes, activation, output_scale).double()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    return net
+
+
+def one_hidden_jacobian(model: torch.nn.Module, X: np.ndarray | torch.Tensor) -> np.ndarray:
+    """J(W) of ``model`` at its current W for inputs X: (n K) x (k d), sample-major rows.
+
+    Row ``i*K + l`` = d f_l(x_i) / d vec(W), column ``s*d + j`` = W[s, j]; torch.func
+    (functional_call + vmap + jacrev) in the model's dtype.
+    """
+    from torch.func import functional_call, jacrev, vmap
+
+    W = model.W.detach()
+    X = torch.as_tensor(np.asarray(X), dtype=W.dtype)
+
+    def f(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, {"W": w}, (x[None],))[0]  # (K,)
+
+    J = vmap(jacrev(f), in_dims=(None, 0))(W, X)  # n x K x k x d
+    n, K = J.shape[:2]
+    return J.reshape(n * K, -1).numpy()
+
+
+def closed_form_jacobian(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
+    """Rows (V[l] * phi'(W x_i)) kron x_i in the ordering of :func:`one_hidden_jacobian`."""
+    W = model.W.detach().double().numpy()
+    V = model.V.detach().double().numpy()
+    D = activation_derivative(model.activation, X @ W.T)  # n x k
+    rows = (D[:, None, :] * V[None, :, :])[:, :, :, None] * X[:, None, None, :]  # n x K x k x d
+    return rows.reshape(X.shape[0] * V.shape[0], -1)
+
+
+def kernel_single(X: np.ndarray, activation: str, samples: int, rng: np.random.Generator, batch: int = 4096) -> np.ndarray:
+    """Monte-Carlo Sigma_1(X) = E_w[(phi'(Xw) phi'(Xw)^T) ⊙ (X X^T)], w ~ N(0, I_d) (n x n)."""
+    n, d = X.shape
+    acc = np.zeros((n, n))
+    done = 0
+    while done < samples:
+        b = min(batch, samples - done)
+        D = activation_derivative(activation, X @ rng.standard_normal((d, b)))  # n x b
+        acc += D @ D.T
+        done += b
+    return (acc / samples) * (X @ X.T)
+
+
+def multiclass_kernel(
+    X: np.ndarray, num_classes: int, activation: str, samples: int, rng: np.random.Generator, ordering: str = "class"
+) -> np.ndarray:
+    """Sigma(X) of Definition 3.1 (nK x nK): I_K kron Sigma_1 ("class"-major, the paper's
+    ordering) or Sigma_1 kron I_K ("sample"-major, the ordering of our Jacobians)."""
+    S1 = kernel_single(X, activation, samples, rng)
+    I = np.eye(num_classes)
+    if ordering == "class":
+        return np.kron(I, S1)
+    if ordering == "sample":
+        return np.kron(S1, I)
+    raise ValueError(f"ordering must be 'class' or 'sample', got {ordering!r}")
+
+
+def expected_jacobian_singular_values(
+    kernel1: np.ndarray, num_classes: int, output_scale: float = 1.0
+) -> np.ndarray:
+    """Singular values of a square root of E[J J^T] = (nu^2/K) Sigma(X), descending (length nK)."""
+    ev = np.linalg.eigvalsh(kernel1) * (output_scale**2 / num_classes)
+    sv = np.sqrt(np.clip(ev, 0.0, None))
+    return np.sort(np.repeat(sv, num_classes))[::-1]
+
+
+def count_before_gap(sv: np.ndarray, rel_floor: float = 1e-10) -> int:
+    """Index of the largest ratio s_i / s_{i+1} among singular values above rel_floor * s_1:
+    the number of 'large' singular values before the biggest gap."""
+    s = sv[sv > rel_floor * sv[0]]
+    if len(s) < 2:
+        return len(s)
+    return int(np.argmax(s[:-1] / s[1:]) + 1)
+
+
+@dataclass
+class MixtureSpectra:
+    """Sampled and expected Jacobian spectra at W0 for each sample size (Figure 4)."""
+
+    num_classes: int
+    clusters_per_class: int
+    n: list[int]
+    singular_values: list[np.ndarray]  # unnormalised, descending, length n K
+    expected_singular_values: list[np.ndarray]  # sqrt eig((nu^2/K) Sigma(X)), length n K
+    output_scale: float = 1.0
+    large_before_gap: list[int] = field(default_factory=list)
+
+    def normalisation(self, n: int) -> float:
+        return math.sqrt(self.num_classes * self.clusters_per_class / n)
+
+
+def mixture_spectra(settings: Mapping, output_scale: float = 1.0, balanced: bool = True) -> MixtureSpectra:
+    """Figure 4 from the ``theory.mixture`` config section.
+
+    One set of cluster centres and one network W0 (seeded by ``seed``) are shared by every
+    sample size n = n_over_C * C; each n gets its own fresh mixture draw.
+    """
+    K, C = settings["num_classes"], settings["clusters_per_class"]
+    dim, act = settings["dim"], settings["activation"]
+    rng = np.random.default_rng(settings["seed"])
+    centres = cluster_centres(K * C, dim, settings["min_distance"], rng)
+    net = make_network(dim, settings["hidden"], K, act, output_scale, seed=settings["seed"])
+    result = MixtureSpectra(K, C, [], [], [], output_scale)
+    for m in settings["n_over_C"]:
+        n = int(m) * C
+        data = gaussian_mixture(n, K, C, dim, settings["sigma"], settings["min_distance"], rng, centres, balanced)
+        J = one_hidden_jacobian(net, data.X)
+        sv = np.linalg.svd(J, compute_uv=False)
+        S1 = kernel_single(data.X, act, settings["kernel_samples"], rng)
+        result.n.append(n)
+        result.singular_values.append(sv)
+        result.expected_singular_values.append(expected_jacobian_singular_values(S1, K, output_scale))
+        result.large_before_gap.append(count_before_gap(sv))
+    return result
+
+
+# --------------------------------------------------------------------------------------
+# Outputs: CSV tables and figures
+# --------------------------------------------------------------------------------------
+
+FIG2_COLUMNS = ("iteration", "loss", "loss_information", "loss_nuisance")
+FIG4_COLUMNS = ("n", "index", "singular_value_normalised", "expected_singular_value_normalised")
+
+
+def _write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    from .h5io import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def write_linear_csv(result: LinearLosses, path: str | Path) -> None:
+    """fig2.csv: iteration, loss (E L), loss_information (E L_I), loss_nuisance (E L_N)."""
+    rows = [
+        (int(t), repr(float(a)), repr(float(b)), repr(float(c)))
+        for t, a, b, c in zip(result.iteration, result.loss, result.loss_information, result.loss_nuisance)
+    ]
+    _write_csv(path, FIG2_COLUMNS, rows)
+
+
+def write_mixture_csv(result: MixtureSpectra, path: str | Path) -> None:
+    """fig4.csv (long format, one row per (n, index)): n, index (1-based, descending order),
+    singular_value_normalised = sqrt(KC/n) s_index(J(W0)), expected_singular_value_normalised =
+    sqrt(KC/n) sqrt(lambda_index((nu^2/K) Sigma(X))) for the same data."""
+    rows = []
+    for n, sv, ev in zip(result.n, result.singular_values, result.expected_singular_values):
+        c = result.normalisation(n)
+        for i in range(max(len(sv), len(ev))):
+            s = repr(float(c * sv[i])) if i < len(sv) else ""
+            e = repr(float(c * ev[i])) if i < len(ev) else ""
+            rows.append((n, i + 1, s, e))
+    _write_csv(path, FIG4_COLUMNS, rows)
+
+
+def _save(fig, paths: Sequence[str | Path]) -> None:
+    import matplotlib.pyplot as plt
+
+    from .h5io import atomic_path
+
+    for p in paths:
+        p = Path(p)
+        with atomic_path(p) as tmp:
+            fig.savefig(tmp, format=p.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
+    plt.close(fig)
+
+
+def plot_linear_model(result: LinearLosses, paths: Sequence[str | Path]) -> None:
+    """Figure 2: (a) E L along GD, (b) E L_I and E L_N; saved to every path (format by suffix)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.8))
+    t = result.iteration
+    best = int(np.argmin(result.loss))
+    a.plot(t, result.loss, color="k", label=r"$\mathbb{E}\,\mathcal{L}(w_\tau)$")
+    a.axvline(t[best], color="0.6", ls=":", label=f"minimum at $\\tau={t[best]}$")
+    a.set_xlabel(r"Iterations ($\tau$)")
+    a.set_ylabel("Test error")
+    a.set_title("(a) Total test error")
+    a.legend()
+    b.plot(t, result.loss_information, color="tab:blue", label=r"information $\mathbb{E}\,\mathcal{L}_I(w_\tau)$")
+    b.plot(t, result.loss_nuisance, color="tab:red", label=r"nuisance $\mathbb{E}\,\mathcal{L}_N(w_\tau)$")
+    b.set_xlabel(r"Iterations ($\tau$)")
+    b.set_ylabel("Test error")
+    b.set_title("(b) Test error along information and nuisance spaces")
+    b.legend()
+    fig.suptitle(
+        f"Linear model (Section 2.1): n={result.n}, d={result.d}, r={result.rank}, "
+        f"$\\eta$={result.step_size:.3g}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    _save(fig, paths)
+
+
+def plot_mixture_spectra(result: MixtureSpectra, paths: Sequence[str | Path]) -> None:
+    """Figure 4: normalised singular values sqrt(KC/n) J(W0) (left) and of the expected
+    Jacobian (nu^2/K Sigma(X))^(1/2) (right); solid / dashed / ... = the sample sizes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    K, C = result.num_classes, result.clusters_per_class
+    styles = ["-", "--", "-.", ":"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharey=True)
+    panels = (
+        (axes[0], result.singular_values, r"(a) $\sqrt{KC/n}\,\mathcal{J}(W_0)$"),
+        (axes[1], result.expected_singular_values, r"(b) expected: $\sqrt{KC/n}\,(\nu^2\Sigma(X)/K)^{1/2}$"),
+    )
+    for ax, spectra, title in panels:
+        for j, (n, sv) in enumerate(zip(result.n, spectra)):
+            c = result.normalisation(n)
+            m = n // C
+            keep = sv > 1e-12 * sv[0]
+            idx = np.arange(1, len(sv) + 1)
+            ax.semilogy(idx[keep], c * sv[keep], styles[j % len(styles)], color="k", lw=1.2, label=f"n = {m}C = {n}")
+        ax.axvline(K * C, color="tab:blue", ls=":", lw=1, label=f"KC = {K * C}")
+        ax.axvline(K * K * C, color="tab:red", ls=":", lw=1, label=f"$K^2C$ = {K * K * C}")
+        ax.set_xlabel("Singular value index")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8)
+    axes[0].set_ylabel("Normalised singular value")
+    fig.suptitle(f"Gaussian mixture (Definition 3.4): K={K} classes, C={C} clusters per class", fontsize=10)
+    fig.tight_layout()
+    _save(fig, paths)
