@@ -5,7 +5,15 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+# The embedded default, unless the user names config files (--configfile): those then replace
+# it instead of being merged into it, so that a config's runs are exactly the runs it lists.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
+
+
+
+report: "workflow/report/workflow.rst"
 
 
 include: "rules/common.smk"

@@ -89,7 +89,25 @@ def spectra_of_run(run):
 
 
 def figure_files(name):
-    return [f"{R}/figures/{name}.{fmt}" for fmt in config["figures"]["formats"]]
+    """PNG always (the report shows it), plus every other configured format."""
+    return [f"{R}/figures/{name}.png"] + extra_formats(name)
+
+
+def extra_formats(name):
+    return [f"{R}/figures/{name}.{fmt}" for fmt in config["figures"]["formats"] if fmt != "png"]
+
+
+def figure_output(name, caption):
+    """Named outputs of a figure rule: the PNG marked for the report, the other formats."""
+    return {
+        "png": report(
+            f"{R}/figures/{name}.png",
+            caption=f"../workflow/report/{caption}.rst",
+            category="Figures",
+            labels={"figure": name},
+        ),
+        "other": extra_formats(name),
+    }
 
 
 def paper_tables():

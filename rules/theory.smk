@@ -3,7 +3,7 @@
 
 rule linear_model:
     output:
-        figure=figure_files("fig2"),
+        **figure_output("fig2", "fig2"),
         data=f"{R}/figures/fig2.csv",
     params:
         settings=config["theory"]["linear"],
@@ -16,7 +16,7 @@ rule linear_model:
 
 rule gaussian_mixture:
     output:
-        figure=figure_files("fig4"),
+        **figure_output("fig4", "fig4"),
         data=f"{R}/figures/fig4.csv",
     params:
         settings=config["theory"]["mixture"],

@@ -1,0 +1,76 @@
+"""Command line: ``python -m jacobian_spectrum inspect FILE`` (or ``jacobian-spectrum inspect``).
+
+Prints any of the workflow's HDF5 files as a tree with shapes, dtypes and attrs; for a
+Jacobian also the Frobenius norm of each parameter tensor's column block.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+
+def _fmt_attr(value: object, width: int = 100) -> str:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, np.ndarray):
+        text = np.array2string(value, threshold=8, precision=4)
+    else:
+        text = str(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def describe(path: str | Path, out=sys.stdout) -> None:
+    """Write the tree of an HDF5 file to ``out``."""
+    from .h5io import open_checked
+
+    with open_checked(path) as f:
+        print(f"{path}", file=out)
+        for key, value in sorted(f.attrs.items()):
+            print(f"  @{key} = {_fmt_attr(value)}", file=out)
+
+        def visit(name: str, obj: h5py.HLObject) -> None:
+            depth = name.count("/") + 1
+            pad = "  " * depth
+            if isinstance(obj, h5py.Dataset):
+                print(f"{pad}{name.split('/')[-1]}  {obj.shape} {obj.dtype}", file=out)
+            else:
+                print(f"{pad}{name.split('/')[-1]}/", file=out)
+            for key, value in sorted(obj.attrs.items()):
+                print(f"{pad}  @{key} = {_fmt_attr(value)}", file=out)
+
+        f.visititems(visit)
+        is_jacobian = f.attrs.get("artifact") in ("jacobian", "jacobian_chunk")
+    if is_jacobian:
+        from .jacobian import layer_norms
+
+        norms = layer_norms(path)
+        total = float(np.sqrt(sum(v**2 for _, v in norms)))
+        print(f"  per-layer Frobenius norms of J (total {total:.6g}):", file=out)
+        for name, value in norms:
+            print(f"    {name:<40s} {value:.6g}", file=out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="jacobian-spectrum", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_inspect = sub.add_parser("inspect", help="print an HDF5 artifact as a tree (shapes, dtypes, attrs; J: per-layer norms)")
+    p_inspect.add_argument("files", nargs="+")
+    args = parser.parse_args(argv)
+    status = 0
+    for path in args.files:
+        try:
+            describe(path)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            status = 1
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
