@@ -44,6 +44,8 @@ def slab_width(rows: int, columns: int, memory_budget_mb: float, in_flight: int,
     width = max(1, int(memory_budget_mb * 1e6 // per_column))
     if hdf5_chunk_cols and width >= hdf5_chunk_cols:
         width -= width % hdf5_chunk_cols  # whole HDF5 chunks: no chunk is read twice
+    elif hdf5_chunk_cols:
+        width = hdf5_chunk_cols // -(-hdf5_chunk_cols // width)  # an even share of one chunk
     return min(columns, width)
 
 
@@ -86,8 +88,17 @@ def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, sch
                         if not np.isfinite(slab).all():
                             raise ValueError(f"{path}: J holds NaN or Inf in columns of slab {i}")
                         G = dsyrk(1.0, slab, beta=1.0, c=G, lower=0, overwrite_c=1)
-    # dsyrk fills the upper triangle only
-    return np.triu(G) + np.triu(G, 1).T
+    return symmetrize_upper(G)
+
+
+def symmetrize_upper(G: np.ndarray, block: int = 1024) -> np.ndarray:
+    """Copy the upper triangle (what dsyrk fills) into the lower one, in place, block by block."""
+    n = G.shape[0]
+    for i in range(0, n, block):
+        G[i : i + block, :i] = G[:i, i : i + block].T
+        tile = G[i : i + block, i : i + block]
+        tile[...] = np.triu(tile) + np.triu(tile, 1).T
+    return G
 
 
 def eigh_descending(G: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:

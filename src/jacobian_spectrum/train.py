@@ -245,7 +245,7 @@ def train(
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         sched.step()
         traj.train_predictions.append(predict(model, x_train).numpy())

@@ -1,0 +1,84 @@
+"""Every kind of bad config stops before any job runs, with a message naming the key."""
+
+import copy
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from conftest import ROOT, TINY, snakemake
+from jacobian_spectrum.config import ConfigError, check_config
+
+SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+
+
+def load(path=TINY):
+    return yaml.safe_load(open(path))
+
+
+def validated(cfg):
+    cfg = copy.deepcopy(cfg)
+    validate(cfg, SCHEMA)
+    check_config(cfg)
+    return cfg
+
+
+def test_default_and_tiny_configs_are_valid():
+    for path in (ROOT / "config.yaml", TINY):
+        cfg = validated(load(path))
+        assert cfg["jacobian"]["chunk_size"] >= 1  # defaults were filled
+
+
+def with_(path, value):
+    cfg = load()
+    node = cfg
+    keys = path.split(".")
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+    node[keys[-1]] = value
+    return cfg
+
+
+BAD = [
+    # (change, error type, words the message must hold)
+    (lambda: {**load(), "colour": "red"}, WorkflowError, "colour"),
+    (lambda: with_("dataset.train_per_class", "ten"), WorkflowError, "ten"),
+    (lambda: with_("corruption.levels", [0.0, 1.5]), WorkflowError, "1.5"),
+    (lambda: with_("dataset.classes", [0, 11]), ConfigError, "dataset.classes: 11 is not a class"),
+    (lambda: with_("dataset.classes", ["zero", 1]), ConfigError, "'zero' is not a class"),
+    (lambda: with_("dataset.train_per_class", 170), ConfigError, "dataset.train_per_class"),
+    (lambda: with_("spectrum.info_dim", 500), ConfigError, "spectrum.info_dim': 500 exceeds nK"),
+    (lambda: with_("jacobian.chunk_size", 0), WorkflowError, "chunk_size"),
+    (lambda: with_("runs.sgd_clean.checkpoints", [99]), ConfigError, "runs.sgd_clean.checkpoints': epoch 99 is beyond"),
+    (lambda: with_("runs.sgd_clean.reference_epoch", 7), ConfigError, "runs.sgd_clean.reference_epoch"),
+    (lambda: with_("runs.sgd_clean.milestones", [60]), ConfigError, "runs.sgd_clean.milestones"),
+    (lambda: with_("dataset", {"name": "cifar10", "root": "/nonexistent/cifar", "classes": ["bird", "cat"],
+                               "train_per_class": 5, "test_per_class": 5}), ConfigError, "/nonexistent/cifar"),
+    (lambda: with_("dataset.name", "imagenet"), WorkflowError, "imagenet"),
+    (lambda: with_("runs.sgd_clean.optimizer", "rmsprop"), WorkflowError, "rmsprop"),
+    (lambda: with_("model.name", "vgg16"), WorkflowError, "vgg16"),
+    (lambda: with_("runs.sgd_clean.corruption", 0.3), ConfigError, "corruption': 0.3 is not one of corruption.levels"),
+    (lambda: with_("figures.table2", "missing_run"), ConfigError, "figures.table2"),
+    (lambda: with_("runs.bad name", {"optimizer": "sgd", "lr": 0.1, "epochs": 1}), ConfigError, "runs.bad name"),
+    (lambda: with_("runs.sgd_clean.lr", -0.1), WorkflowError, "-0.1"),
+    (lambda: {**with_("spectrum.method", "topk"), "spectrum": {"method": "topk", "topk": 5, "info_dim": 10}}, ConfigError, "spectrum.topk"),
+    (lambda: with_("dataset.classes", [1]), WorkflowError, "classes"),
+]
+
+
+@pytest.mark.parametrize("make,error,words", BAD, ids=[b[2][:40] for b in BAD])
+def test_bad_config_is_refused_with_a_message(make, error, words):
+    with pytest.raises(error) as exc:
+        validated(make())
+    assert words in str(exc.value)
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    cfg = with_("spectrum.info_dim", 500)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(path), "--config", f"results={tmp_path}/r", check=False)
+    assert proc.returncode != 0
+    assert "spectrum.info_dim" in proc.stdout + proc.stderr
+    assert not (tmp_path / "r").exists()

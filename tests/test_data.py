@@ -1,0 +1,183 @@
+import pickle
+
+import h5py
+import numpy as np
+import pytest
+
+from jacobian_spectrum.data import (
+    DataError,
+    build_subset,
+    corrupt_labels,
+    dataset_info,
+    draw_subset,
+    read_split,
+    write_labels,
+    write_subset,
+)
+
+
+# ---------------------------------------------------------------- label corruption
+@pytest.mark.parametrize("fraction", [0.0, 0.25, 0.5, 0.75, 1.0, 0.333])
+def test_corruption_count_is_exact_and_never_the_same_class(fraction):
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, size=999)
+    y_new, corrupted = corrupt_labels(y, 3, fraction, seed=7)
+    assert corrupted.sum() == round(fraction * len(y))
+    assert np.all(y_new[corrupted] != y[corrupted])
+    assert np.array_equal(y_new[~corrupted], y[~corrupted])
+
+
+def test_corrupted_labels_are_uniform_over_the_other_classes():
+    # chi-square over many draws: each of the K-1 other classes equally likely
+    k = 5
+    y = np.repeat(np.arange(k), 2000)
+    y_new, corrupted = corrupt_labels(y, k, 1.0, seed=3)
+    offsets = (y_new - y) % k  # 1..K-1
+    counts = np.bincount(offsets, minlength=k)[1:]
+    expected = len(y) / (k - 1)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    assert chi2 < 16.27  # chi-square 3 dof, p = 0.001
+    # and per true class, every other class appears
+    for c in range(k):
+        assert set(y_new[y == c]) == set(range(k)) - {c}
+
+
+def test_corruption_seeds():
+    y = np.arange(300) % 3
+    a, _ = corrupt_labels(y, 3, 0.5, seed=0)
+    b, _ = corrupt_labels(y, 3, 0.5, seed=0)
+    c, _ = corrupt_labels(y, 3, 0.5, seed=1)
+    assert np.array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_corruption_levels_are_nested():
+    y = np.arange(300) % 3
+    _, low = corrupt_labels(y, 3, 0.25, seed=0)
+    _, high = corrupt_labels(y, 3, 0.5, seed=0)
+    assert np.all(high[low])
+
+
+def test_corruption_rejects_bad_fraction():
+    with pytest.raises(ValueError, match="outside"):
+        corrupt_labels(np.zeros(3, int), 3, 1.5, 0)
+
+
+# ---------------------------------------------------------------- subsampling
+DIGITS = {"name": "digits", "classes": [3, 1, 7], "train_per_class": 40, "test_per_class": 30, "seed": 5}
+
+
+def test_digits_subset_is_balanced_traceable_and_disjoint(tmp_path):
+    from sklearn.datasets import load_digits
+
+    subset, source = build_subset(DIGITS)
+    for split, per in (("train", 40), ("test", 30)):
+        assert np.array_equal(np.bincount(subset.y[split]), [per] * 3)
+    digits = load_digits()
+    for split in ("train", "test"):
+        idx = subset.source_index[split]
+        # every row traces back to the original image and its class
+        assert np.array_equal(subset.x[split][:, 0], digits.images[idx].astype(np.uint8))
+        assert np.array_equal(np.array([3, 1, 7])[subset.y[split]], digits.target[idx])
+    assert not set(subset.source_index["train"]) & set(subset.source_index["test"])
+    path = tmp_path / "subset.h5"
+    write_subset(path, subset, source, DIGITS)
+    with h5py.File(path) as f:
+        assert list(f.attrs["classes"]) == ["3", "1", "7"]
+        assert f.attrs["dataset"] == "digits" and f.attrs["seed"] == 5
+        assert f["train/x"].dtype == np.uint8 and f["train/source_index"].shape == (120,)
+    data = read_split(path, "train")
+    # normalised per channel over the training subset
+    assert abs(data.x.mean()) < 1e-5 and abs(data.x.std() - 1) < 1e-4
+
+
+def test_subset_seed_changes_the_draw():
+    a = draw_subset({"train": np.arange(100) % 2, "test": np.arange(50) % 2}, [0, 1], 10, 5, seed=0)
+    b = draw_subset({"train": np.arange(100) % 2, "test": np.arange(50) % 2}, [0, 1], 10, 5, seed=0)
+    c = draw_subset({"train": np.arange(100) % 2, "test": np.arange(50) % 2}, [0, 1], 10, 5, seed=1)
+    assert np.array_equal(a["train"], b["train"]) and not np.array_equal(a["train"], c["train"])
+
+
+def test_labels_file(tmp_path):
+    subset, source = build_subset(DIGITS)
+    write_subset(tmp_path / "subset.h5", subset, source, DIGITS)
+    write_labels(tmp_path / "labels.h5", tmp_path / "subset.h5", 0.5, seed=2)
+    with h5py.File(tmp_path / "labels.h5") as f:
+        assert f["corrupted"][...].sum() == 60
+        assert np.array_equal(f["y_clean"][...], subset.y["train"])
+        assert f.attrs["fraction"] == 0.5
+
+
+# ---------------------------------------------------------------- CIFAR-10 in the real pickle format
+def write_cifar_fixture(root, per_class_train=4, per_class_test=2):
+    """The official cifar-10-batches-py layout: pickled dicts with 'data' (N x 3072 uint8), 'labels'."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": names, "num_cases_per_batch": 10 * per_class_train, "num_vis": 3072}, f)
+    rng = np.random.default_rng(0)
+    batches = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    for b in batches:
+        per = per_class_test if b == "test_batch" else per_class_train
+        labels = np.repeat(np.arange(10), per)
+        data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        data[:, 0] = labels  # first red pixel encodes the class: lets the test trace rows
+        with open(folder / b, "wb") as f:
+            pickle.dump({"batch_label": b, "labels": labels.tolist(), "data": data, "filenames": [f"{b}_{i}.png" for i in range(len(labels))]}, f, protocol=2)
+    return folder
+
+
+def test_cifar10_reader_on_the_real_pickle_format(tmp_path):
+    write_cifar_fixture(tmp_path)
+    ds = {"name": "cifar10", "root": str(tmp_path), "classes": ["airplane", "automobile", "bird"],
+          "train_per_class": 6, "test_per_class": 2, "seed": 0}
+    subset, source = build_subset(ds)
+    assert source.image_shape == (3, 32, 32) and len(source.labels["train"]) == 200
+    assert subset.class_names == ["airplane", "automobile", "bird"]
+    for split in ("train", "test"):
+        # pixel [0,0,0] carries the original class: rows trace to the right images
+        assert np.array_equal(subset.x[split][:, 0, 0, 0], subset.y[split])
+        assert np.array_equal(source.labels[split][subset.source_index[split]], subset.y[split])
+    info = dataset_info(ds)
+    assert info.class_names[:3] == ["airplane", "automobile", "bird"]
+
+
+def test_cifar10_missing_folder_says_where_to_put_it(tmp_path):
+    ds = {"name": "cifar10", "root": str(tmp_path / "nowhere"), "download": False, "classes": ["bird", "cat"],
+          "train_per_class": 1, "test_per_class": 1, "seed": 0}
+    with pytest.raises(DataError, match="cifar-10-batches-py.*download"):
+        build_subset(ds)
+
+
+def test_imagefolder_source(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, per in (("train", 5), ("test", 3)):
+        for c in ("ant", "bee", "cow"):
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(per):
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i:04d}.png")
+    ds = {"name": "imagefolder", "root": str(tmp_path), "classes": ["cow", "ant"], "train_per_class": 4, "test_per_class": 3, "seed": 0}
+    subset, source = build_subset(ds)
+    assert source.image_shape == (3, 12, 12)
+    assert subset.x["train"].shape == (8, 3, 12, 12)
+    assert np.array_equal(np.bincount(subset.y["test"]), [3, 3])
+    with pytest.raises(DataError, match="test_per_class"):
+        build_subset({**ds, "test_per_class": 4})
+
+
+def test_mnist_through_torchvision_on_idx_files(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 50), ("t10k", 20)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes())
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes())
+    ds = {"name": "mnist", "root": str(tmp_path), "classes": [0, 1], "train_per_class": 5, "test_per_class": 2, "seed": 0}
+    subset, source = build_subset(ds)
+    assert source.image_shape == (1, 28, 28) and subset.x["train"].shape == (10, 1, 28, 28)
+    assert dataset_info(ds).per_class["train"].tolist() == [5] * 10

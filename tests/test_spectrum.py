@@ -1,0 +1,153 @@
+import json
+import subprocess
+import sys
+import textwrap
+
+import h5py
+import numpy as np
+import pytest
+
+from jacobian_spectrum.h5io import write_provenance
+from jacobian_spectrum.measure import flatten_rows, one_hot_vector, projection_ratios, residual_energies
+from jacobian_spectrum.spectrum import compute_spectrum, gram, read_spectrum, slab_width, spectrum_of_file, symmetrize_upper
+
+
+def write_J(path, J, chunks=None):
+    with h5py.File(path, "w") as f:
+        write_provenance(f, "jacobian", None, dtype=str(J.dtype), split="train", checkpoint="none", checkpoint_epoch=0,
+                         row_order="sample-major")
+        f.create_dataset("J", data=J, chunks=chunks or (J.shape[0], min(J.shape[1], 256)))
+    return path
+
+
+SETTINGS = dict(info_dim=10, method="full", memory_budget_mb=2, threads=2, topk=40, oversampling=20, power_iterations=4)
+
+
+def random_J(kind, rng):
+    if kind == "random":
+        return rng.standard_normal((120, 700))
+    # low rank 15 plus tiny noise: a gap like the Jacobian's
+    return rng.standard_normal((120, 15)) @ rng.standard_normal((15, 700)) * 10 + 1e-3 * rng.standard_normal((120, 700))
+
+
+@pytest.mark.parametrize("kind", ["random", "low_rank"])
+def test_full_spectrum_equals_numpy_svd(tmp_path, kind):
+    J = random_J(kind, np.random.default_rng(0))
+    path = write_J(tmp_path / "J.h5", J)
+    spec = compute_spectrum(path, SETTINGS)
+    U, s, _ = np.linalg.svd(J, full_matrices=False)
+    assert len(spec.singular_values) == 120
+    assert np.abs(spec.singular_values - s).max() <= 1e-10 * s[0]
+    # same information space (singular vectors up to sign)
+    assert np.allclose(np.abs(np.sum(spec.U * U[:, :10], axis=0)), 1, atol=1e-8)
+    assert spec.checks["orthogonality_error"] < 1e-12 and spec.checks["eigen_residual"] < 1e-12
+    assert spec.checks["norm_residual"] < 1e-12
+
+
+def test_gram_matches_in_memory_product_for_any_slab_width(tmp_path):
+    J = np.random.default_rng(1).standard_normal((50, 333)).astype(np.float32)
+    path = write_J(tmp_path / "J.h5", J, chunks=(50, 64))
+    ref = J.astype(np.float64) @ J.astype(np.float64).T
+    for budget in (0.01, 0.2, 100):  # one column per slab .. the whole matrix
+        assert np.allclose(gram(path, budget, threads=2), ref, rtol=1e-12, atol=1e-9)
+    assert slab_width(50, 333, 0.01, 3) == 5
+
+
+def test_symmetrize_upper_in_blocks():
+    A = np.random.default_rng(0).standard_normal((70, 70))
+    S = A + A.T
+    assert np.array_equal(symmetrize_upper(np.triu(S), block=16), S)
+
+
+def test_topk_agrees_with_full_on_the_leading_values(tmp_path):
+    J = random_J("low_rank", np.random.default_rng(2))
+    path = write_J(tmp_path / "J.h5", J)
+    full = compute_spectrum(path, SETTINGS)
+    topk = compute_spectrum(path, {**SETTINGS, "method": "topk"})
+    assert len(topk.singular_values) == 40
+    assert np.abs(topk.singular_values[:15] - full.singular_values[:15]).max() <= 1e-8 * full.singular_values[0]
+    assert np.allclose(np.abs(np.sum(topk.U * full.U, axis=0)), 1, atol=1e-6)
+
+
+def test_spectrum_file_contract(tmp_path):
+    J = random_J("low_rank", np.random.default_rng(3)).astype(np.float32)
+    write_J(tmp_path / "J.h5", J)
+    spectrum_of_file(tmp_path / "J.h5", tmp_path / "s.h5", {**SETTINGS, "method": "auto"}, "cpu")
+    sp = read_spectrum(tmp_path / "s.h5")
+    assert sp.U.shape == (120, 10) and np.all(np.diff(sp.singular_values) <= 0)
+    assert sp.attrs["method"] == "full" and sp.attrs["info_dim"] == 10
+    assert sp.attrs["numerical_floor"] == pytest.approx(1e-8 * sp.singular_values[0])
+
+
+def test_nan_in_J_is_refused(tmp_path):
+    J = np.ones((10, 30))
+    J[4, 7] = np.nan
+    write_J(tmp_path / "J.h5", J)
+    with pytest.raises(ValueError, match="NaN"):
+        compute_spectrum(tmp_path / "J.h5", {**SETTINGS, "info_dim": 2})
+
+
+GRAM_PEAK = textwrap.dedent("""
+    import json, sys
+    import numpy as np
+    from jacobian_spectrum.spectrum import gram
+
+    def high_water_mb():  # VmHWM is per process image (ru_maxrss survives exec on Linux)
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1e3
+
+    before = high_water_mb()
+    G = gram(sys.argv[1], memory_budget_mb=float(sys.argv[2]), threads=2)
+    print(json.dumps({"grew_mb": high_water_mb() - before, "trace": float(np.trace(G))}))
+""")
+
+
+def gram_peak(path, budget):
+    out = subprocess.run([sys.executable, "-c", GRAM_PEAK, str(path), str(budget)], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_gram_peak_memory_stays_under_its_budget(tmp_path):
+    # J is 1200 x 60000 float32 = 288 MB on disk, 14x the 20 MB budget; G is 11.5 MB.
+    # The same Gram step on a J of a single 512-column slab measures the fixed cost (G, thread
+    # pools, BLAS buffers); the large J may add at most the budget on top of it.
+    rows, cols, budget = 1200, 60000, 20
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "J.h5", "w") as f:
+        write_provenance(f, "jacobian", None)
+        d = f.create_dataset("J", shape=(rows, cols), dtype=np.float32, chunks=(rows, 512))
+        for i in range(0, cols, 6000):
+            d[:, i : i + 6000] = rng.standard_normal((rows, 6000), dtype=np.float32)
+    write_J(tmp_path / "small.h5", rng.standard_normal((rows, 512)).astype(np.float32), chunks=(rows, 512))
+    small = gram_peak(tmp_path / "small.h5", budget)
+    large = gram_peak(tmp_path / "J.h5", budget)
+    assert large["trace"] == pytest.approx(rows * cols, rel=0.01)  # it did read all of J
+    assert large["grew_mb"] < small["grew_mb"] + budget, (small, large)
+
+
+def test_projections_energies_sum_to_the_norm():
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.standard_normal((60, 8)))
+    s = np.sort(rng.uniform(1, 10, 8))[::-1]
+    x = rng.standard_normal(60)
+    pi, pn, pinv = projection_ratios(x, U, s)
+    assert pi**2 + pn**2 == pytest.approx(1.0, abs=1e-12)
+    assert pinv == pytest.approx(np.linalg.norm((U.T @ x) / s) / np.linalg.norm(x))
+    R = rng.standard_normal((5, 60))
+    info, nuis = residual_energies(R, U)
+    assert np.allclose(info + nuis, (R**2).sum(1))
+
+
+def test_vectors_are_ordered_as_J_rows():
+    # predictions (n, K) flatten to row i*K + k, the Jacobian's row order
+    P = np.arange(12).reshape(4, 3)
+    v = flatten_rows(P)
+    assert all(v[i * 3 + k] == P[i, k] for i in range(4) for k in range(3))
+    # a J whose only column is y: the information space is exactly span(y) in that order
+    labels = np.random.default_rng(1).integers(0, 3, 40)
+    y = one_hot_vector(labels, 3)
+    U = (y / np.linalg.norm(y))[:, None]
+    assert projection_ratios(y, U, np.array([np.linalg.norm(y)]))[0] == pytest.approx(1.0)
+    class_major = np.eye(3)[labels].T.reshape(-1)
+    assert projection_ratios(class_major, U, np.array([1.0]))[0] < 0.9

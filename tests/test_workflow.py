@@ -1,0 +1,94 @@
+"""End-to-end: the tiny config through Snakemake, the artifact contract, reruns, lint, report."""
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import ROOT, TINY, snakemake
+
+pytestmark = pytest.mark.slow
+
+
+def dry_run_jobs(results, *extra):
+    """Rule names a dry run would execute (empty when nothing is to be done)."""
+    proc = snakemake("-n", "--cores", "2", "--configfile", str(TINY), "--config", f"results={results}", *extra)
+    jobs = []
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("rule ") and line.endswith(":"):
+            jobs.append(line[5:-1])
+        elif line.startswith("localrule ") and line.endswith(":"):
+            jobs.append(line[10:-1])
+    return jobs
+
+
+def test_every_artifact_of_the_contract(tiny_results):
+    r = tiny_results
+    with h5py.File(r / "data/subset.h5") as f:
+        assert f["train/x"].shape == (60, 1, 8, 8) and f["test/source_index"].shape == (30,)
+        assert list(f.attrs["classes"]) == ["0", "1", "2"] and f.attrs["dataset"] == "digits"
+    with h5py.File(r / "data/labels_noise0.5.h5") as f:
+        assert f["corrupted"][...].sum() == 30 and f.attrs["fraction"] == 0.5
+    with h5py.File(r / "runs/sgd_clean/trajectory.h5") as f:
+        assert f["train/predictions"].shape == (7, 60, 3) and f["test/predictions"].shape == (7, 30, 3)
+    assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").iterdir()) == ["epoch0.pt", "epoch3.pt", "epoch6.pt"]
+    with h5py.File(r / "init/jacobian/train_epoch0.h5") as f:
+        assert f["J"].shape[0] == 180 and f.attrs["row_order"].startswith("sample-major")
+        assert f.attrs["probe_error_jvp_max"] < 1e-5 and f.attrs["probe_error_vjp_max"] < 1e-5
+        p = f["J"].shape[1]
+        assert f["parameters/offset"][-1] + f["parameters/size"][-1] == p
+    # the shared initialisation: J_init is one file, and every run's epoch-0 checkpoint equals it
+    assert not (r / "runs/sgd_clean/jacobian/train_epoch0.h5").exists()
+    for spectrum in ("init/spectrum/train_epoch0.h5", "runs/sgd_corrupt50/spectrum/test_epoch3.h5"):
+        with h5py.File(r / spectrum) as f:
+            s = f["singular_values"][...]
+            assert f["U"].shape[1] == 10 and np.all(np.diff(s) <= 0)
+            assert f.attrs["check_orthogonality_error"] < 1e-10
+    with h5py.File(r / "runs/sgd_corrupt50/measurements.h5") as f:
+        assert f["alignment/values"].shape == (2, 6)
+        info, nuis = f["residual/train/information"][...], f["residual/train/nuisance"][...]
+        assert info.shape == (7,) and np.all(info >= 0) and np.all(nuis >= 0)
+        assert f.attrs["reference_epoch"] == 3
+    for name in ("fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"):
+        assert (r / "figures" / f"{name}.png").stat().st_size > 10_000
+    for i in (1, 2, 3):
+        for ext in ("csv", "md", "tex"):
+            assert (r / "tables" / f"table{i}.{ext}").stat().st_size > 100
+    text = (r / "tables/comparison.md").read_text()
+    assert "digits" in text and "(paper 0.724)" in text
+
+
+def test_a_second_run_has_nothing_to_do(tiny_results):
+    assert dry_run_jobs(tiny_results) == []
+
+
+def test_a_plotting_option_reruns_only_figure_rules(tiny_results):
+    jobs = dry_run_jobs(tiny_results, "figures={'min_window': 3}")
+    assert set(jobs) == {"residual_figure", "figure9", "all"}
+
+
+def test_a_new_corruption_level_reruns_only_what_depends_on_it(tiny_results):
+    jobs = dry_run_jobs(tiny_results, "corruption={'levels': [0.0, 0.5, 0.75]}")
+    assert sorted(jobs) == ["all", "corrupt_labels"]
+
+
+def test_a_changed_run_reruns_that_run_only(tiny_results):
+    jobs = dry_run_jobs(tiny_results, "runs={'adam_clean': {'optimizer': 'adam', 'lr': 0.002, 'epochs': 4}}")
+    assert "train" in jobs and jobs.count("train") == 1
+    assert "subsample" not in jobs and "initialise" not in jobs
+
+
+def test_lint_reports_nothing():
+    proc = snakemake("--lint", "--configfile", str(TINY), check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Lints for" not in proc.stdout + proc.stderr
+
+
+def test_html_report(tiny_results, tmp_path):
+    report = tmp_path / "report.zip"
+    snakemake("--cores", "1", "--configfile", str(TINY), "--config", f"results={tiny_results}", "--report", str(report))
+    import zipfile
+
+    names = zipfile.ZipFile(report).namelist()
+    assert any(n.endswith("fig8.png") for n in names) and any(n.endswith("table3.csv") for n in names)
+    assert any(n.endswith("comparison.md") for n in names)
