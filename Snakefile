@@ -19,6 +19,15 @@ report: "workflow/report/workflow.rst"
 include: "rules/common.smk"
 
 
+wildcard_constraints:
+    run="[A-Za-z0-9_\-]+",
+    owner="init|runs/[A-Za-z0-9_\-]+",
+    split="train|test",
+    epoch="[0-9]+",
+    chunk="[0-9]+",
+    level="[0-9.]+",
+
+
 rule all:
     input:
         all_targets(),

@@ -46,7 +46,7 @@ daemon_pid() {  # name pidfile
 }
 
 stop_daemon() {  # name pidfile
-    local pid i
+    local pid
     pid=$(daemon_pid "$1" "$2")
     if [[ -z $pid ]]; then
         step "$1: not running"
@@ -54,7 +54,7 @@ stop_daemon() {  # name pidfile
     fi
     step "$1: stopping pid $pid"
     kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || break
         sleep 0.1
     done
@@ -168,8 +168,7 @@ start_munge() {
     fi
     step "munge: starting munged as user munge"
     runuser -u munge -- /usr/sbin/munged --force
-    local i
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
         sleep 0.1
     done
@@ -177,8 +176,9 @@ start_munge() {
     step "munge: munged running (pid $(daemon_pid munged "$MUNGE_PID"))"
 }
 
+# Node state as sinfo prints it; a suffix flags trouble ("idle*": slurmd not responding).
 node_state() {
-    sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1 | tr -d '*~#!%$@^-' || true
+    sinfo -h -n "$HOST" -o %T 2>/dev/null | head -n1 || true
 }
 
 wait_idle() {
@@ -189,7 +189,7 @@ wait_idle() {
             idle | mixed | allocated | completing)
                 step "node $HOST is $state after $(( SECONDS - start )) s"
                 return 0 ;;
-            down* | drain* | fail*)
+            down* | drain* | fail* | inval*)
                 if [[ $resumed -eq 0 ]]; then
                     step "node $HOST is $state: scontrol update state=resume"
                     scontrol update nodename="$HOST" state=resume 2>/dev/null || true
@@ -237,8 +237,7 @@ cmd_up() {
     else
         step "slurmctld: starting"
         slurmctld -i || die "slurmctld failed to start (see $LOG_DIR/slurmctld.log)"
-        local i
-        for i in $(seq 1 50); do
+        for _ in $(seq 1 50); do
             scontrol ping 2>/dev/null | grep -q UP && break
             sleep 0.2
         done
@@ -251,6 +250,7 @@ cmd_up() {
     else
         step "slurmd: starting"
         slurmd || die "slurmd failed to start (see $LOG_DIR/slurmd.log)"
+        for _ in $(seq 1 50); do [[ -s $SLURMD_PID ]] && break; sleep 0.1; done
         step "slurmd: running (pid $(daemon_pid slurmd "$SLURMD_PID"))"
     fi
     step "waiting up to ${UP_TIMEOUT} s for node $HOST to be idle"
@@ -261,6 +261,7 @@ cmd_up() {
 cmd_down() {
     if ! command -v slurmctld >/dev/null; then
         step "slurm is not installed: nothing to stop"
+        return 0
     fi
     stop_daemon slurmd "$SLURMD_PID"
     stop_daemon slurmctld "$CTLD_PID"

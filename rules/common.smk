@@ -25,17 +25,8 @@ RUNS = config["runs"]
 LEVELS = [level_tag(x) for x in config["corruption"]["levels"]]
 
 
-wildcard_constraints:
-    run="[A-Za-z0-9_\-]+",
-    owner="init|runs/[A-Za-z0-9_\-]+",
-    split="train|test",
-    epoch="[0-9]+",
-    chunk="[0-9]+",
-    level="[0-9.]+",
-
-
 def code_version(*modules):
-    """Hash of the package sources a rule depends on: a param, so edits rerun the rule."""
+    """Hash of the package sources used; passed as a param, so that source edits rerun the job."""
     h = hashlib.sha256()
     for m in ("__init__.py", "h5io.py", "config.py") + modules:
         h.update((SRC / m).read_bytes())
@@ -136,3 +127,22 @@ def all_targets():
     if config["figures"]["corruption_runs"]:
         targets += figure_files("fig9")
     return targets
+
+
+def checkpoint_input(w):
+    """The file (init) or the training output folder (runs) that holds the checkpoint."""
+    if w.owner == "init":
+        return checkpoint_path("init", 0)
+    return f"{R}/{w.owner}/checkpoints"
+
+
+def jacobian_output(path):
+    return temp(path) if config["jacobian"]["temporary"] else path
+
+
+def run_files(run):
+    return {"measurements": f"{R}/runs/{run}/measurements.h5", "trajectory": f"{R}/runs/{run}/trajectory.h5"}
+
+
+TABLE_RUNS = paper_tables()
+PLOT = {"window": config["figures"]["min_window"]}

@@ -7,6 +7,8 @@ rule subsample:
     params:
         dataset=config["dataset"],
         code=code_version("data.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/data/subsample.log",
     script:
@@ -21,6 +23,8 @@ rule corrupt_labels:
     params:
         seed=config["corruption"]["seed"],
         code=code_version("data.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/data/corrupt_labels_noise{{level}}.log",
     script:

@@ -1,13 +1,5 @@
 # Figures 5-9 and Tables 1-3 of Section 4, and the comparison with the paper's tables.
 
-TABLE_RUNS = paper_tables()
-PLOT = {"window": config["figures"]["min_window"]}
-
-
-def run_files(run):
-    return {"measurements": f"{R}/runs/{run}/measurements.h5", "trajectory": f"{R}/runs/{run}/trajectory.h5"}
-
-
 rule figure5:
     input:
         init=lambda w: spectrum_path(TABLE_RUNS[1], "train", 0),
@@ -16,6 +8,8 @@ rule figure5:
         **figure_output("fig5", "fig5"),
     params:
         code=code_version("figures.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/figures/fig5.log",
     script:
@@ -39,6 +33,8 @@ rule residual_figure:
         plot=PLOT,
         test_panel=lambda w: w.number != "7",
         code=code_version("figures.py", "measure.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/figures/fig{{number}}.log",
     script:
@@ -57,6 +53,8 @@ rule figure9:
         corruption={run: RUNS[run]["corruption"] for run in config["figures"]["corruption_runs"]},
         plot=PLOT,
         code=code_version("figures.py", "measure.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/figures/fig9.log",
     script:
@@ -82,6 +80,8 @@ rule table:
     params:
         info_dim=config["spectrum"]["info_dim"],
         code=code_version("figures.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/tables/table{{number}}.log",
     script:
@@ -99,6 +99,8 @@ rule comparison:
         numbers=list(TABLE_RUNS),
         info_dim=config["spectrum"]["info_dim"],
         code=code_version("figures.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/tables/comparison.log",
     script:

@@ -1,17 +1,6 @@
 # Jacobian stage: one job per chunk of samples (scatter), then one consolidated J (gather).
 
 
-def checkpoint_input(w):
-    """The file (init) or the training output folder (runs) that holds the checkpoint."""
-    if w.owner == "init":
-        return checkpoint_path("init", 0)
-    return f"{R}/{w.owner}/checkpoints"
-
-
-def jacobian_output(path):
-    return temp(path) if config["jacobian"]["temporary"] else path
-
-
 rule jacobian_chunk:
     input:
         subset=f"{R}/data/subset.h5",
@@ -28,6 +17,8 @@ rule jacobian_chunk:
     resources:
         mem_mb=lambda w, attempt: attempt * config["jacobian"]["mem_mb"],
         runtime=lambda w, attempt: 60 * attempt,
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.chunk{{chunk}}.log",
     script:
@@ -44,6 +35,8 @@ rule jacobian_gather:
         jacobian_output(f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5"),
     params:
         code=code_version("jacobian.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.gather.log",
     script:

@@ -12,6 +12,8 @@ rule measure:
         info_dim=config["spectrum"]["info_dim"],
         reference_epoch=lambda w: reference_epoch(w.run),
         code=code_version("measure.py", "spectrum.py", "train.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/measure/{{run}}.log",
     script:

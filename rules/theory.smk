@@ -8,6 +8,8 @@ rule linear_model:
     params:
         settings=config["theory"]["linear"],
         code=code_version("theory.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/theory/linear_model.log",
     script:
@@ -21,6 +23,8 @@ rule gaussian_mixture:
     params:
         settings=config["theory"]["mixture"],
         code=code_version("theory.py", "models.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/theory/gaussian_mixture.log",
     script:

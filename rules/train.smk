@@ -9,6 +9,8 @@ rule initialise:
     params:
         model=config["model"],
         code=code_version("models.py"),
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/train/initialise.log",
     script:
@@ -34,6 +36,8 @@ rule train:
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=lambda w, attempt: 120 * attempt,
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/train/{{run}}.log",
     script:

@@ -151,3 +151,26 @@ def test_vectors_are_ordered_as_J_rows():
     assert projection_ratios(y, U, np.array([np.linalg.norm(y)]))[0] == pytest.approx(1.0)
     class_major = np.eye(3)[labels].T.reshape(-1)
     assert projection_ratios(class_major, U, np.array([1.0]))[0] < 0.9
+
+
+def test_matrix_free_randomized_svd_matches_the_materialised_spectrum():
+    import torch
+
+    from jacobian_spectrum.jacobian import jacobian
+    from jacobian_spectrum.matrix_free import JacobianOperator, randomized_svd
+    from jacobian_spectrum.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
+    x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    J = jacobian(model, x).numpy()
+    op = JacobianOperator(model, x, batch_size=16)
+    X = np.random.default_rng(0).standard_normal((J.shape[1], 3))
+    assert np.allclose(op.matmat(X), J @ X, rtol=1e-10, atol=1e-12)
+    Y = np.random.default_rng(1).standard_normal((J.shape[0], 3))
+    assert np.allclose(op.rmatmat(Y), J.T @ Y, rtol=1e-10, atol=1e-12)
+    op.passes = 0
+    s, U = randomized_svd(op, k=10, oversampling=30, power_iterations=6)
+    U_ref, s_ref, _ = np.linalg.svd(J, full_matrices=False)
+    assert np.abs(s - s_ref[:10]).max() <= 1e-6 * s_ref[0]
+    assert np.allclose(np.abs(np.sum(U * U_ref[:, :10], axis=0)), 1, atol=1e-6)
+    assert op.passes == 2 * 6 + 2

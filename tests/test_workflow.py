@@ -3,15 +3,25 @@
 import h5py
 import numpy as np
 import pytest
+import yaml
 
 from conftest import ROOT, TINY, snakemake
 
 pytestmark = pytest.mark.slow
 
 
-def dry_run_jobs(results, *extra):
-    """Rule names a dry run would execute (empty when nothing is to be done)."""
-    proc = snakemake("-n", "--cores", "2", "--configfile", str(TINY), "--config", f"results={results}", *extra)
+def dry_run_jobs(results, override=None, tmp_path=None):
+    """Rule names a dry run would execute (empty when nothing is to be done).
+
+    ``override`` is a config change, written as a second config file that Snakemake merges
+    over the tiny config (as a user would change a config).
+    """
+    files = [str(TINY)]
+    if override:
+        path = tmp_path / "override.yaml"
+        path.write_text(yaml.safe_dump(override))
+        files.append(str(path))
+    proc = snakemake("-n", "--cores", "2", "--configfile", *files, "--config", f"results={results}")
     jobs = []
     for line in proc.stdout.splitlines():
         line = line.strip()
@@ -31,7 +41,7 @@ def test_every_artifact_of_the_contract(tiny_results):
         assert f["corrupted"][...].sum() == 30 and f.attrs["fraction"] == 0.5
     with h5py.File(r / "runs/sgd_clean/trajectory.h5") as f:
         assert f["train/predictions"].shape == (7, 60, 3) and f["test/predictions"].shape == (7, 30, 3)
-    assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").iterdir()) == ["epoch0.pt", "epoch3.pt", "epoch6.pt"]
+    assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").glob("*.pt")) == ["epoch0.pt", "epoch3.pt", "epoch6.pt"]
     with h5py.File(r / "init/jacobian/train_epoch0.h5") as f:
         assert f["J"].shape[0] == 180 and f.attrs["row_order"].startswith("sample-major")
         assert f.attrs["probe_error_jvp_max"] < 1e-5 and f.attrs["probe_error_vjp_max"] < 1e-5
@@ -62,26 +72,51 @@ def test_a_second_run_has_nothing_to_do(tiny_results):
     assert dry_run_jobs(tiny_results) == []
 
 
-def test_a_plotting_option_reruns_only_figure_rules(tiny_results):
-    jobs = dry_run_jobs(tiny_results, "figures={'min_window': 3}")
+def test_a_plotting_option_reruns_only_figure_rules(tiny_results, tmp_path):
+    jobs = dry_run_jobs(tiny_results, {"figures": {"min_window": 3}}, tmp_path)
     assert set(jobs) == {"residual_figure", "figure9", "all"}
 
 
-def test_a_new_corruption_level_reruns_only_what_depends_on_it(tiny_results):
-    jobs = dry_run_jobs(tiny_results, "corruption={'levels': [0.0, 0.5, 0.75]}")
+def test_a_new_corruption_level_reruns_only_what_depends_on_it(tiny_results, tmp_path):
+    jobs = dry_run_jobs(tiny_results, {"corruption": {"levels": [0.0, 0.5, 0.75]}}, tmp_path)
     assert sorted(jobs) == ["all", "corrupt_labels"]
 
 
-def test_a_changed_run_reruns_that_run_only(tiny_results):
-    jobs = dry_run_jobs(tiny_results, "runs={'adam_clean': {'optimizer': 'adam', 'lr': 0.002, 'epochs': 4}}")
+def test_a_changed_run_reruns_that_run_only(tiny_results, tmp_path):
+    jobs = dry_run_jobs(tiny_results, {"runs": {"adam_clean": {"lr": 0.002}}}, tmp_path)
     assert "train" in jobs and jobs.count("train") == 1
     assert "subsample" not in jobs and "initialise" not in jobs
 
 
 def test_lint_reports_nothing():
-    proc = snakemake("--lint", "--configfile", str(TINY), check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "Lints for" not in proc.stdout + proc.stderr
+    for config in (ROOT / "config.yaml", TINY):
+        proc = snakemake("--lint", "--configfile", str(config), check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "Lints for" not in proc.stdout + proc.stderr
+        assert "Congratulations" in proc.stdout + proc.stderr
+
+
+def test_paper_config_lists_the_full_job_set(tmp_path):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_data import write_cifar_fixture
+
+    write_cifar_fixture(tmp_path / "cifar")
+    override = tmp_path / "root.yaml"
+    override.write_text(yaml.safe_dump({"dataset": {"root": str(tmp_path / "cifar")}, "results": str(tmp_path / "r")}))
+    proc = snakemake("-n", "--cores", "8", "--configfile", str(ROOT / "config" / "paper.yaml"), str(override))
+    counts = {}
+    for line in proc.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    # 6 runs; 29,997 training rows in chunks of 1000 samples = 10 chunks, 3000 test samples = 3
+    assert counts["train"] == 6 and counts["corrupt_labels"] == 5
+    # J_init, 6 J_final (train), 6 J_ref (test), J at epoch 100 (train) of the 50% run: 8 train + 6 test
+    assert counts["jacobian_gather"] == 14 and counts["spectrum"] == 14
+    assert counts["jacobian_chunk"] == 8 * 10 + 6 * 3  # 9999 samples in chunks of 1000; 3000 test samples
+    assert counts["table"] == 3 and counts["residual_figure"] == 3
 
 
 def test_html_report(tiny_results, tmp_path):
@@ -92,3 +127,18 @@ def test_html_report(tiny_results, tmp_path):
     names = zipfile.ZipFile(report).namelist()
     assert any(n.endswith("fig8.png") for n in names) and any(n.endswith("table3.csv") for n in names)
     assert any(n.endswith("comparison.md") for n in names)
+
+
+def test_matrix_free_option_matches_the_materialised_spectrum(tiny_results, tmp_path):
+    out = tmp_path / "results"
+    target = "init/spectrum/train_epoch0.h5"
+    override = tmp_path / "matrix_free.yaml"
+    override.write_text(yaml.safe_dump({"spectrum": {"method": "matrix_free", "topk": 20, "oversampling": 20, "power_iterations": 6}}))
+    snakemake(str(out / target), "--cores", "2", "--configfile", str(TINY), str(override), "--config", f"results={out}")
+    assert not (out / "init/jacobian").exists()  # J was never stored
+    with h5py.File(out / target) as mf, h5py.File(tiny_results / target) as full:
+        s_mf, s_full = mf["singular_values"][...], full["singular_values"][...]
+        assert mf.attrs["method"] == "matrix_free" and full.attrs["method"] == "full"
+        assert np.abs(s_mf[:10] - s_full[:10]).max() <= 1e-6 * s_full[0]
+        overlap = np.abs(np.sum(mf["U"][...] * full["U"][...], axis=0))
+        assert np.allclose(overlap, 1, atol=1e-4)

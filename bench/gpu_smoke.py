@@ -1,0 +1,100 @@
+"""Paper-scale steps on a GPU, each timed, printed as JSON (a few minutes on one GPU).
+
+  1. one training epoch of ResNet20 (full width, p = 268,579) on 9999 3x32x32 images
+  2. one Jacobian chunk of 1000 samples (3000 x 268,579 rows, float32), checked by probes
+  3. a float64 eigendecomposition (torch.linalg.eigh) of Gram matrices of size 10k, 20k, 30k
+
+TF32 is off (numerical rules). --quick runs tiny sizes (a CPU check of the script itself);
+--budget-s stops before a step whose predicted time would pass the budget.
+
+  python bench/gpu_smoke.py [--quick] [--eigh-sizes 10000 20000 30000] [--budget-s 420]
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import torch
+
+from jacobian_spectrum.jacobian import jacobian, probe_errors
+from jacobian_spectrum.models import ModelSpec, build_model
+from jacobian_spectrum.train import augment, least_squares_loss, select_device
+
+
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--images", type=int, default=9999)
+    ap.add_argument("--chunk", type=int, default=1000)
+    ap.add_argument("--eigh-sizes", type=int, nargs="+", default=[10000, 20000, 30000])
+    ap.add_argument("--budget-s", type=float, default=420)
+    args = ap.parse_args()
+    if args.quick:
+        args.images, args.chunk, args.eigh_sizes = 256, 16, [200, 400]
+    device = select_device("auto")
+    start = time.perf_counter()
+    report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "tf32": torch.backends.cuda.matmul.allow_tf32}
+    spec = ModelSpec("resnet20", 3, 32, 3, width=1.0)
+    model = build_model(spec, seed=0).to(device)
+    x = torch.randn(args.images, 3, 32, 32, device=device)
+    y = torch.nn.functional.one_hot(torch.randint(0, 3, (args.images,), device=device), 3).float()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def epoch():
+        perm = torch.randperm(args.images, generator=gen, device=device)
+        for i in range(0, args.images, 128):
+            idx = perm[i : i + 128]
+            loss = least_squares_loss(model(augment(x[idx], True, True, gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+    timed(epoch, device)  # warm-up (cuDNN autotuning, allocator)
+    _, report["train_epoch_s"] = timed(epoch, device)
+    report["train_images_per_s"] = args.images / report["train_epoch_s"]
+    print(json.dumps(report), file=sys.stderr, flush=True)
+
+    xs = x[: args.chunk]
+    J, report["jacobian_chunk_s"] = timed(lambda: jacobian(model, xs, batch_size=64), device)
+    report["jacobian_rows_per_s"] = J.shape[0] / report["jacobian_chunk_s"]
+    report["jacobian_shape"] = list(J.shape)
+    report["jacobian_probe_errors"] = probe_errors(model, xs[:64], J[: 64 * 3])
+    del J
+    print(json.dumps(report), file=sys.stderr, flush=True)
+
+    report["eigh_s"] = {}
+    last = None
+    for n in args.eigh_sizes:
+        if last is not None:  # eigh costs ~ n^3: skip a size that would pass the budget
+            predicted = last[1] * (n / last[0]) ** 3
+            if time.perf_counter() - start + predicted > args.budget_s:
+                report["eigh_s"][str(n)] = f"skipped: predicted {predicted:.0f}s passes the budget"
+                continue
+        A = torch.randn(n, n // 4, device=device, dtype=torch.float64)
+        G = A @ A.T
+        del A
+        _, t = timed(lambda: torch.linalg.eigh(G), device)
+        report["eigh_s"][str(n)] = t
+        last = (n, t)
+        del G
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        print(json.dumps(report), file=sys.stderr, flush=True)
+    report["total_s"] = time.perf_counter() - start
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
