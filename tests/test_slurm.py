@@ -102,9 +102,12 @@ def _targets(results: Path, targets: list[str] | None) -> list[str]:
 
 
 def run_slurm_and_local(tmp: Path, snakefile: Path, configfile: Path | None, workdir: Path,
-                        targets: list[str] | None = None) -> dict:
-    """Run the workflow through SLURM into tmp/slurm, locally into tmp/local; compare."""
-    slurm_res, local_res = tmp / "slurm", tmp / "local"
+                        targets: list[str] | None = None, local_results: Path | None = None) -> dict:
+    """Run the workflow through SLURM into tmp/slurm, locally into tmp/local; compare.
+
+    ``local_results``: an existing local run of the same config and targets (skips the local run).
+    """
+    slurm_res, local_res = tmp / "slurm", (local_results or tmp / "local")
     slurm_logs = tmp / "slurm_logs"
     common = ["--snakefile", str(snakefile), "--directory", str(workdir)]
     if configfile is not None:
@@ -121,7 +124,7 @@ def run_slurm_and_local(tmp: Path, snakefile: Path, configfile: Path | None, wor
         ],
         tmp / "snakemake_slurm.log", workdir, slurm_logs,
     )
-    t_local = run_snakemake(
+    t_local = 0.0 if local_results else run_snakemake(
         [
             "--cores", str(LOCAL_CORES),
             *common,
@@ -161,9 +164,10 @@ def test_sbatch_runs_a_job(slurm_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_workflow_slurm_equals_local(slurm_cluster, tmp_path):
+def test_workflow_slurm_equals_local(slurm_cluster, tmp_path, tiny_results):
     assert CONFIGFILE.is_file(), f"{CONFIGFILE} is missing: the tiny config this test runs"
-    run_slurm_and_local(tmp_path, SNAKEFILE, CONFIGFILE, REPO, TARGETS)
+    # the local side is the session's tiny run (conftest.tiny_results): same config, all targets
+    run_slurm_and_local(tmp_path, SNAKEFILE, CONFIGFILE, REPO, TARGETS, local_results=None if TARGETS else tiny_results)
 
 
 # --- the comparator (fast) ---

@@ -68,23 +68,25 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
 
 
 def _conv_weight_grads(g: torch.Tensor, a: torch.Tensor, conv: nn.Conv2d, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Per-sample weight gradients of a convolution: (n, R, C_out L) x input -> (n, R, C_in kh kw).
+    """Per-sample weight gradients of a convolution: (n, R, L) backprops, (n, C_in, H, W) inputs.
 
-    One batched matmul per kernel offset against a strided view of the padded input: the
-    same arithmetic as an im2col unfold, without its slow copy.
+    One batched matmul per kernel offset against a strided window of the padded input (the
+    arithmetic of an im2col unfold without its slow copy), each written contiguously into
+    its slot of a (kh kw, n, R, C_in) buffer. Returns the view (n, R, C_in, kh kw).
     """
     n, rows, _ = g.shape
     kh, kw = conv.kernel_size
     sh, sw = conv.stride
     ph, pw = conv.padding
     ho, wo = out_hw
+    c_in = a.shape[1]
     padded = F.pad(a, (pw, pw, ph, ph))
-    out = torch.empty(n, rows, a.shape[1], kh, kw, dtype=g.dtype, device=g.device)
+    buf = torch.empty(kh * kw, n, rows, c_in, dtype=g.dtype, device=g.device)
     for i in range(kh):
         for j in range(kw):
             window = padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-            out[:, :, :, i, j] = torch.bmm(g, window.reshape(n, a.shape[1], ho * wo).transpose(1, 2))
-    return out
+            torch.bmm(g, window.reshape(n, c_in, ho * wo).transpose(1, 2), out=buf[i * kw + j])
+    return buf.permute(1, 2, 3, 0)
 
 
 def jacobian_by_layers(model: nn.Module, x: torch.Tensor, layers: list[tuple[str, nn.Module]]) -> torch.Tensor:
@@ -125,8 +127,9 @@ def jacobian_by_layers(model: nn.Module, x: torch.Tensor, layers: list[tuple[str
             off += p.numel()
     rows = torch.empty(n, k, off, dtype=x.dtype, device=x.device)
 
-    def put(pn: str, block: torch.Tensor) -> None:  # block (n, K, size)
-        rows[:, :, offsets[pn] : offsets[pn] + block.shape[2]] = block
+    def put(pn: str, block: torch.Tensor) -> None:  # block (n, K, ...) in the tensor's element order
+        size = math.prod(block.shape[2:])
+        rows[:, :, offsets[pn] : offsets[pn] + size].view(block.shape).copy_(block)
 
     for (name, module), store in zip(layers, backprops):
         g = torch.stack(store, dim=1)  # (n, K, C_out, ...)
@@ -134,7 +137,8 @@ def jacobian_by_layers(model: nn.Module, x: torch.Tensor, layers: list[tuple[str
         if isinstance(module, nn.Conv2d):
             out_hw = g.shape[-2:]
             g = g.reshape(n, k * g.shape[2], -1)  # (n, K C_out, L)
-            put(prefix + "weight", _conv_weight_grads(g, inputs[name], module, out_hw).reshape(n, k, -1))
+            grads = _conv_weight_grads(g, inputs[name], module, out_hw)  # (n, K C_out, C_in, kh kw)
+            put(prefix + "weight", grads.view(n, k, module.out_channels, *grads.shape[2:]))
             bias = g.sum(2).reshape(n, k, -1)
         else:
             put(prefix + "weight", (g[:, :, :, None] * inputs[name][:, None, None, :]).reshape(n, k, -1))
