@@ -1,0 +1,168 @@
+"""Killed jobs, corrupted files, determinism, no network: a wrong result never passes silently."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import ROOT, TINY, snakemake
+from h5compare import assert_h5_trees_equal
+from jacobian_spectrum.h5io import atomic_h5, open_checked, require_finite
+from jacobian_spectrum.measure import measure_run
+
+pytestmark = pytest.mark.slow
+
+
+# ---------------------------------------------------------------- validation on read
+def test_truncated_hdf5_is_named(tmp_path):
+    with atomic_h5(tmp_path / "J.h5") as f:
+        f.create_dataset("J", data=np.ones((50, 400)))
+    data = (tmp_path / "J.h5").read_bytes()
+    (tmp_path / "J.h5").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"J.h5: not a readable HDF5 file \(truncated or corrupted\?\)"):
+        open_checked(tmp_path / "J.h5", ["J"])
+
+
+def test_missing_dataset_is_named(tiny_results, tmp_path):
+    spectra = {k: tiny_results / "init/spectrum/train_epoch0.h5" for k in ("init", "final", "ref_train")}
+    broken = tmp_path / "test_epoch3.h5"
+    with h5py.File(tiny_results / "runs/sgd_corrupt50/spectrum/test_epoch3.h5") as src, h5py.File(broken, "w") as dst:
+        for key, value in src.attrs.items():
+            dst.attrs[key] = value
+        dst.create_dataset("singular_values", data=src["singular_values"][...])  # no U
+    with pytest.raises(ValueError, match=r"test_epoch3.h5: missing dataset\(s\) \['U'\]"):
+        measure_run(tiny_results / "runs/sgd_corrupt50/trajectory.h5", {**spectra, "ref_test": broken}, tmp_path / "m.h5", 10, {})
+
+
+def test_spectrum_of_another_split_is_refused(tiny_results, tmp_path):
+    s = {k: tiny_results / "init/spectrum/train_epoch0.h5" for k in ("init", "final", "ref_train")}
+    s["ref_test"] = tiny_results / "runs/sgd_corrupt50/spectrum/train_epoch3.h5"  # train rows for test vectors
+    with pytest.raises(ValueError, match="has 180 rows but the vectors have 90"):
+        measure_run(tiny_results / "runs/sgd_corrupt50/trajectory.h5", s, tmp_path / "m.h5", 10, {})
+    assert not (tmp_path / "m.h5").exists()
+
+
+def test_nan_anywhere_is_named():
+    a = np.zeros((3, 4))
+    a[2, 1] = np.inf
+    with pytest.raises(ValueError, match=r"J of run x: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[2, 1\]"):
+        require_finite(a, "J of run x")
+
+
+def test_label_file_of_another_subset_is_refused(tiny_results, tmp_path):
+    from jacobian_spectrum.data import read_labels
+
+    with pytest.raises(ValueError, match="labels but the subset has 61 training images"):
+        read_labels(tiny_results / "data/labels_noise0.5.h5", n=61)
+
+
+# ---------------------------------------------------------------- killed jobs
+KILL_CONFIG = {"model": {"width": 0.5}, "dataset": {"train_per_class": 60},
+               "training": {"resume_every": 5},
+               "runs": {"sgd_clean": {"epochs": 40, "milestones": [30]}}}
+
+
+def start(results, config_file, target):
+    # --nolock: a SIGKILLed snakemake leaves its lock behind, as on a cluster node that died
+    cmd = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--nolock", "--configfile", str(TINY),
+           str(config_file), "--config", f"results={results}"]
+    return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def kill_when(proc, condition, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if condition():
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return
+        if proc.poll() is not None:
+            pytest.fail("the job finished before it could be killed")
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    pytest.fail("the kill condition never came true")
+
+
+def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp_path):
+    config = tmp_path / "kill.yaml"
+    config.write_text(yaml.safe_dump(KILL_CONFIG))
+    target = "{r}/runs/sgd_clean/measurements.h5"
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    snakemake(target.format(r=clean), "--cores", "1", "--configfile", str(TINY), str(config), "--config", f"results={clean}")
+
+    # 1. SIGKILL the training job after its resume state at epoch 20 was written
+    log = killed / "logs/train/sgd_clean.log"
+    proc = start(killed, config, target.format(r=killed))
+    kill_when(proc, lambda: log.exists() and "epoch 22/40" in log.read_text())
+    assert (killed / "runs/sgd_clean/resume/state.pt").exists()
+    assert not (killed / "runs/sgd_clean/trajectory.h5").exists()
+
+    # 2. rerun; SIGKILL a Jacobian chunk job while it runs
+    chunk_log = killed / "logs/jacobian/runs/sgd_clean/train_epoch40.chunk0.log"
+    proc = start(killed, config, target.format(r=killed))
+    kill_when(proc, lambda: chunk_log.exists())
+    assert "resumed from" in log.read_text()
+    for chunk in (killed / "runs/sgd_clean/jacobian/chunks").glob("*.h5"):
+        with h5py.File(chunk) as f:  # a chunk file under its final name is complete
+            assert f["J"].shape[0] == f.attrs["row_stop"] - f.attrs["row_start"]
+
+    # 3. rerun to the end: equal to the uninterrupted run
+    snakemake(target.format(r=killed), "--cores", "1", "--nolock", "--rerun-incomplete", "--configfile", str(TINY), str(config),
+              "--config", f"results={killed}")
+    assert_h5_trees_equal(clean, killed, rtol=0, atol=0, csv_files=False)
+    for epoch in (0, 40):
+        a = torch.load(clean / f"runs/sgd_clean/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
+        b = torch.load(killed / f"runs/sgd_clean/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- determinism
+def test_same_config_and_seed_give_identical_results(tiny_results, tmp_path):
+    again = tmp_path / "again"
+    target = "runs/sgd_corrupt50/measurements.h5"
+    snakemake(str(again / target), "--cores", "2", "--configfile", str(TINY), "--config", f"results={again}")
+    # subset indices, corrupted labels, trajectories, Jacobians' spectra, measurements: bit for bit
+    for rel in ("data/subset.h5", "data/labels_noise0.5.h5", "runs/sgd_corrupt50/trajectory.h5",
+                "init/spectrum/train_epoch0.h5", "runs/sgd_corrupt50/spectrum/test_epoch3.h5", target):
+        with h5py.File(again / rel) as a, h5py.File(tiny_results / rel) as b:
+            names = []
+            a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+            for n in names:
+                if "seconds" in n:
+                    continue
+                x, y = a[n][...], b[n][...]
+                if x.dtype.kind == "f":
+                    assert np.allclose(x, y, rtol=0, atol=1e-12, equal_nan=True), (rel, n)
+                else:
+                    assert np.array_equal(x, y), (rel, n)
+    for epoch in (3, 6):
+        a = torch.load(again / f"runs/sgd_corrupt50/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
+        b = torch.load(tiny_results / f"runs/sgd_corrupt50/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---------------------------------------------------------------- no network unless asked
+def test_no_network_is_attempted_without_download(tmp_path, monkeypatch):
+    from test_data import write_cifar_fixture
+
+    from jacobian_spectrum.data import DataError, build_subset
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a network connection was attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    build_subset({"name": "digits", "classes": [0, 1], "train_per_class": 5, "test_per_class": 5, "seed": 0})
+    write_cifar_fixture(tmp_path)
+    build_subset({"name": "cifar10", "root": str(tmp_path), "classes": ["bird", "cat"], "train_per_class": 3,
+                  "test_per_class": 2, "seed": 0, "download": False})
+    with pytest.raises(DataError, match="download"):
+        build_subset({"name": "mnist", "root": str(tmp_path / "none"), "classes": [0, 1], "train_per_class": 3,
+                      "test_per_class": 2, "seed": 0, "download": False})
