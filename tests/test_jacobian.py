@@ -128,3 +128,14 @@ def test_nan_in_a_chunk_is_refused(subset_and_checkpoint):
         f["J"][3, 7] = np.nan
     with pytest.raises(ValueError, match="c1.h5: J: 1 non-finite"):
         gather(paths, root / "J.h5")
+
+
+def test_layer_path_equals_the_torch_func_path():
+    from jacobian_spectrum.jacobian import _layers, jacobian_by_layers, jacobian_vmap
+
+    for spec in (ModelSpec("resnet20", 1, 8, 3, width=0.25), ModelSpec("resnet20", 3, 12, 4, width=0.125)):
+        model = build_model(spec, seed=1).double()
+        x = torch.randn(5, spec.in_channels, spec.image_size, spec.image_size, dtype=torch.float64)
+        assert torch.allclose(jacobian_by_layers(model, x, _layers(model)), jacobian_vmap(model, x), atol=1e-12)
+    # a network with a parameter outside Linear/Conv2d takes the torch.func path
+    assert _layers(build_model(ModelSpec("one_hidden", 1, 4, 3, hidden=8))) is None

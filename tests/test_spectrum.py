@@ -174,3 +174,13 @@ def test_matrix_free_randomized_svd_matches_the_materialised_spectrum():
     assert np.abs(s - s_ref[:10]).max() <= 1e-6 * s_ref[0]
     assert np.allclose(np.abs(np.sum(U * U_ref[:, :10], axis=0)), 1, atol=1e-6)
     assert op.passes == 2 * 6 + 2
+
+
+def test_gram_on_a_dask_distributed_cluster(tmp_path):
+    from dask.distributed import LocalCluster
+
+    J = np.random.default_rng(4).standard_normal((40, 900)).astype(np.float32)
+    path = write_J(tmp_path / "J.h5", J, chunks=(40, 128))
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        G = gram(path, memory_budget_mb=0.1, threads=2, scheduler=cluster.scheduler_address)
+    assert np.allclose(G, J.astype(np.float64) @ J.astype(np.float64).T, rtol=1e-12, atol=1e-9)

@@ -49,11 +49,11 @@ def slab_width(rows: int, columns: int, memory_budget_mb: float, in_flight: int,
     return min(columns, width)
 
 
-def _slabs(dset: h5py.Dataset, width: int):
-    import dask.array as da
-
-    arr = da.from_array(dset, chunks=(dset.shape[0], width), lock=True)
-    return arr.astype(np.float64).to_delayed().ravel()
+def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
+    """Columns [start, stop) of the file's J as float64. Opens the file itself, so a Dask task
+    can run it in any thread, process or cluster node that sees the file."""
+    with h5py.File(path, "r") as f:
+        return f["J"][:, start:stop].astype(np.float64)
 
 
 def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, scheduler: str | None = None) -> np.ndarray:
@@ -68,26 +68,38 @@ def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, sch
     from scipy.linalg.blas import dsyrk
 
     with open_checked(path, ["J"]) as f:
-        dset = f["J"]
-        rows, cols = dset.shape
-        chunk_cols = dset.chunks[1] if dset.chunks else None
-        width = slab_width(rows, cols, memory_budget_mb, threads + 1, chunk_cols)
-        slabs = _slabs(dset, width)
-        G = np.zeros((rows, rows), dtype=np.float64, order="F")
-        if scheduler:
-            from dask.distributed import Client, as_completed
+        rows, cols = f["J"].shape
+        chunk_cols = f["J"].chunks[1] if f["J"].chunks else None
+    width = slab_width(rows, cols, memory_budget_mb, threads + 1, chunk_cols)
+    bounds = [(a, min(cols, a + width)) for a in range(0, cols, width)]
+    G = np.zeros((rows, rows), dtype=np.float64, order="F")
 
-            with Client(scheduler) as client:
-                partial = [dask.delayed(lambda s: s @ s.T)(s) for s in slabs]
-                for fut in as_completed(client.compute(partial)):
-                    G += fut.result()
-        else:
-            with dask.config.set(scheduler="threads", num_workers=threads):
-                for i in range(0, len(slabs), threads):
-                    for slab in dask.compute(*slabs[i : i + threads]):
-                        if not np.isfinite(slab).all():
-                            raise ValueError(f"{path}: J holds NaN or Inf in columns of slab {i}")
-                        G = dsyrk(1.0, slab, beta=1.0, c=G, lower=0, overwrite_c=1)
+    def add(slab: np.ndarray, start: int) -> np.ndarray:
+        if not np.isfinite(slab).all():
+            raise ValueError(f"{path}: J holds NaN or Inf in columns {start}..{start + slab.shape[1]}")
+        return dsyrk(1.0, slab, beta=1.0, c=G, lower=0, overwrite_c=1)
+
+    if scheduler:
+        from dask.distributed import Client, as_completed
+
+        def partial_gram(a: int, b: int) -> np.ndarray:
+            slab = read_slab(path, a, b)
+            if not np.isfinite(slab).all():
+                raise ValueError(f"{path}: J holds NaN or Inf in columns {a}..{b}")
+            return slab @ slab.T
+
+        with Client(scheduler) as client:
+            futures = [client.submit(partial_gram, a, b, pure=False) for a, b in bounds]
+            for fut in as_completed(futures):
+                G += fut.result()
+                fut.release()
+        return G
+    slabs = [dask.delayed(read_slab)(str(path), a, b) for a, b in bounds]
+    with dask.config.set(scheduler="threads", num_workers=threads):
+        for i in range(0, len(slabs), threads):
+            for slab, (start, _) in zip(dask.compute(*slabs[i : i + threads]), bounds[i : i + threads]):
+                G = add(slab, start)
+    # dsyrk fills the upper triangle only
     return symmetrize_upper(G)
 
 

@@ -414,4 +414,6 @@ def train_run(
         {"run": run, "settings": asdict(settings), "device": str(dev), "checkpoint_dir": str(checkpoint_dir)},
     )
     Path(resume_path).unlink(missing_ok=True)
+    if Path(resume_path).parent.is_dir() and not any(Path(resume_path).parent.iterdir()):
+        Path(resume_path).parent.rmdir()
     return traj
