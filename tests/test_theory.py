@@ -95,8 +95,8 @@ def test_information_plus_nuisance_is_total(linear_instance):
 def test_gradient_descent_shows_the_dip(seed):
     """(c) E L falls, then rises: minimum strictly inside, E L_I falls, E L_N increases.
 
-    Measured (defaults, eta = 1/||X||^2): minimum at tau = 2 for seeds 0..2, E L 5.50 ->
-    4.87 / 4.74 / 4.74 -> 5.24 / 4.97 / 4.96. Margins asserted: 0.3 down, 0.1 back up.
+    Measured (defaults, eta = 0.02): minimum at tau = 11 / 12 / 14 for seeds 0..2, E L
+    5.50 -> 4.88 / 4.76 / 4.75 -> 5.23 / 4.97 / 4.95. Margins asserted: 0.3 down, 0.1 back up.
     """
     s = {**LINEAR, "seed": seed}
     result = T.run_linear(s)
@@ -104,10 +104,11 @@ def test_gradient_descent_shows_the_dip(seed):
     assert 0 < best < s["iterations"]
     assert result.loss[best] < result.loss[0] - 0.3
     assert result.loss[-1] > result.loss[best] + 0.1
-    # E L_I falls quickly (5.05 -> ~3.6) and stays near its minimum (it may creep up by
-    # ~1e-8 once GD has converged); E L_N grows with ||w_t||, which GD from 0 never shrinks.
+    # E L_I falls quickly (5.05 -> 3.76 / 3.68 / 3.64 by tau = 20) and stays near its minimum
+    # (it may creep up by ~1e-8 once GD has converged); E L_N grows with ||w_t||, which GD
+    # from 0 never shrinks.
     info = result.loss_information
-    assert info[5] < info[0] - 1.0
+    assert info[20] < info[0] - 1.0
     assert info[-1] < info.min() + 1e-3
     assert np.all(np.diff(result.loss_nuisance) >= -1e-12)
     # the training loss keeps going down (it is the test error that turns)

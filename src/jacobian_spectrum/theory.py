@@ -303,20 +303,14 @@ def make_network(d: int, hidden: int, num_classes: int, activation: str, output_
 def one_hidden_jacobian(model: torch.nn.Module, X: np.ndarray | torch.Tensor) -> np.ndarray:
     """J(W) of ``model`` at its current W for inputs X: (n K) x (k d), sample-major rows.
 
-    Row ``i*K + l`` = d f_l(x_i) / d vec(W), column ``s*d + j`` = W[s, j]; torch.func
-    (functional_call + vmap + jacrev) in the model's dtype.
+    Row ``i*K + l`` = d f_l(x_i) / d vec(W), column ``s*d + j`` = W[s, j]: the workflow's
+    Jacobian (:func:`jacobian_spectrum.jacobian.jacobian`, torch.func) in the model's dtype.
     """
-    from torch.func import functional_call, jacrev, vmap
+    from .jacobian import jacobian
 
     W = model.W.detach()
     X = torch.as_tensor(np.asarray(X), dtype=W.dtype)
-
-    def f(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(model, {"W": w}, (x[None],))[0]  # (K,)
-
-    J = vmap(jacrev(f), in_dims=(None, 0))(W, X)  # n x K x k x d
-    n, K = J.shape[:2]
-    return J.reshape(n * K, -1).numpy()
+    return jacobian(model, X).detach().numpy()
 
 
 def closed_form_jacobian(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
@@ -455,15 +449,9 @@ def write_mixture_csv(result: MixtureSpectra, path: str | Path) -> None:
 
 
 def _save(fig, paths: Sequence[str | Path]) -> None:
-    import matplotlib.pyplot as plt
+    from .figures import save_figure
 
-    from .h5io import atomic_path
-
-    for p in paths:
-        p = Path(p)
-        with atomic_path(p) as tmp:
-            fig.savefig(tmp, format=p.suffix.lstrip(".") or "png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, paths)
 
 
 def plot_linear_model(result: LinearLosses, paths: Sequence[str | Path]) -> None:
