@@ -59,8 +59,10 @@ def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
 def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, scheduler: str | None = None) -> np.ndarray:
     """G = J J^T (float64) from the HDF5 file's ``J``, never holding J whole.
 
-    Locally, Dask's threaded scheduler reads and casts ``threads`` slabs at a time while the
-    main thread adds each finished slab into G with one in-place BLAS rank-w update (dsyrk).
+    Locally, Dask's threaded scheduler reads and casts ``threads`` slabs at a time, one batch
+    ahead, while the main thread adds each finished slab into G with one in-place BLAS
+    rank-w update (dsyrk); the slab width keeps the 2 x ``threads`` slabs in memory within
+    ``memory_budget_mb``.
     With ``scheduler`` (a dask.distributed address) each worker returns the partial Gram
     matrix of its slabs and the partials are summed as they arrive.
     """
@@ -70,14 +72,15 @@ def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, sch
     with open_checked(path, ["J"]) as f:
         rows, cols = f["J"].shape
         chunk_cols = f["J"].chunks[1] if f["J"].chunks else None
-    width = slab_width(rows, cols, memory_budget_mb, threads + 1, chunk_cols)
+    width = slab_width(rows, cols, memory_budget_mb, 2 * threads, chunk_cols)
     bounds = [(a, min(cols, a + width)) for a in range(0, cols, width)]
     G = np.zeros((rows, rows), dtype=np.float64, order="F")
 
     def add(slab: np.ndarray, start: int) -> np.ndarray:
         if not np.isfinite(slab).all():
             raise ValueError(f"{path}: J holds NaN or Inf in columns {start}..{start + slab.shape[1]}")
-        return dsyrk(1.0, slab, beta=1.0, c=G, lower=0, overwrite_c=1)
+        # slab.T is a Fortran-ordered view of the C-ordered slab: no copy; trans=1 gives slab slab^T
+        return dsyrk(1.0, slab.T, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
 
     if scheduler:
         from dask.distributed import Client, as_completed
@@ -94,11 +97,25 @@ def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, sch
                 G += fut.result()
                 fut.release()
         return G
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Dask reads and casts a batch of `threads` slabs while the previous batch is added into
+    # G: at most two batches (2 x threads slabs) are in memory at once.
     slabs = [dask.delayed(read_slab)(str(path), a, b) for a, b in bounds]
-    with dask.config.set(scheduler="threads", num_workers=threads):
-        for i in range(0, len(slabs), threads):
-            for slab, (start, _) in zip(dask.compute(*slabs[i : i + threads]), bounds[i : i + threads]):
+    batches = [(slabs[i : i + threads], bounds[i : i + threads]) for i in range(0, len(slabs), threads)]
+
+    def load(batch: list) -> tuple:
+        return dask.compute(*batch, scheduler="threads", num_workers=threads)
+
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        pending = prefetch.submit(load, batches[0][0])
+        for b, (_, batch_bounds) in enumerate(batches):
+            done = pending.result()
+            if b + 1 < len(batches):
+                pending = prefetch.submit(load, batches[b + 1][0])
+            for slab, (start, _) in zip(done, batch_bounds):
                 G = add(slab, start)
+            del done
     # dsyrk fills the upper triangle only
     return symmetrize_upper(G)
 
