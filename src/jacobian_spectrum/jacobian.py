@@ -5,7 +5,7 @@ columns in the order of the parameter table stored beside it (name, offset, size
 every trained tensor), so ``J[:, offset:offset + size]`` is one layer.
 
 Memory of one chunk job: the chunk's block of J, chunk_size * K * p * itemsize bytes, plus
-the per-sample gradients of one vmap batch (about batch * K * p * 4 bytes) and the network's
+the per-sample gradients of one batch of 128 samples (128 * K * p * 4 bytes) and the network's
 activations for that batch.
 """
 
@@ -148,7 +148,7 @@ def jacobian_by_layers(model: nn.Module, x: torch.Tensor, layers: list[tuple[str
     return rows.reshape(n * k, -1)
 
 
-def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
     """J of the model's K outputs on the samples ``x`` w.r.t. all trained parameters: (n*K, p).
 
     Networks built of plain Conv2d / Linear layers (ResNet20) take :func:`jacobian_by_layers`;
