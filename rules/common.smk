@@ -6,6 +6,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from jacobian_spectrum.config import check_config, level_tag, run_epochs_needed
+from jacobian_spectrum.config import reference_epoch as run_reference_epoch
 
 
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
@@ -38,8 +39,7 @@ def final_epoch(run):
 
 
 def reference_epoch(run):
-    ref = RUNS[run].get("reference_epoch")
-    return final_epoch(run) if ref is None else ref
+    return run_reference_epoch(RUNS[run])
 
 
 def owner(run, epoch):

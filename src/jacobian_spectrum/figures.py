@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 
 from .h5io import atomic_path, open_checked  # noqa: E402
 from .measure import TABLE_COLUMNS, TABLE_ROWS  # noqa: E402
+from .train import TrajectoryData, read_trajectory  # noqa: E402
 
 # The paper's printed Tables 1-3 (CIFAR-10, 3 classes, n = 9999, ResNet20, r = 50):
 # rows J_init, J_final; columns as TABLE_COLUMNS.
@@ -110,14 +111,14 @@ def _residual_panel(ax, m: dict, split: str, window: int, title: str) -> None:
     ax.legend(fontsize=7)
 
 
-def _error_panel(ax, traj: dict, window: int, title: str, mark_epoch: int | None = None) -> None:
-    epochs = np.arange(len(traj["test/error"]))
-    ax.plot(epochs, 100 * window_min(traj["train/error"], window), label="training error (training labels)")
-    if not np.array_equal(traj["train/y"], traj["train/y_clean"]):
-        ax.plot(epochs, 100 * window_min(traj["train/error_clean"], window), linestyle="--", label="training error (clean labels)")
-    ax.plot(epochs, 100 * window_min(traj["test/error"], window), color="k", label="test error")
-    best = int(np.argmin(traj["test/error"]))
-    ax.plot([best], [100 * traj["test/error"][best]], "kv", label=f"lowest test error (epoch {best})")
+def _error_panel(ax, traj: TrajectoryData, window: int, title: str, mark_epoch: int | None = None) -> None:
+    epochs = np.arange(len(traj.test_error))
+    ax.plot(epochs, 100 * window_min(traj.train_error, window), label="training error (training labels)")
+    if not np.array_equal(traj.train_y, traj.train_y_clean):
+        ax.plot(epochs, 100 * window_min(traj.train_error_clean, window), linestyle="--", label="training error (clean labels)")
+    ax.plot(epochs, 100 * window_min(traj.test_error, window), color="k", label="test error")
+    best = int(np.argmin(traj.test_error))
+    ax.plot([best], [100 * traj.test_error[best]], "kv", label=f"lowest test error (epoch {best})")
     if mark_epoch is not None:
         ax.axvline(mark_epoch, color="0.5", linestyle="--", linewidth=1, label=f"reference Jacobian (epoch {mark_epoch})")
     ax.set_xlabel("epoch")
@@ -126,14 +127,13 @@ def _error_panel(ax, traj: dict, window: int, title: str, mark_epoch: int | None
     ax.legend(fontsize=7)
 
 
-TRAJ_NAMES = ("train/error", "train/error_clean", "test/error", "train/y", "train/y_clean")
 MEAS_NAMES = ("residual/train/information", "residual/train/nuisance", "residual/test/information", "residual/test/nuisance")
 
 
-def _read_run(measurements: str | Path, trajectory: str | Path) -> tuple[dict, dict]:
+def _read_run(measurements: str | Path, trajectory: str | Path) -> tuple[dict, TrajectoryData]:
     from .measure import read_measurements
 
-    return read_measurements(measurements), _read(trajectory, TRAJ_NAMES)
+    return read_measurements(measurements), read_trajectory(trajectory)
 
 
 def residual_figure(
@@ -143,13 +143,13 @@ def residual_figure(
     m, traj = _read_run(measurements, trajectory)
     ref = int(m["attrs"]["reference_epoch"])
     run = m["attrs"]["run"]
-    jname = f"J at epoch {ref}" if ref != len(traj["test/error"]) - 1 else "J_final"
+    jname = f"J at epoch {ref}" if ref != len(traj.test_error) - 1 else "J_final"
     panels = 3 if test_panel else 2
     fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
     _residual_panel(axes[0], m, "train", window, f"(a) residual on I/N of {jname}, training data")
     if test_panel:
         _residual_panel(axes[1], m, "test", window, f"(b) residual on I/N of {jname} (test set), test data")
-    _error_panel(axes[-1], traj, window, f"({'c' if test_panel else 'b'}) training and test error", ref if ref != len(traj["test/error"]) - 1 else None)
+    _error_panel(axes[-1], traj, window, f"({'c' if test_panel else 'b'}) training and test error", ref if ref != len(traj.test_error) - 1 else None)
     fig.suptitle(f"Figure {number}: run {run} (curves: minimum over the last {window} epochs)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, paths)
@@ -157,10 +157,10 @@ def residual_figure(
     return {
         "run": run,
         "reference_epoch": ref,
-        "best_test_epoch": int(np.argmin(traj["test/error"])),
-        "best_test_error": float(np.min(traj["test/error"])),
-        "final_test_error": float(traj["test/error"][-1]),
-        "final_train_error": float(traj["train/error"][-1]),
+        "best_test_epoch": int(np.argmin(traj.test_error)),
+        "best_test_error": float(np.min(traj.test_error)),
+        "final_test_error": float(traj.test_error[-1]),
+        "final_train_error": float(traj.train_error[-1]),
         "final_info_residual_fraction": float(info_norm[-1]),
     }
 
@@ -176,7 +176,7 @@ def figure9(runs: Mapping[str, tuple[str | Path, str | Path]], corruption: Mappi
             "corruption": float(corruption[run]),
             "label_energy_nuisance_init": float(m["label_energy_nuisance"][0]),
             "label_energy_nuisance_final": float(m["label_energy_nuisance"][1]),
-            "final_test_error": float(window_min(traj["test/error"], window)[-1]),
+            "final_test_error": float(window_min(traj.test_error, window)[-1]),
         })
     rows.sort(key=lambda r: r["corruption"])
     x = 100 * np.array([r["corruption"] for r in rows])

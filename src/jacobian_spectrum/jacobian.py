@@ -96,7 +96,7 @@ def jacobian_by_layers(model: nn.Module, x: torch.Tensor, layers: list[tuple[str
     to a layer's output holds each sample's own backprop G_i; the per-sample weight gradient
     of a convolution is G_i (C_out x L) times the unfolded input (L x C_in k k), of a linear
     layer G_i a_i^T. The work is that of K batched backward passes plus one batched matmul
-    per layer, with no per-sample graph.
+    per layer and kernel offset, with no per-sample graph.
     """
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}

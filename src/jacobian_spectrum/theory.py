@@ -65,6 +65,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .figures import save_figure
+
 # --------------------------------------------------------------------------------------
 # Figure 2: the linear model of Section 2.1
 # --------------------------------------------------------------------------------------
@@ -448,12 +450,6 @@ def write_mixture_csv(result: MixtureSpectra, path: str | Path) -> None:
     _write_csv(path, FIG4_COLUMNS, rows)
 
 
-def _save(fig, paths: Sequence[str | Path]) -> None:
-    from .figures import save_figure
-
-    save_figure(fig, paths)
-
-
 def plot_linear_model(result: LinearLosses, paths: Sequence[str | Path]) -> None:
     """Figure 2: (a) E L along GD, (b) E L_I and E L_N; saved to every path (format by suffix)."""
     import matplotlib
@@ -482,7 +478,7 @@ def plot_linear_model(result: LinearLosses, paths: Sequence[str | Path]) -> None
         fontsize=10,
     )
     fig.tight_layout()
-    _save(fig, paths)
+    save_figure(fig, paths)
 
 
 def plot_mixture_spectra(result: MixtureSpectra, paths: Sequence[str | Path]) -> None:
@@ -515,4 +511,4 @@ def plot_mixture_spectra(result: MixtureSpectra, paths: Sequence[str | Path]) ->
     axes[0].set_ylabel("Normalised singular value")
     fig.suptitle(f"Gaussian mixture (Definition 3.4): K={K} classes, C={C} clusters per class", fontsize=10)
     fig.tight_layout()
-    _save(fig, paths)
+    save_figure(fig, paths)
