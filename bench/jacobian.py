@@ -5,10 +5,20 @@ On the same samples, in one run:
   naive   one torch.autograd.grad per sample and output
   bound   K batched backward passes over the same samples (summed, not per-sample,
           gradients: the least work any method that back-propagates K outputs can do)
-Prints rows/s of each and the ratios ours/bound and ours/naive as JSON.
+and, to show where ours' time goes, the forward and K backward passes to every layer's
+output that ours makes before its per-sample weight gradients.
+Prints rows/s of each and the ratios ours/bound and ours/naive as JSON. The three are timed
+in interleaved rounds and each keeps its fastest round, so that load from other processes
+on a shared machine hits all three alike.
 
-  python bench/jacobian.py [--samples 128] [--width 0.25] [--size 8] [--channels 1] [--repeats 3]
+  python bench/jacobian.py [--samples 128] [--width 0.25] [--size 8] [--channels 1] [--repeats 5] [--device cpu]
 """
+
+import os
+
+# as the Jacobian chunk jobs run (workflow/scripts/jacobian_chunk.py); run with
+# THP_MEM_ALLOC_ENABLE=0 to measure without
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse
 import json
@@ -16,17 +26,29 @@ import time
 
 import torch
 
-from jacobian_spectrum.jacobian import jacobian
+from jacobian_spectrum.jacobian import _layers, _per_sample_sizes, batch_size_for, grouped_conv_is_faster, jacobian
 from jacobian_spectrum.models import ModelSpec, build_model
 
 
-def best_of(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def timed(fn, device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+def best_of_interleaved(fns: dict, repeats: int, device) -> dict:
+    """Fastest of ``repeats`` rounds per function, the functions taking turns in each round."""
+    best = {name: float("inf") for name in fns}
+    for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches, CUDA kernels
         fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, device))
+    return best
 
 
 def naive(model, x):
@@ -47,32 +69,80 @@ def bound(model, x):
         torch.autograd.grad(out[:, k].sum(), params, retain_graph=k < out.shape[1] - 1)
 
 
+def backprops(model, x, batch_size):
+    """The part of ours that any back-propagating method has: a forward pass and K batched
+    backward passes to every layer's output, in ours' batches (no weight gradients)."""
+    layers = _layers(model)
+    for i in range(0, len(x), batch_size):
+        outs = []
+        hooks = [m.register_forward_hook(lambda mod, a, o: outs.append(o)) for _, m in layers]
+        f = model(x[i : i + batch_size])
+        for h in hooks:
+            h.remove()
+        for k in range(f.shape[1]):
+            torch.autograd.grad(f[:, k].sum(), outs, retain_graph=k < f.shape[1] - 1)
+
+
+def _conv_output_pixels(model, x1):
+    """(conv, output pixels) of every convolution, from one forward pass."""
+    found = []
+    hooks = [m.register_forward_hook(lambda mod, a, o: found.append((mod, o.shape[-2] * o.shape[-1])))
+             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        model(x1)
+    for h in hooks:
+        h.remove()
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=128)
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--size", type=int, default=8)
     ap.add_argument("--channels", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--cudnn", choices=["on", "deterministic", "off"], default="on", help="cuDNN setting for all three")
     args = ap.parse_args()
+    torch.backends.cudnn.enabled = args.cudnn != "off"
+    torch.backends.cudnn.deterministic = args.cudnn == "deterministic"
     torch.set_num_threads(args.threads)
-    model = build_model(ModelSpec("resnet20", args.channels, args.size, 3, width=args.width), seed=0).eval()
-    x = torch.randn(args.samples, args.channels, args.size, args.size)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    device = torch.device(args.device)
+    model = build_model(ModelSpec("resnet20", args.channels, args.size, 3, width=args.width), seed=0).eval().to(device)
+    x = torch.randn(args.samples, args.channels, args.size, args.size, device=device)
     rows = args.samples * 3
     ref = naive(model, x[:4])
     assert torch.allclose(jacobian(model, x[:4]), ref, atol=1e-5), "implementation disagrees with the naive loop"
-    t = {
-        "ours": best_of(lambda: jacobian(model, x), args.repeats),
-        "naive": best_of(lambda: naive(model, x), args.repeats),
-        "bound": best_of(lambda: bound(model, x), args.repeats),
-    }
+    layers = _layers(model)
+    batch = batch_size_for(*_per_sample_sizes(model, layers, x[:1]), layers, x.element_size())
+    t = best_of_interleaved(
+        {
+            "ours": lambda: jacobian(model, x),
+            "naive": lambda: naive(model, x),
+            "bound": lambda: bound(model, x),
+            "backprops": lambda: backprops(model, x, batch),
+        },
+        args.repeats, device,
+    )
+    grouped = [grouped_conv_is_faster(conv.in_channels, px, device) for conv, px in _conv_output_pixels(model, x[:1])]
     result = {
-        "device": "cpu", "threads": args.threads, "samples": args.samples, "rows": rows,
+        "device": str(device), "threads": args.threads, "THP_MEM_ALLOC_ENABLE": os.environ["THP_MEM_ALLOC_ENABLE"], "cudnn": args.cudnn, "samples": args.samples, "rows": rows,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "rows_per_s": {k: rows / v for k, v in t.items()},
+        "conv_layers_by_method": {
+            "grouped": sum(grouped),
+            "unfold": len(grouped) - sum(grouped),
+        },
+        "batch_size": batch,
+        "rows_per_s": {k: rows / t[k] for k in ("ours", "naive", "bound")},
         "ours_over_bound": t["bound"] / t["ours"],
         "ours_over_naive": t["naive"] / t["ours"],
+        # where ours' time goes: the backward passes to the layer outputs (also inside the
+        # bound) and the rest (per-sample weight gradients, writing J)
+        "backprops_time_over_bound_time": t["backprops"] / t["bound"],
+        "backprops_share_of_ours": t["backprops"] / t["ours"],
     }
     print(json.dumps(result, indent=1))
 

@@ -139,3 +139,95 @@ def test_layer_path_equals_the_torch_func_path():
         assert torch.allclose(jacobian_by_layers(model, x, _layers(model)), jacobian_vmap(model, x), atol=1e-12)
     # a network with a parameter outside Linear/Conv2d takes the torch.func path
     assert _layers(build_model(ModelSpec("one_hidden", 1, 4, 3, hidden=8))) is None
+
+
+def per_sample_conv_grads(conv, a, backprops):
+    """Reference: one autograd.grad per sample and backprop, (n, K, weight + bias)."""
+    rows = []
+    for i in range(len(a)):
+        rows.append(torch.stack([
+            torch.cat([t.reshape(-1) for t in torch.autograd.grad((conv(a[i : i + 1]) * g[i : i + 1]).sum(), [conv.weight, conv.bias])])
+            for g in backprops
+        ]))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("method", ["unfold", "grouped"])
+@pytest.mark.parametrize(
+    "c_in, c_out, hw, kernel, stride, padding",
+    [
+        (4, 5, (8, 8), 3, 1, 1),  # the ResNet20 case
+        (3, 4, (7, 9), 3, 1, 2),  # non-square input, padding wider than the kernel's half
+        (3, 4, (7, 9), (3, 1), 1, (1, 0)),  # rectangular kernel
+        (5, 4, (8, 8), 3, 2, 1),  # stride 2 (the stage transitions)
+        (3, 2, (9, 7), 3, (2, 1), 1),  # mixed strides
+        (3, 2, (6, 6), 1, 1, 0),  # 1x1, no padding
+    ],
+)
+def test_conv_grads_equal_per_sample_autograd(method, c_in, c_out, hw, kernel, stride, padding):
+    from jacobian_spectrum.jacobian import Workspace, conv_grads
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding).double()
+    a = torch.randn(3, c_in, *hw, dtype=torch.float64)
+    backprops = [torch.randn_like(conv(a)) for _ in range(2)]
+    ref = per_sample_conv_grads(conv, a, backprops)
+    workspace = Workspace()
+    for _ in range(2):  # the second call reuses the workspace, stale values and all
+        weight, bias = conv_grads(backprops, a, conv, method, workspace)
+        assert torch.allclose(torch.cat([weight, bias], 2), ref, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="allowed: auto, grouped, unfold"):
+        conv_grads(backprops, a, conv, "im2col")
+
+
+def test_larger_images_take_the_grouped_path_and_agree_with_torch_func():
+    from jacobian_spectrum.jacobian import _layers, grouped_conv_is_faster, jacobian_vmap
+
+    spec = ModelSpec("resnet20", 3, 16, 3, width=0.5)  # 8 channels on 16x16 maps: grouped on CPU
+    model = build_model(spec, seed=2).double()
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
+    convs = [m for _, m in _layers(model) if isinstance(m, torch.nn.Conv2d)]
+    assert grouped_conv_is_faster(convs[1].in_channels, 16 * 16, torch.device("cpu"))
+    assert not grouped_conv_is_faster(convs[0].in_channels, 16 * 16, torch.device("cpu"))  # 3-channel input
+    assert torch.allclose(jacobian(model, x, batch_size=3), jacobian_vmap(model, x), atol=1e-12)
+
+
+def test_jacobian_is_bit_for_bit_reproducible():
+    model = build_model(ModelSpec("resnet20", 3, 16, 3, width=0.5), seed=3)
+    x = torch.randn(6, 3, 16, 16)
+    assert torch.equal(jacobian(model, x, batch_size=4), jacobian(model, x, batch_size=4))
+
+
+def test_workspace_views_are_disjoint_and_grow():
+    from jacobian_spectrum.jacobian import Workspace
+
+    ws = Workspace()
+    like = torch.empty(0)
+    a, b = ws.take(like, (2, 3), (4,))
+    a.fill_(1.0)
+    b.fill_(2.0)
+    assert a.shape == (2, 3) and b.shape == (4,) and (a == 1).all() and (b == 2).all()
+    (c,) = ws.take(like, (100,))  # larger than the buffer so far: a new one
+    assert c.numel() == 100
+
+
+def test_batch_size_keeps_the_batch_memory_under_the_budget():
+    from jacobian_spectrum.jacobian import BATCH_MEMORY_BYTES, MAX_BATCH, _layers, _per_sample_sizes, batch_size_for
+
+    sizes = []
+    for spec in (ModelSpec("resnet20", 1, 8, 3, width=0.25), ModelSpec("resnet20", 3, 32, 3, width=1.0)):
+        model = build_model(spec, seed=0)
+        layers = _layers(model)
+        k, activations = _per_sample_sizes(model, layers, torch.randn(1, spec.in_channels, spec.image_size, spec.image_size))
+        b = batch_size_for(k, activations, layers, 4)
+        p_max = max(m.weight.numel() for _, m in layers)
+        assert 1 <= b <= MAX_BATCH
+        assert b * ((k + 4) * activations + 2 * k * p_max) * 4 <= BATCH_MEMORY_BYTES
+        sizes.append(b)
+    assert sizes[0] == MAX_BATCH and sizes[1] < 128  # the full-width CIFAR network takes smaller batches
+
+
+def test_jacobian_does_not_depend_on_the_batch_size():
+    model = small_resnet()
+    x = torch.randn(7, 1, 8, 8)
+    assert torch.allclose(jacobian(model, x, batch_size=3), jacobian(model, x), atol=1e-6)

@@ -4,9 +4,18 @@ Layout of J (nK x p): rows sample-major (row = i*K + k: sample i of the split, o
 columns in the order of the parameter table stored beside it (name, offset, size, shape of
 every trained tensor), so ``J[:, offset:offset + size]`` is one layer.
 
-Memory of one chunk job: the chunk's block of J, chunk_size * K * p * itemsize bytes, plus
-the per-sample gradients of one batch of 128 samples (128 * K * p * 4 bytes) and the network's
-activations for that batch.
+Memory of one chunk job (c = chunk_size, b samples per batch, s = itemsize, 4 for float32,
+p_max = the largest layer's parameter count, A = layer-output values per sample; b is chosen
+by :func:`batch_size_for` to keep all but the first term under 512 MiB):
+  c K p s                 the chunk's block of J
+  + b K p_max s (x2)      one layer's per-sample weight gradients (workspace; x2 while a
+                          grouped-convolution result is copied out)
+  + ~ (K + 4) b A s       the batch's activations, autograd's saved tensors and the K
+                          backprops to every layer
+  + 64 MiB                the probe check's float64 row blocks
+Everything but the first term is fixed by the batch size, not the chunk size. Measured (peak
+RSS) for the width-1 ResNet20 at 3x32x32 (p = 268,579, A = 188,419, b = 87): 0.75 GiB beyond
+J for chunks of 256 and of 512 samples, the probe check's jvp/vjp passes being the peak.
 """
 
 from __future__ import annotations
@@ -67,100 +76,222 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     return layers
 
 
-def _conv_weight_grads(g: torch.Tensor, a: torch.Tensor, conv: nn.Conv2d, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Per-sample weight gradients of a convolution: (n, R, L) backprops, (n, C_in, H, W) inputs.
+def grouped_conv_is_faster(in_channels: int, output_pixels: int, device: torch.device) -> bool:
+    """Whether oneDNN's grouped-convolution backward beats unfold + bmm for this layer on CPU.
 
-    One batched matmul per kernel offset against a strided window of the padded input (the
-    arithmetic of an im2col unfold without its slow copy), each written contiguously into
-    its slot of a (kh kw, n, R, C_in) buffer. Returns the view (n, R, C_in, kh kw).
+    Measured by ``python bench/conv_weight_grads.py`` (1 and 2 threads, 2-core x86-64): with
+    8 or more input channels the grouped call wins by 1.2-2.1x for feature maps of 8x8 and
+    more; it loses on 2x2 maps (0.1-0.9x) and is a toss-up with 3-4 input channels. For 8x8
+    maps with 64 channels the grid varies between runs (0.1-1.5x), and in a whole width-1
+    ResNet20 Jacobian either choice there gives the same time within 5%, so the rule keeps
+    the matmul. A fixed rule rather than a timing picks the method, so that J is bit-for-bit
+    reproducible. On CUDA the batched matmul is used throughout.
     """
-    n, rows, _ = g.shape
-    kh, kw = conv.kernel_size
-    sh, sw = conv.stride
-    ph, pw = conv.padding
-    ho, wo = out_hw
-    c_in = a.shape[1]
-    padded = F.pad(a, (pw, pw, ph, ph))
-    buf = torch.empty(kh * kw, n, rows, c_in, dtype=g.dtype, device=g.device)
-    for i in range(kh):
-        for j in range(kw):
-            window = padded[:, :, i : i + sh * (ho - 1) + 1 : sh, j : j + sw * (wo - 1) + 1 : sw]
-            torch.bmm(g, window.reshape(n, c_in, ho * wo).transpose(1, 2), out=buf[i * kw + j])
-    return buf.permute(1, 2, 3, 0)
+    if device.type != "cpu" or in_channels < 8:
+        return False
+    return output_pixels >= 256 or (output_pixels >= 64 and in_channels <= 32)
 
 
-def jacobian_by_layers(model: nn.Module, x: torch.Tensor, layers: list[tuple[str, nn.Module]]) -> torch.Tensor:
+class Workspace:
+    """One growing buffer carved into a layer's temporaries.
+
+    Fresh multi-megabyte tensors for every layer cost page faults on every first touch (a
+    third of the weight-gradient time at 8x8 images); views into one reused buffer do not.
+    """
+
+    def __init__(self) -> None:
+        self._buffer: torch.Tensor | None = None
+
+    def take(self, like: torch.Tensor, *shapes: tuple[int, ...]) -> list[torch.Tensor]:
+        """Disjoint uninitialised tensors of the given shapes (valid until the next call)."""
+        sizes = [math.prod(shape) for shape in shapes]
+        buf = self._buffer
+        if buf is None or buf.numel() < sum(sizes) or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffer = torch.empty(sum(sizes), dtype=like.dtype, device=like.device)
+        views, start = [], 0
+        for shape, size in zip(shapes, sizes):
+            views.append(buf[start : start + size].view(shape))
+            start += size
+        return views
+
+
+def conv_grads(
+    backprops: Sequence[torch.Tensor],
+    a: torch.Tensor,
+    conv: nn.Conv2d,
+    method: str = "auto",
+    workspace: Workspace | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sample weight and bias gradients of a convolution for K backprops at once.
+
+    ``backprops``: K tensors (n, C_out, H_out, W_out), the gradients of K scalar outputs
+    w.r.t. the layer's output; ``a`` (n, C_in, H, W): the layer's input. Returns the weight
+    gradients (n, K, C_out * C_in * kh * kw), in the weight's element order, and the bias
+    gradients (n, K, C_out). ``method``: ``grouped`` (the convolution backward with the
+    samples as groups: one oneDNN call, no unfold), ``unfold`` (the input unfolded by one
+    strided copy, then one batched matmul), ``auto`` (:func:`grouped_conv_is_faster`). The
+    weight gradients are a view into ``workspace`` when one is given.
+    """
+    k = len(backprops)
+    n, c_out, ho, wo = backprops[0].shape
+    c_in, (kh, kw), rows, cols = a.shape[1], conv.kernel_size, k * c_out, a.shape[1] * math.prod(conv.kernel_size)
+    ws = workspace or Workspace()
+    if method == "auto":
+        method = "grouped" if grouped_conv_is_faster(c_in, ho * wo, a.device) else "unfold"
+    if method == "grouped":
+        (g,) = ws.take(a, (n, k, c_out, ho, wo))
+        torch.stack(backprops, dim=1, out=g)
+        weight = torch.empty(1, dtype=a.dtype, device=a.device).expand(n * rows, c_in, kh, kw)  # shape only
+        _, grad_w, _ = torch.ops.aten.convolution_backward(
+            g.view(1, n * rows, ho, wo), a.reshape(1, n * c_in, *a.shape[2:]), weight, None,
+            conv.stride, conv.padding, conv.dilation, False, (0, 0), n, (False, True, False),
+        )
+        return grad_w.view(n, k, -1), g.sum((3, 4))
+    if method != "unfold":
+        raise ValueError(f"conv_grads: method {method!r}; allowed: auto, grouped, unfold")
+    (sh, sw), (ph, pw) = conv.stride, conv.padding
+    padded = F.pad(a, (pw, pw, ph, ph)) if ph or pw else a.contiguous()
+    s_n, s_c, s_h, s_w = padded.stride()
+    wp = padded.shape[3]
+    if (sh, sw) == (1, 1):
+        # output pixel (y, x) reads padded pixel (y + i, x + j): in the flattened padded image
+        # the window of offset (i, j) is one contiguous run starting at i*wp + j, so the
+        # unfold copies runs of ~ho*wp values instead of rows of wo; the wp - wo columns
+        # past each row's end meet zeros in g
+        span = (ho - 1) * wp + wo
+        out, unfolded, g = ws.take(a, (n, rows, cols), (n, c_in, kh, kw, span), (n, k, c_out, ho, wp))
+        unfolded.copy_(padded.as_strided((n, c_in, kh, kw, span), (s_n, s_c, wp, 1, 1)))
+        g[..., wo:].zero_()
+        for j, b in enumerate(backprops):
+            g[:, j, :, :, :wo].copy_(b)
+        g_rows = g.view(n, rows, ho * wp)[:, :, :span]
+        torch.bmm(g_rows, unfolded.view(n, cols, span).transpose(1, 2), out=out)
+    else:
+        # every (kernel offset, output pixel) window as a view, copied once (im2col)
+        out, unfolded, g = ws.take(a, (n, rows, cols), (n, c_in, kh, kw, ho, wo), (n, k, c_out, ho, wo))
+        unfolded.copy_(padded.as_strided((n, c_in, kh, kw, ho, wo), (s_n, s_c, s_h, s_w, s_h * sh, s_w * sw)))
+        torch.stack(backprops, dim=1, out=g)
+        torch.bmm(g.view(n, rows, ho * wo), unfolded.view(n, cols, ho * wo).transpose(1, 2), out=out)
+    return out.view(n, k, -1), g.sum((3, 4))
+
+
+def jacobian_by_layers(
+    model: nn.Module,
+    x: torch.Tensor,
+    layers: list[tuple[str, nn.Module]],
+    out: torch.Tensor | None = None,
+    workspace: Workspace | None = None,
+) -> torch.Tensor:
     """J by K batched backward passes to every layer's output, then per-sample weight gradients.
 
     Samples are independent (no batch-norm), so the gradient of sum_i f_k(x_i) with respect
     to a layer's output holds each sample's own backprop G_i; the per-sample weight gradient
-    of a convolution is G_i (C_out x L) times the unfolded input (L x C_in k k), of a linear
-    layer G_i a_i^T. The work is that of K batched backward passes plus one batched matmul
-    per layer and kernel offset, with no per-sample graph.
+    of a convolution is G_i correlated with the input (:func:`conv_grads`), of a linear
+    layer G_i a_i^T. The work is that of K batched backward passes to the layer outputs plus
+    one weight-gradient call per layer for all K outputs, with no per-sample graph. Written
+    into ``out`` (n, K, p) when given; returns the (n*K, p) view.
     """
     inputs: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in layers:
-        def hook(mod, args, out, name=name):
+        def hook(mod, args, output, name=name):
             inputs[name] = args[0].detach()
-            outputs[name] = out
+            outputs[name] = output
         hooks.append(module.register_forward_hook(hook))
     try:
-        out = model(x)
+        f = model(x)
     finally:
         for h in hooks:
             h.remove()
-    n, k = out.shape
+    n, k = f.shape
     names = [name for name, _ in layers]
     # backprops of all K outputs first: each layer's per-sample gradients for every output
-    # then come from one batched matmul with K*C_out rows
-    backprops = [[] for _ in layers]
+    # then come from one call with K*C_out rows per sample
+    backprops: list[list[torch.Tensor]] = [[] for _ in layers]
     for c in range(k):
-        grads = torch.autograd.grad(out[:, c].sum(), [outputs[nm] for nm in names], retain_graph=c < k - 1)
+        grads = torch.autograd.grad(f[:, c].sum(), [outputs[nm] for nm in names], retain_graph=c < k - 1)
         for store, g in zip(backprops, grads):
             store.append(g)
-    offsets, off = {}, 0
+    offsets, p_total = {}, 0
     for pn, p in model.named_parameters():
         if p.requires_grad:
-            offsets[pn] = off
-            off += p.numel()
-    rows = torch.empty(n, k, off, dtype=x.dtype, device=x.device)
+            offsets[pn] = p_total
+            p_total += p.numel()
+    rows = torch.empty(n, k, p_total, dtype=x.dtype, device=x.device) if out is None else out
+    if rows.shape != (n, k, p_total):
+        raise ValueError(f"out has shape {tuple(rows.shape)}, expected {(n, k, p_total)}")
+    workspace = workspace or Workspace()
 
     def put(pn: str, block: torch.Tensor) -> None:  # block (n, K, ...) in the tensor's element order
         size = math.prod(block.shape[2:])
-        rows[:, :, offsets[pn] : offsets[pn] + size].view(block.shape).copy_(block)
+        rows[:, :, offsets[pn] : offsets[pn] + size].copy_(block.reshape(n, k, size))
 
     for (name, module), store in zip(layers, backprops):
-        g = torch.stack(store, dim=1)  # (n, K, C_out, ...)
         prefix = f"{name}." if name else ""
         if isinstance(module, nn.Conv2d):
-            out_hw = g.shape[-2:]
-            g = g.reshape(n, k * g.shape[2], -1)  # (n, K C_out, L)
-            grads = _conv_weight_grads(g, inputs[name], module, out_hw)  # (n, K C_out, C_in, kh kw)
-            put(prefix + "weight", grads.view(n, k, module.out_channels, *grads.shape[2:]))
-            bias = g.sum(2).reshape(n, k, -1)
+            weight, bias = conv_grads(store, inputs[name], module, workspace=workspace)
         else:
-            put(prefix + "weight", (g[:, :, :, None] * inputs[name][:, None, None, :]).reshape(n, k, -1))
-            bias = g
+            g = torch.stack(store, dim=1)  # (n, K, out_features)
+            weight, bias = g[:, :, :, None] * inputs[name][:, None, None, :], g
+        put(prefix + "weight", weight)
         if module.bias is not None and module.bias.requires_grad:
             put(prefix + "bias", bias)
-    return rows.reshape(n * k, -1)
+    return rows.view(n * k, p_total)
 
 
-def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """J of the model's K outputs on the samples ``x`` w.r.t. all trained parameters: (n*K, p).
 
     Networks built of plain Conv2d / Linear layers (ResNet20) take :func:`jacobian_by_layers`;
     any other network ``vmap`` over samples of ``jacrev`` over the K outputs (torch.func).
-    Both run in batches of ``batch_size`` samples to bound the memory of the per-sample
-    gradients.
+    Both run in batches of ``batch_size`` samples to bound the memory beyond J itself; by
+    default :func:`batch_size_for` picks it.
     """
     model.eval()
     layers = _layers(model)
-    if layers is not None:
-        return torch.cat([jacobian_by_layers(model, x[i : i + batch_size], layers).detach() for i in range(0, len(x), batch_size)])
-    return jacobian_vmap(model, x, batch_size)
+    if layers is None:
+        return jacobian_vmap(model, x, batch_size or 64)
+    k, activations = _per_sample_sizes(model, layers, x[:1])
+    batch_size = batch_size or batch_size_for(k, activations, layers, x.element_size())
+    p_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    rows = torch.empty(len(x), k, p_total, dtype=x.dtype, device=x.device)
+    workspace = Workspace()
+    for i in range(0, len(x), batch_size):
+        jacobian_by_layers(model, x[i : i + batch_size], layers, out=rows[i : i + batch_size], workspace=workspace)
+    return rows.view(len(x) * k, p_total)
+
+
+BATCH_MEMORY_BYTES = 512 << 20
+MAX_BATCH = 512
+
+
+def batch_size_for(num_outputs: int, activations: int, layers: list[tuple[str, nn.Module]], itemsize: int) -> int:
+    """Samples per batch such that the memory beyond J stays under BATCH_MEMORY_BYTES.
+
+    Per sample: ~ (K + 4) activation values per layer output (activations, autograd's saved
+    tensors, the K backprops) and twice one layer's per-sample weight gradients (see the
+    module docstring). Larger batches make the batched backward passes more efficient (the
+    width-0.25 8x8 ResNet20 goes from 0.59 to 0.69 of the compute bound between 128 and 512
+    samples per batch, ``python bench/jacobian.py --samples 512``); beyond MAX_BATCH nothing
+    is gained.
+    """
+    p_max = max((m.weight.numel() for _, m in layers), default=0)
+    per_sample = ((num_outputs + 4) * activations + 2 * num_outputs * p_max) * itemsize
+    return int(max(1, min(MAX_BATCH, BATCH_MEMORY_BYTES // max(1, per_sample))))
+
+
+def _per_sample_sizes(model: nn.Module, layers: list[tuple[str, nn.Module]], x1: torch.Tensor) -> tuple[int, int]:
+    """K and the number of layer-output values for one sample."""
+    sizes: list[int] = []
+    hooks = [m.register_forward_hook(lambda mod, args, out: sizes.append(out[0].numel())) for _, m in layers]
+    try:
+        with torch.no_grad():
+            k = model(x1).shape[1]
+    finally:
+        for h in hooks:
+            h.remove()
+    return k, sum(sizes)
 
 
 def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -182,12 +313,24 @@ def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> to
     return torch.cat(blocks)
 
 
-def probe_errors(model: nn.Module, x: torch.Tensor, J: torch.Tensor, seed: int = 0) -> tuple[float, float]:
+def probe_errors(
+    model: nn.Module, x: torch.Tensor, J: torch.Tensor, seed: int = 0, batch_size: int | None = None
+) -> tuple[float, float]:
     """Relative errors of J v against ``torch.func.jvp`` and of u^T J against ``vjp``.
 
-    One random probe each; the products by the stored J use float64 accumulation.
+    One random probe each; the products by the stored J use float64 accumulation. The
+    jvp/vjp run over batches of ``batch_size`` samples and the products by J over blocks of
+    rows (at most 64 MiB in float64), so the check needs no more memory than computing J
+    (``batch_size`` by default as :func:`jacobian` picks it).
     """
     model.eval()
+    if batch_size is None:
+        layers = _layers(model)
+        if layers is None:
+            batch_size = 64
+        else:
+            k, activations = _per_sample_sizes(model, layers, x[:1])
+            batch_size = batch_size_for(k, activations, layers, x.element_size())
     params, buffers = _split_params(model)
     gen = torch.Generator().manual_seed(seed)
     p_total = J.shape[1]
@@ -197,18 +340,28 @@ def probe_errors(model: nn.Module, x: torch.Tensor, J: torch.Tensor, seed: int =
     for n, p in params.items():
         tangents[n] = v[off : off + p.numel()].reshape(p.shape).to(p.dtype).to(p.device)
         off += p.numel()
+    k = J.shape[0] // len(x)
+    jv_parts, uj = [], torch.zeros(p_total, dtype=torch.float64)
+    for i in range(0, len(x), batch_size):
+        xb = x[i : i + batch_size]
 
-    def fx(p: dict) -> torch.Tensor:
-        return functional_call(model, (p, buffers), (x,))
+        def fx(p: dict, xb: torch.Tensor = xb) -> torch.Tensor:
+            return functional_call(model, (p, buffers), (xb,))
 
-    _, jv = jvp(fx, (params,), (tangents,))
-    out, pullback = vjp(fx, params)
-    (uj,) = pullback(u.reshape(out.shape).to(out.dtype).to(out.device))
-    uj_flat = torch.cat([uj[n].reshape(-1) for n in params]).double().cpu()
-    jv = jv.reshape(-1).double().cpu()
-    Jd = J.double().cpu()
-    err_jvp = float(torch.linalg.norm(Jd @ v - jv) / torch.linalg.norm(jv))
-    err_vjp = float(torch.linalg.norm(u @ Jd - uj_flat) / torch.linalg.norm(uj_flat))
+        _, jv_b = jvp(fx, (params,), (tangents,))
+        out, pullback = vjp(fx, params)
+        (uj_b,) = pullback(u[i * k : (i + len(xb)) * k].reshape(out.shape).to(out.dtype).to(out.device))
+        jv_parts.append(jv_b.reshape(-1).double().cpu())
+        uj += torch.cat([uj_b[n].reshape(-1) for n in params]).double().cpu()
+    jv = torch.cat(jv_parts)
+    Jv, uJ = torch.empty_like(jv), torch.zeros(p_total, dtype=torch.float64)
+    block = max(1, (64 << 20) // (8 * p_total))
+    for r in range(0, J.shape[0], block):
+        Jd = J[r : r + block].double().cpu()
+        Jv[r : r + block] = Jd @ v
+        uJ += u[r : r + block] @ Jd
+    err_jvp = float(torch.linalg.norm(Jv - jv) / torch.linalg.norm(jv))
+    err_vjp = float(torch.linalg.norm(uJ - uj) / torch.linalg.norm(uj))
     return err_jvp, err_vjp
 
 
