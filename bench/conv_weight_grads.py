@@ -15,29 +15,14 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the Jacobian chunk jobs
 
 import argparse
 import json
-import time
 
 import torch
 
 from jacobian_spectrum.jacobian import Workspace, conv_grads, grouped_conv_is_faster
+from timing import best_of_interleaved
 
 CHANNELS = (3, 4, 8, 16, 32, 64)
 SIZES = (2, 4, 8, 16, 32)
-
-
-def fastest(fns: dict, repeats: int, device: torch.device) -> dict:
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    best = {name: float("inf") for name in fns}
-    for fn in fns.values():
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            sync()
-            t0 = time.perf_counter()
-            fn()
-            sync()
-            best[name] = min(best[name], time.perf_counter() - t0)
-    return best
 
 
 def main() -> None:
@@ -64,7 +49,7 @@ def main() -> None:
             grouped = conv_grads(backprops, a, conv, "grouped")[0]
             unfold = conv_grads(backprops, a, conv, "unfold")[0]
             max_diff = max(max_diff, float((grouped - unfold).abs().max() / unfold.abs().max()))
-            t = fastest({
+            t = best_of_interleaved({
                 "grouped": lambda: conv_grads(backprops, a, conv, "grouped", workspace=workspace),
                 "unfold": lambda: conv_grads(backprops, a, conv, "unfold", workspace=workspace),
             }, args.repeats, device)

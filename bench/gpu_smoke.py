@@ -22,16 +22,7 @@ import torch
 from jacobian_spectrum.jacobian import jacobian, probe_errors
 from jacobian_spectrum.models import ModelSpec, build_model
 from jacobian_spectrum.train import augment, least_squares_loss, select_device
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return out, time.perf_counter() - t0
+from timing import timed
 
 
 def main():

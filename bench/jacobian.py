@@ -22,33 +22,12 @@ os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import argparse
 import json
-import time
 
 import torch
 
 from jacobian_spectrum.jacobian import _layers, _per_sample_sizes, batch_size_for, grouped_conv_is_faster, jacobian
 from jacobian_spectrum.models import ModelSpec, build_model
-
-
-def timed(fn, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - t0
-
-
-def best_of_interleaved(fns: dict, repeats: int, device) -> dict:
-    """Fastest of ``repeats`` rounds per function, the functions taking turns in each round."""
-    best = {name: float("inf") for name in fns}
-    for fn in fns.values():  # warm-up: allocator, oneDNN primitive caches, CUDA kernels
-        fn()
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            best[name] = min(best[name], timed(fn, device))
-    return best
+from timing import best_of_interleaved
 
 
 def naive(model, x):
