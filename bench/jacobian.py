@@ -25,7 +25,7 @@ import json
 
 import torch
 
-from jacobian_spectrum.jacobian import _layers, _per_sample_sizes, batch_size_for, grouped_conv_is_faster, jacobian
+from jacobian_spectrum.jacobian import _layers, grouped_conv_is_faster, jacobian, outputs_and_batch_size
 from jacobian_spectrum.models import ModelSpec, build_model
 from timing import best_of_interleaved
 
@@ -95,8 +95,7 @@ def main():
     rows = args.samples * 3
     ref = naive(model, x[:4])
     assert torch.allclose(jacobian(model, x[:4]), ref, atol=1e-5), "implementation disagrees with the naive loop"
-    layers = _layers(model)
-    batch = batch_size_for(*_per_sample_sizes(model, layers, x[:1]), layers, x.element_size())
+    _, batch = outputs_and_batch_size(model, _layers(model), x)
     t = best_of_interleaved(
         {
             "ours": lambda: jacobian(model, x),

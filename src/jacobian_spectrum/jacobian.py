@@ -213,11 +213,9 @@ def jacobian_by_layers(
         grads = torch.autograd.grad(f[:, c].sum(), [outputs[nm] for nm in names], retain_graph=c < k - 1)
         for store, g in zip(backprops, grads):
             store.append(g)
-    offsets, p_total = {}, 0
-    for pn, p in model.named_parameters():
-        if p.requires_grad:
-            offsets[pn] = p_total
-            p_total += p.numel()
+    table = parameter_table(model)
+    offsets = {e.name: e.offset for e in table}
+    p_total = table[-1].offset + table[-1].size
     rows = torch.empty(n, k, p_total, dtype=x.dtype, device=x.device) if out is None else out
     if rows.shape != (n, k, p_total):
         raise ValueError(f"out has shape {tuple(rows.shape)}, expected {(n, k, p_total)}")
@@ -252,9 +250,9 @@ def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -
     layers = _layers(model)
     if layers is None:
         return jacobian_vmap(model, x, batch_size or 64)
-    k, activations = _per_sample_sizes(model, layers, x[:1])
-    batch_size = batch_size or batch_size_for(k, activations, layers, x.element_size())
-    p_total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    k, default_batch = outputs_and_batch_size(model, layers, x)
+    batch_size = batch_size or default_batch
+    p_total = sum(e.size for e in parameter_table(model))
     rows = torch.empty(len(x), k, p_total, dtype=x.dtype, device=x.device)
     workspace = Workspace()
     for i in range(0, len(x), batch_size):
@@ -279,6 +277,12 @@ def batch_size_for(num_outputs: int, activations: int, layers: list[tuple[str, n
     p_max = max((m.weight.numel() for _, m in layers), default=0)
     per_sample = ((num_outputs + 4) * activations + 2 * num_outputs * p_max) * itemsize
     return int(max(1, min(MAX_BATCH, BATCH_MEMORY_BYTES // max(1, per_sample))))
+
+
+def outputs_and_batch_size(model: nn.Module, layers: list[tuple[str, nn.Module]], x: torch.Tensor) -> tuple[int, int]:
+    """K and the default samples per batch for inputs like ``x`` (one forward pass of x[:1])."""
+    k, activations = _per_sample_sizes(model, layers, x[:1])
+    return k, batch_size_for(k, activations, layers, x.element_size())
 
 
 def _per_sample_sizes(model: nn.Module, layers: list[tuple[str, nn.Module]], x1: torch.Tensor) -> tuple[int, int]:
@@ -326,11 +330,7 @@ def probe_errors(
     model.eval()
     if batch_size is None:
         layers = _layers(model)
-        if layers is None:
-            batch_size = 64
-        else:
-            k, activations = _per_sample_sizes(model, layers, x[:1])
-            batch_size = batch_size_for(k, activations, layers, x.element_size())
+        batch_size = 64 if layers is None else outputs_and_batch_size(model, layers, x)[1]
     params, buffers = _split_params(model)
     gen = torch.Generator().manual_seed(seed)
     p_total = J.shape[1]
