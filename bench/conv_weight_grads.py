@@ -9,10 +9,6 @@ rounds on the same tensors; each keeps its fastest round.
   python bench/conv_weight_grads.py [--threads 2] [--samples 64] [--repeats 5] [--device cpu]
 """
 
-import os
-
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # as the Jacobian chunk jobs run
-
 import argparse
 import json
 

@@ -1,12 +1,17 @@
 """Jacobian throughput: this implementation against a naive loop and the compute bound.
 
 On the same samples, in one run:
-  ours    jacobian_spectrum.jacobian.jacobian (vmap over samples of jacrev over outputs)
+  ours    jacobian_spectrum.jacobian.jacobian_blocks as a chunk job runs it (K batched
+          backward passes to every layer's output, then per-sample weight gradients; each
+          batch's rows into one batch-sized buffer, from which the job writes them to HDF5)
+  in_memory  jacobian_spectrum.jacobian.jacobian: the same into a whole J allocated afresh
   naive   one torch.autograd.grad per sample and output
   bound   K batched backward passes over the same samples (summed, not per-sample,
           gradients: the least work any method that back-propagates K outputs can do)
-and, to show where ours' time goes, the forward and K backward passes to every layer's
-output that ours makes before its per-sample weight gradients.
+and, to show where ours' time goes: the forward and K backward passes to every layer's
+output that ours makes before its per-sample weight gradients, and the first write to a
+freshly allocated buffer of J's size (page faults: a cost of storing J that the bound, which
+stores nothing, does not have).
 Prints rows/s of each and the ratios ours/bound and ours/naive as JSON. The three are timed
 in interleaved rounds and each keeps its fastest round, so that load from other processes
 on a shared machine hits all three alike.
@@ -14,20 +19,21 @@ on a shared machine hits all three alike.
   python bench/jacobian.py [--samples 128] [--width 0.25] [--size 8] [--channels 1] [--repeats 5] [--device cpu]
 """
 
-import os
-
-# as the Jacobian chunk jobs run (workflow/scripts/jacobian_chunk.py); run with
-# THP_MEM_ALLOC_ENABLE=0 to measure without
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 import argparse
+import os
 import json
 
 import torch
 
-from jacobian_spectrum.jacobian import _layers, grouped_conv_is_faster, jacobian, outputs_and_batch_size
+from jacobian_spectrum.jacobian import _layers, batch_slices, grouped_conv_is_faster, jacobian, jacobian_blocks, outputs_and_batch_size
 from jacobian_spectrum.models import ModelSpec, build_model
 from timing import best_of_interleaved
+
+
+def stream(model, x):
+    """All rows of J, batch by batch, as a chunk job computes them (without the disk write)."""
+    for _ in jacobian_blocks(model, x):
+        pass
 
 
 def naive(model, x):
@@ -52,10 +58,10 @@ def backprops(model, x, batch_size):
     """The part of ours that any back-propagating method has: a forward pass and K batched
     backward passes to every layer's output, in ours' batches (no weight gradients)."""
     layers = _layers(model)
-    for i in range(0, len(x), batch_size):
+    for batch in batch_slices(len(x), batch_size):
         outs = []
         hooks = [m.register_forward_hook(lambda mod, a, o: outs.append(o)) for _, m in layers]
-        f = model(x[i : i + batch_size])
+        f = model(x[batch])
         for h in hooks:
             h.remove()
         for k in range(f.shape[1]):
@@ -98,29 +104,33 @@ def main():
     _, batch = outputs_and_batch_size(model, _layers(model), x)
     t = best_of_interleaved(
         {
-            "ours": lambda: jacobian(model, x),
+            "ours": lambda: stream(model, x),
+            "in_memory": lambda: jacobian(model, x),
             "naive": lambda: naive(model, x),
             "bound": lambda: bound(model, x),
             "backprops": lambda: backprops(model, x, batch),
+            "first_touch": lambda: torch.empty(rows, ref.shape[1], device=device).fill_(0.0),
         },
         args.repeats, device,
     )
     grouped = [grouped_conv_is_faster(conv.in_channels, px, device) for conv, px in _conv_output_pixels(model, x[:1])]
     result = {
-        "device": str(device), "threads": args.threads, "THP_MEM_ALLOC_ENABLE": os.environ["THP_MEM_ALLOC_ENABLE"], "cudnn": args.cudnn, "samples": args.samples, "rows": rows,
+        "device": str(device), "threads": args.threads, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "cudnn": args.cudnn, "samples": args.samples, "rows": rows,
         "parameters": sum(p.numel() for p in model.parameters()),
         "conv_layers_by_method": {
             "grouped": sum(grouped),
             "unfold": len(grouped) - sum(grouped),
         },
-        "batch_size": batch,
-        "rows_per_s": {k: rows / t[k] for k in ("ours", "naive", "bound")},
+        "batches": [b.stop - b.start for b in batch_slices(len(x), batch)],
+        "rows_per_s": {k: rows / t[k] for k in ("ours", "in_memory", "naive", "bound")},
         "ours_over_bound": t["bound"] / t["ours"],
         "ours_over_naive": t["naive"] / t["ours"],
+        "in_memory_over_bound": t["bound"] / t["in_memory"],
         # where ours' time goes: the backward passes to the layer outputs (also inside the
         # bound) and the rest (per-sample weight gradients, writing J)
         "backprops_time_over_bound_time": t["backprops"] / t["bound"],
         "backprops_share_of_ours": t["backprops"] / t["ours"],
+        "first_touch_of_J_time_over_bound_time": t["first_touch"] / t["bound"],
     }
     print(json.dumps(result, indent=1))
 

@@ -126,7 +126,7 @@ def test_nan_in_a_chunk_is_refused(subset_and_checkpoint):
     paths = chunks(root, 11)
     with h5py.File(paths[1], "r+") as f:
         f["J"][3, 7] = np.nan
-    with pytest.raises(ValueError, match="c1.h5: J: 1 non-finite"):
+    with pytest.raises(ValueError, match=r"c1.h5: J rows 0..30: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[3, 7\]"):
         gather(paths, root / "J.h5")
 
 
@@ -231,3 +231,96 @@ def test_jacobian_does_not_depend_on_the_batch_size():
     model = small_resnet()
     x = torch.randn(7, 1, 8, 8)
     assert torch.allclose(jacobian(model, x, batch_size=3), jacobian(model, x), atol=1e-6)
+
+
+@pytest.mark.parametrize("n, batch_size", [(128, 87), (150, 512), (10, 3), (1, 5), (9, 3), (64, 64)])
+def test_batch_slices_are_the_fewest_and_even(n, batch_size):
+    from jacobian_spectrum.jacobian import batch_slices
+
+    slices = batch_slices(n, batch_size)
+    assert slices[0].start == 0 and slices[-1].stop == n
+    assert all(a.stop == b.start for a, b in zip(slices, slices[1:]))
+    sizes = [s.stop - s.start for s in slices]
+    assert max(sizes) <= batch_size and max(sizes) - min(sizes) <= 1
+    assert len(slices) == -(-n // batch_size)
+
+
+def test_jacobian_blocks_reuse_one_buffer_and_equal_the_whole_jacobian():
+    from jacobian_spectrum.jacobian import jacobian_blocks
+
+    model = small_resnet()
+    x = torch.randn(10, 1, 8, 8)
+    whole = jacobian(model, x, batch_size=4)  # the same batches: the same bits
+    pointers = set()
+    for batch, block in jacobian_blocks(model, x, batch_size=4):
+        pointers.add(block.data_ptr())
+        assert torch.equal(block, whole[batch.start * 3 : batch.stop * 3])
+    assert len(pointers) == 1  # never more than one batch of J in memory
+
+
+def test_streamed_chunk_equals_the_jacobian_in_memory(subset_and_checkpoint, monkeypatch):
+    from jacobian_spectrum import jacobian as jac
+    from jacobian_spectrum.data import read_split
+    from jacobian_spectrum.models import load_checkpoint
+
+    root = subset_and_checkpoint
+    monkeypatch.setattr(jac, "MAX_BATCH", 4)  # 21 samples: six batches written one after another
+    compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
+    model, _ = load_checkpoint(root / "epoch0.pt", torch.device("cpu"))
+    x = torch.from_numpy(read_split(root / "subset.h5", "train").x)
+    with h5py.File(root / "c.h5") as f:
+        assert f.attrs["probe_error_jvp"] < 1e-5 and f.attrs["probe_error_vjp"] < 1e-5
+        np.testing.assert_allclose(f["J"][...], jacobian(model, x).numpy(), rtol=0, atol=1e-6)
+
+
+def test_probe_check_catches_a_wrong_or_missing_batch():
+    from jacobian_spectrum.jacobian import ProbeCheck, batch_slices
+
+    model = small_resnet()
+    x = torch.randn(9, 1, 8, 8)
+    J = jacobian(model, x)
+    wrong, missing = ProbeCheck(model, *J.shape), ProbeCheck(model, *J.shape)
+    for i, batch in enumerate(batch_slices(9, 3)):
+        rows = slice(batch.start * 3, batch.stop * 3)
+        block = J[rows].clone()
+        if i == 1:
+            block[4, 10] += 1.0
+        else:
+            missing.add(x[batch], rows, block)
+        wrong.add(x[batch], rows, block)
+    assert min(wrong.errors()) > 1e-4
+    assert all(np.isnan(missing.errors()))  # compute_chunk refuses NaN errors (not <= tolerance)
+
+
+def test_nan_in_a_batch_stops_the_chunk_job_naming_the_rows(subset_and_checkpoint, monkeypatch):
+    from jacobian_spectrum import jacobian as jac
+
+    root = subset_and_checkpoint
+    monkeypatch.setattr(jac, "MAX_BATCH", 4)  # 21 samples in batches of 3, 4, 3, ...: the second is rows 9..21
+    real = jac.jacobian_by_layers
+    calls = []
+
+    def with_nan_in_second_batch(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            rows[5, 17] = float("nan")
+        return rows
+
+    monkeypatch.setattr(jac, "jacobian_by_layers", with_nan_in_second_batch)
+    with pytest.raises(ValueError, match=r"c.h5: J rows 9..21: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[5, 17\]"):
+        compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
+    assert not (root / "c.h5").exists() and not list(root.glob(".c.h5.tmp*"))
+
+
+def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkpoint, monkeypatch):
+    from jacobian_spectrum import jacobian as jac
+
+    root = subset_and_checkpoint
+    paths = chunks(root, 5)
+    gather(paths, root / "whole.h5")
+    p = parameter_table(small_resnet())[-1]
+    monkeypatch.setattr(jac, "GATHER_READ_BYTES", 4 * 4 * (p.offset + p.size))  # 4 rows per read
+    gather(paths, root / "blocks.h5")
+    with h5py.File(root / "whole.h5") as a, h5py.File(root / "blocks.h5") as b:
+        np.testing.assert_array_equal(a["J"][...], b["J"][...])

@@ -4,24 +4,28 @@ Layout of J (nK x p): rows sample-major (row = i*K + k: sample i of the split, o
 columns in the order of the parameter table stored beside it (name, offset, size, shape of
 every trained tensor), so ``J[:, offset:offset + size]`` is one layer.
 
-Memory of one chunk job (c = chunk_size, b samples per batch, s = itemsize, 4 for float32,
-p_max = the largest layer's parameter count, A = layer-output values per sample; b is chosen
-by :func:`batch_size_for` to keep all but the first term under 512 MiB):
-  c K p s                 the chunk's block of J
+Memory of one chunk job (b samples per batch, s = itemsize, 4 for float32, p_max = the
+largest layer's parameter count, A = layer-output values per sample; b is chosen by
+:func:`batch_size_for` to keep all but the first term under 512 MiB). The job computes J
+batch by batch and writes each batch's rows to its file before the next (:func:`compute_chunk`),
+so nothing scales with the chunk size:
+  b K p s                 one batch's rows of J (one buffer, reused)
   + b K p_max s (x2)      one layer's per-sample weight gradients (workspace; x2 while a
                           grouped-convolution result is copied out)
   + ~ (K + 4) b A s       the batch's activations, autograd's saved tensors and the K
-                          backprops to every layer
-  + 64 MiB                the probe check's float64 row blocks
-Everything but the first term is fixed by the batch size, not the chunk size. Measured (peak
-RSS) for the width-1 ResNet20 at 3x32x32 (p = 268,579, A = 188,419, b = 87): 0.75 GiB beyond
-J for chunks of 256 and of 512 samples, the probe check's jvp/vjp passes being the peak.
+                          backprops to every layer (the probe check's jvp/vjp of the batch
+                          need about as much)
+  + 4 MiB                 the probe check's float64 row blocks
+Measured (peak RSS, ``python bench/jacobian_chunk.py``): 1.5 GiB for the width-1 ResNet20
+at 3x32x32 (p = 268,579, A = 188,419, b = 86-87) with chunks of 256, 512 and 600 samples,
+of which 0.5 GiB is the Python process with torch imported.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.func import functional_call, jacrev, jvp, vmap
 
 from .h5io import atomic_h5, open_checked, require_finite, write_provenance
 from .logs import logger
@@ -241,23 +245,63 @@ def jacobian_by_layers(
 def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
     """J of the model's K outputs on the samples ``x`` w.r.t. all trained parameters: (n*K, p).
 
+    The whole J in memory, computed by :func:`jacobian_blocks` straight into place.
+    """
+    model.eval()
+    with torch.no_grad():
+        k = model(x[:1]).shape[1]
+    rows = torch.empty(len(x) * k, sum(e.size for e in parameter_table(model)), dtype=x.dtype, device=x.device)
+    for _ in jacobian_blocks(model, x, batch_size, out=rows):
+        pass
+    return rows
+
+
+def jacobian_blocks(
+    model: nn.Module, x: torch.Tensor, batch_size: int | None = None, out: torch.Tensor | None = None
+) -> Iterator[tuple[slice, torch.Tensor]]:
+    """J batch by batch: yields (the batch's samples, their rows of J (b*K, p)).
+
     Networks built of plain Conv2d / Linear layers (ResNet20) take :func:`jacobian_by_layers`;
     any other network ``vmap`` over samples of ``jacrev`` over the K outputs (torch.func).
-    Both run in batches of ``batch_size`` samples to bound the memory beyond J itself; by
-    default :func:`batch_size_for` picks it.
+    Batches of at most ``batch_size`` samples (by default :func:`batch_size_for`) bound the
+    memory. The rows go into their place in ``out`` (n*K, p) when given; otherwise into one
+    batch-sized buffer that the next batch overwrites, so that a caller writing each block
+    to disk never holds, nor page-faults in, the whole J.
     """
     model.eval()
     layers = _layers(model)
     if layers is None:
-        return jacobian_vmap(model, x, batch_size or 64)
+        for batch in batch_slices(len(x), batch_size or 64):
+            block = jacobian_vmap(model, x[batch], batch.stop - batch.start)
+            k = len(block) // (batch.stop - batch.start)
+            yield batch, block if out is None else out[batch.start * k : batch.stop * k].copy_(block)
+        return
     k, default_batch = outputs_and_batch_size(model, layers, x)
-    batch_size = batch_size or default_batch
     p_total = sum(e.size for e in parameter_table(model))
-    rows = torch.empty(len(x), k, p_total, dtype=x.dtype, device=x.device)
+    batches = batch_slices(len(x), batch_size or default_batch)
+    if out is None:
+        largest = max(b.stop - b.start for b in batches)
+        out_rows = torch.empty(largest, k, p_total, dtype=x.dtype, device=x.device)
+        place = lambda batch: out_rows[: batch.stop - batch.start]  # noqa: E731
+    else:
+        if out.shape != (len(x) * k, p_total):
+            raise ValueError(f"out has shape {tuple(out.shape)}, expected {(len(x) * k, p_total)}")
+        place = lambda batch: out.view(len(x), k, p_total)[batch]  # noqa: E731
     workspace = Workspace()
-    for i in range(0, len(x), batch_size):
-        jacobian_by_layers(model, x[i : i + batch_size], layers, out=rows[i : i + batch_size], workspace=workspace)
-    return rows.view(len(x) * k, p_total)
+    for batch in batches:
+        yield batch, jacobian_by_layers(model, x[batch], layers, out=place(batch), workspace=workspace)
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """The fewest batches of at most ``batch_size`` samples, of equal size within one.
+
+    128 samples in batches of at most 87 run as 64 + 64, not 87 + 41: the small remainder
+    batch made the batched passes less efficient (0.34 s against 0.38 s for the CIFAR-size
+    Jacobian of 128 samples on 2 cores).
+    """
+    count = max(1, -(-n // max(1, batch_size)))
+    bounds = [n * i // count for i in range(count + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 BATCH_MEMORY_BYTES = 512 << 20
@@ -309,60 +353,91 @@ def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> to
 
     per_sample = vmap(jacrev(f), in_dims=(None, 0))
     blocks = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
+    for batch in batch_slices(len(x), batch_size):
+        xb = x[batch]
         jac = per_sample(params, xb)  # name -> (b, K, *shape)
         b, k = len(xb), jac[names[0]].shape[1]
         blocks.append(torch.cat([jac[n].reshape(b, k, -1) for n in names], dim=2).reshape(b * k, -1))
     return torch.cat(blocks)
 
 
+class ProbeCheck:
+    """Random-probe check of J, fed batch by batch: J v against ``torch.func.jvp`` and
+    u^T J against the vjp (reverse mode), one probe each (v over the columns, u over the rows).
+
+    :meth:`add` takes a batch's samples and its rows of J; the jvp/vjp run on that batch
+    only and the products by J use float64 row blocks of at most 4 MiB, so the check
+    needs no more memory than computing the batch's rows.
+    """
+
+    def __init__(self, model: nn.Module, num_rows: int, num_parameters: int, seed: int = 0) -> None:
+        model.eval()
+        self.model = model
+        self.params, self.buffers = _split_params(model)
+        gen = torch.Generator().manual_seed(seed)
+        self.v = torch.randn(num_parameters, generator=gen, dtype=torch.float64)
+        self.u = torch.randn(num_rows, generator=gen, dtype=torch.float64)
+        self.tangents, off = {}, 0
+        for n, p in self.params.items():
+            self.tangents[n] = self.v[off : off + p.numel()].reshape(p.shape).to(p.dtype).to(p.device)
+            off += p.numel()
+        self.jv, self.Jv = torch.zeros(num_rows, dtype=torch.float64), torch.zeros(num_rows, dtype=torch.float64)
+        self.uj, self.uJ = torch.zeros(num_parameters, dtype=torch.float64), torch.zeros(num_parameters, dtype=torch.float64)
+        self.rows_added = torch.zeros(num_rows, dtype=torch.bool)
+
+    def add(self, x: torch.Tensor, rows: slice, J_rows: torch.Tensor) -> None:
+        """The samples ``x`` and their rows ``rows`` of J (``J_rows``, len(x)*K x p)."""
+
+        def f(p: dict) -> torch.Tensor:
+            return functional_call(self.model, (p, self.buffers), (x,))
+
+        _, jv = jvp(f, (self.params,), (self.tangents,))
+        # the vjp by reverse mode directly: torch.func.vjp computes the same through
+        # torch.autograd.grad but first imports torch._dynamo, 1.1 s of every chunk job
+        leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
+        out = f(leaves)
+        uj = torch.autograd.grad(out, list(leaves.values()), self.u[rows].reshape(out.shape).to(out.dtype).to(out.device))
+        self.rows_added[rows] = True
+        self.jv[rows] = jv.reshape(-1).double().cpu()
+        self.uj += torch.cat([g.reshape(-1) for g in uj]).double().cpu()
+        # float64 copies of a few rows at a time, so that both products read them from cache
+        # (4x faster than 64 MiB blocks at CIFAR size)
+        block = max(1, (4 << 20) // (8 * J_rows.shape[1]))
+        for r in range(0, J_rows.shape[0], block):
+            Jd = J_rows[r : r + block].double().cpu()
+            self.Jv[rows.start + r : rows.start + r + len(Jd)] = Jd @ self.v
+            self.uJ.addmv_(Jd.T, self.u[rows.start + r : rows.start + r + len(Jd)])
+
+    def finite(self, rows: slice) -> bool:
+        """Whether the rows ``rows`` of J hold only finite values, read off J v: v has no zero
+        entries, so a NaN or Inf in a row makes that row's product non-finite (and finite
+        float32 values cannot overflow a float64 sum)."""
+        return bool(torch.isfinite(self.Jv[rows]).all())
+
+    def errors(self) -> tuple[float, float]:
+        """|Jv - jvp| / |jvp| and |u^T J - vjp| / |vjp| (both NaN while rows are missing)."""
+        if not bool(self.rows_added.all()):
+            return math.nan, math.nan
+        err_jvp = float(torch.linalg.norm(self.Jv - self.jv) / torch.linalg.norm(self.jv))
+        err_vjp = float(torch.linalg.norm(self.uJ - self.uj) / torch.linalg.norm(self.uj))
+        return err_jvp, err_vjp
+
+
 def probe_errors(
     model: nn.Module, x: torch.Tensor, J: torch.Tensor, seed: int = 0, batch_size: int | None = None
 ) -> tuple[float, float]:
-    """Relative errors of J v against ``torch.func.jvp`` and of u^T J against ``vjp``.
-
-    One random probe each; the products by the stored J use float64 accumulation. The
-    jvp/vjp run over batches of ``batch_size`` samples and the products by J over blocks of
-    rows (at most 64 MiB in float64), so the check needs no more memory than computing J
-    (``batch_size`` by default as :func:`jacobian` picks it).
-    """
+    """:class:`ProbeCheck` of a J held in memory, over batches of ``batch_size`` samples
+    (by default as :func:`jacobian` picks them)."""
     model.eval()
     if batch_size is None:
         layers = _layers(model)
         batch_size = 64 if layers is None else outputs_and_batch_size(model, layers, x)[1]
-    params, buffers = _split_params(model)
-    gen = torch.Generator().manual_seed(seed)
-    p_total = J.shape[1]
-    v = torch.randn(p_total, generator=gen, dtype=torch.float64)
-    u = torch.randn(J.shape[0], generator=gen, dtype=torch.float64)
-    tangents, off = {}, 0
-    for n, p in params.items():
-        tangents[n] = v[off : off + p.numel()].reshape(p.shape).to(p.dtype).to(p.device)
-        off += p.numel()
     k = J.shape[0] // len(x)
-    jv_parts, uj = [], torch.zeros(p_total, dtype=torch.float64)
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size]
-
-        def fx(p: dict, xb: torch.Tensor = xb) -> torch.Tensor:
-            return functional_call(model, (p, buffers), (xb,))
-
-        _, jv_b = jvp(fx, (params,), (tangents,))
-        out, pullback = vjp(fx, params)
-        (uj_b,) = pullback(u[i * k : (i + len(xb)) * k].reshape(out.shape).to(out.dtype).to(out.device))
-        jv_parts.append(jv_b.reshape(-1).double().cpu())
-        uj += torch.cat([uj_b[n].reshape(-1) for n in params]).double().cpu()
-    jv = torch.cat(jv_parts)
-    Jv, uJ = torch.empty_like(jv), torch.zeros(p_total, dtype=torch.float64)
-    block = max(1, (64 << 20) // (8 * p_total))
-    for r in range(0, J.shape[0], block):
-        Jd = J[r : r + block].double().cpu()
-        Jv[r : r + block] = Jd @ v
-        uJ += u[r : r + block] @ Jd
-    err_jvp = float(torch.linalg.norm(Jv - jv) / torch.linalg.norm(jv))
-    err_vjp = float(torch.linalg.norm(uJ - uj) / torch.linalg.norm(uj))
-    return err_jvp, err_vjp
+    check = ProbeCheck(model, J.shape[0], J.shape[1], seed)
+    for batch in batch_slices(len(x), batch_size):
+        rows = slice(batch.start * k, batch.stop * k)
+        check.add(x[batch], rows, J[rows])
+    return check.errors()
 
 
 def _write_table(f: h5py.File, table: Sequence[ParameterEntry]) -> None:
@@ -382,6 +457,15 @@ def read_table(f: h5py.File) -> list[ParameterEntry]:
     ]
 
 
+@dataclass
+class ChunkSeconds:
+    """Where a chunk job's time went: J's rows, the probe check, writing the file."""
+
+    jacobian: float = 0.0
+    probe_check: float = 0.0
+    write: float = 0.0
+
+
 def compute_chunk(
     checkpoint: str | Path,
     subset_path: str | Path,
@@ -392,8 +476,12 @@ def compute_chunk(
     dtype: str = "float32",
     device: str = "auto",
     tolerance: float = 1e-4,
-) -> None:
-    """One job of the scatter: J for samples [chunk*chunk_size, (chunk+1)*chunk_size) of ``split``."""
+) -> ChunkSeconds:
+    """One job of the scatter: J for samples [chunk*chunk_size, (chunk+1)*chunk_size) of ``split``.
+
+    Each batch's rows are checked (probes, finiteness) and written to the file as they are
+    computed, so the job holds one batch of J, not the chunk. Returns where its time went.
+    """
     from .data import read_split
     from .models import load_checkpoint
     from .train import select_device
@@ -408,17 +496,35 @@ def compute_chunk(
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     model = model.to(torch_dtype)
     x = torch.from_numpy(data.x[start:stop]).to(dev, torch_dtype)
-    J = jacobian(model, x)
-    err_jvp, err_vjp = probe_errors(model, x, J, seed=chunk)
-    if max(err_jvp, err_vjp) > tolerance:
-        raise ArithmeticError(
-            f"{out_path}: Jacobian probe check failed: |Jv - jvp|/|jvp| = {err_jvp:.2e}, |u^T J - vjp|/|vjp| = {err_vjp:.2e} "
-            f"(tolerance {tolerance:.0e})"
-        )
-    J_np = J.cpu().numpy()
-    require_finite(J_np, f"{out_path}: J")
-    k = J_np.shape[0] // (stop - start)
+    with torch.no_grad():
+        k = model(x[:1]).shape[1]
+    table = parameter_table(model)
+    shape = ((stop - start) * k, sum(e.size for e in table))
+    check = ProbeCheck(model, *shape, seed=chunk)
+    seconds = ChunkSeconds()
+    # each batch's rows go to the file as they are computed: the job never holds the whole J
     with atomic_h5(out_path) as f:
+        dset = f.create_dataset("J", shape=shape, dtype=np.float64 if dtype == "float64" else np.float32)
+        t = time.perf_counter()
+        for batch, block in jacobian_blocks(model, x):
+            rows = slice(batch.start * k, batch.stop * k)
+            block_np = block.cpu().numpy()
+            t_j = time.perf_counter()
+            check.add(x[batch], rows, torch.from_numpy(block_np))  # the host copy: no second transfer
+            if not check.finite(rows):  # name the first NaN/Inf (a full scan only then)
+                require_finite(block_np, f"{out_path}: J rows {rows.start}..{rows.stop}")
+            t_p = time.perf_counter()
+            dset[rows] = block_np
+            seconds.jacobian += t_j - t
+            seconds.probe_check += t_p - t_j
+            t = time.perf_counter()
+            seconds.write += t - t_p
+        err_jvp, err_vjp = check.errors()
+        if not (err_jvp <= tolerance and err_vjp <= tolerance):
+            raise ArithmeticError(
+                f"{out_path}: Jacobian probe check failed: |Jv - jvp|/|jvp| = {err_jvp:.2e}, |u^T J - vjp|/|vjp| = {err_vjp:.2e} "
+                f"(tolerance {tolerance:.0e})"
+            )
         write_provenance(
             f,
             "jacobian_chunk",
@@ -438,10 +544,15 @@ def compute_chunk(
             probe_error_jvp=err_jvp,
             probe_error_vjp=err_vjp,
         )
-        f.create_dataset("J", data=J_np)
-        _write_table(f, parameter_table(model))
-    logger.info("J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s",
-                chunk, split, start, stop, *J_np.shape, err_jvp, err_vjp, out_path)
+        _write_table(f, table)
+    seconds.write += time.perf_counter() - t
+    logger.info("J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, "
+                "probe check %.1f, writing %.1f", chunk, split, start, stop, *shape, err_jvp, err_vjp, out_path,
+                seconds.jacobian, seconds.probe_check, seconds.write)
+    return seconds
+
+
+GATHER_READ_BYTES = 256 << 20  # the gather reads chunk files in row blocks of this size: its memory is fixed
 
 
 def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict | None = None) -> None:
@@ -492,11 +603,14 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
         )
         col_chunk = min(p, max(1, (1 << 20) // max(1, min(rows, 1024))))
         dset = f.create_dataset("J", shape=(rows, p), dtype=np_dtype, chunks=(min(rows, 1024), col_chunk))
+        step = max(1, GATHER_READ_BYTES // (p * np.dtype(np_dtype).itemsize))  # rows per read
         for path, a, _, _ in metas:
+            offset = int(a["row_start"])
             with h5py.File(path, "r") as src:
-                block = src["J"][...]
-            require_finite(block, f"{path}: J")
-            dset[int(a["row_start"]) : int(a["row_stop"])] = block
+                for r in range(0, int(a["row_stop"]) - offset, step):
+                    block = src["J"][r : r + step]
+                    require_finite(block, f"{path}: J rows {r}..{r + len(block)}")
+                    dset[offset + r : offset + r + len(block)] = block
         _write_table(f, first[3])
     logger.info("gathered %d chunks into J (%d x %d) -> %s", len(metas), rows, p, out_path)
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
+from .jacobian import batch_slices
 from .logs import logger
 from .spectrum import Spectrum
 
@@ -56,7 +57,7 @@ class JacobianOperator:
         return out
 
     def _batches(self):
-        return [(i, self.x[i : i + self.batch_size]) for i in range(0, len(self.x), self.batch_size)]
+        return [(b.start, self.x[b]) for b in batch_slices(len(self.x), self.batch_size)]
 
     def _jv_batch(self, xb: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
         f = self._f(xb)

@@ -1,9 +1,3 @@
-import os
-
-# PyTorch reads this at its first allocation: 2 MiB pages for large CPU tensors make the
-# first touch of a chunk's J (hundreds of MB at CIFAR size) 8x cheaper (bench/jacobian.py)
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
-
 from jacobian_spectrum.logs import start_log
 
 start_log(snakemake.log[0])
