@@ -279,17 +279,16 @@ def jacobian_blocks(
     k, default_batch = outputs_and_batch_size(model, layers, x)
     p_total = sum(e.size for e in parameter_table(model))
     batches = batch_slices(len(x), batch_size or default_batch)
-    if out is None:
-        largest = max(b.stop - b.start for b in batches)
-        out_rows = torch.empty(largest, k, p_total, dtype=x.dtype, device=x.device)
-        place = lambda batch: out_rows[: batch.stop - batch.start]  # noqa: E731
-    else:
-        if out.shape != (len(x) * k, p_total):
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected {(len(x) * k, p_total)}")
-        place = lambda batch: out.view(len(x), k, p_total)[batch]  # noqa: E731
+    if out is not None and out.shape != (len(x) * k, p_total):
+        raise ValueError(f"out has shape {tuple(out.shape)}, expected {(len(x) * k, p_total)}")
+    # all of J (out), or one buffer of the largest batch's rows that every batch reuses
+    rows = out.view(len(x), k, p_total) if out is not None else torch.empty(
+        max(b.stop - b.start for b in batches), k, p_total, dtype=x.dtype, device=x.device
+    )
     workspace = Workspace()
     for batch in batches:
-        yield batch, jacobian_by_layers(model, x[batch], layers, out=place(batch), workspace=workspace)
+        target = rows[batch] if out is not None else rows[: batch.stop - batch.start]
+        yield batch, jacobian_by_layers(model, x[batch], layers, out=target, workspace=workspace)
 
 
 def batch_slices(n: int, batch_size: int) -> list[slice]:
