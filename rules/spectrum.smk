@@ -13,7 +13,7 @@ if config["spectrum"]["method"] == "matrix_free":
         params:
             checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),
             settings=config["spectrum"],
-            code=code_version("spectrum.py", "matrix_free.py", "models.py", "data.py"),
+            code=code_version("spectrum.py", "matrix_free.py", "jacobian.py", "models.py", "data.py"),
         threads: config["spectrum"]["threads"]
         resources:
             mem_mb=lambda w, attempt: attempt * config["jacobian"]["mem_mb"],

@@ -89,7 +89,7 @@ def test_chunked_equals_single_chunk(subset_and_checkpoint):
     gather(chunks(root, 5, tag="five")[::-1], root / "chunked.h5")  # order of inputs does not matter
     with h5py.File(root / "single.h5") as a, h5py.File(root / "chunked.h5") as b:
         assert a["J"].shape == (63, b["J"].shape[1])
-        # equal up to float32 rounding (vmap batches of other sizes may sum in another order)
+        # equal up to float32 rounding (batches of other sizes may sum in another order)
         Ja, Jb = a["J"][...], b["J"][...]
         assert np.abs(Ja - Jb).max() <= 1e-6 * np.abs(Ja).max()
         assert b.attrs["row_order"].startswith("sample-major")
@@ -308,7 +308,7 @@ def test_nan_in_a_batch_stops_the_chunk_job_naming_the_rows(subset_and_checkpoin
         return rows
 
     monkeypatch.setattr(jac, "jacobian_by_layers", with_nan_in_second_batch)
-    with pytest.raises(ValueError, match=r"c.h5: J rows 9..21: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[5, 17\]"):
+    with pytest.raises(ValueError, match=r"c.h5: J rows 9..21: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[14, 17\]"):
         compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
     assert not (root / "c.h5").exists() and not list(root.glob(".c.h5.tmp*"))
 
@@ -324,3 +324,30 @@ def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkp
     gather(paths, root / "blocks.h5")
     with h5py.File(root / "whole.h5") as a, h5py.File(root / "blocks.h5") as b:
         np.testing.assert_array_equal(a["J"][...], b["J"][...])
+    with h5py.File(paths[1], "r+") as f:
+        f["J"][9, 2] = np.inf
+    # the index counts in the chunk file, not in the block read
+    with pytest.raises(ValueError, match=r"c1.h5: J rows 8..12: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[9, 2\]"):
+        gather(paths, root / "J.h5")
+
+
+def test_a_failed_probe_check_stops_the_chunk_job_and_leaves_no_file(subset_and_checkpoint, monkeypatch):
+    from jacobian_spectrum import jacobian as jac
+
+    root = subset_and_checkpoint
+    real = jac.jacobian_by_layers
+
+    def off_by_one_entry(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        rows[2, 40] += 1.0  # finite, wrong
+        return rows
+
+    monkeypatch.setattr(jac, "jacobian_by_layers", off_by_one_entry)
+    with pytest.raises(ArithmeticError, match=r"c.h5: Jacobian probe check failed"):
+        compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
+    assert not list(root.glob("*c.h5*"))
+    monkeypatch.setattr(jac, "jacobian_by_layers", real)
+    monkeypatch.setattr(jac.ProbeCheck, "errors", lambda self: (float("nan"), 0.0))  # NaN never passes
+    with pytest.raises(ArithmeticError, match=r"jvp\|/\|jvp\| = nan"):
+        compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
+    assert not list(root.glob("*c.h5*"))

@@ -31,6 +31,19 @@ def test_truncated_hdf5_is_named(tmp_path):
         open_checked(tmp_path / "J.h5", ["J"])
 
 
+def test_temporaries_of_killed_writers_are_removed_but_not_a_live_writers(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    stale = tmp_path / f".J.h5.tmp{int(dead.stdout)}"  # a writer killed mid-write (its process is gone)
+    live = tmp_path / f".J.h5.tmp{os.getppid()}"  # a writer still running
+    other = tmp_path / f".K.h5.tmp{int(dead.stdout)}"  # another output's temporary
+    for p in (stale, live, other):
+        p.write_bytes(b"partial")
+    with atomic_h5(tmp_path / "J.h5") as f:
+        f["x"] = [1.0]
+    assert not stale.exists() and live.exists() and other.exists()
+    assert [p.name for p in tmp_path.glob(".J.h5.tmp*")] == [live.name]
+
+
 def test_missing_dataset_is_named(tiny_results, tmp_path):
     spectra = {k: tiny_results / "init/spectrum/train_epoch0.h5" for k in ("init", "final", "ref_train")}
     broken = tmp_path / "test_epoch3.h5"

@@ -24,6 +24,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         yield tmp
@@ -31,6 +32,29 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete temporaries of ``path`` left by killed writers (their process is gone).
+
+    A job killed mid-write (out of memory, time limit) cannot clean up; its retry has another
+    process id, so without this every kill would leave a partial file (GBs for a Jacobian
+    chunk) beside the output.
+    """
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by someone else
+        return True
+    return True
 
 
 @contextlib.contextmanager
@@ -111,9 +135,15 @@ def open_checked(path: str | Path, datasets: Sequence[str] = (), artifact: str |
     return f
 
 
-def require_finite(array: np.ndarray, what: str) -> None:
-    """Stop with a message naming ``what`` if the array holds NaN or Inf."""
+def require_finite(array: np.ndarray, what: str, row_offset: int = 0) -> None:
+    """Stop with a message naming ``what`` if the array holds NaN or Inf.
+
+    ``row_offset``: where ``array`` starts in the array the message's index should count in
+    (a block of rows read from a larger dataset).
+    """
     bad = ~np.isfinite(array)
     if bad.any():
         idx = np.argwhere(bad)[0].tolist()
+        if idx:
+            idx[0] += row_offset
         raise ValueError(f"{what}: {int(bad.sum())} non-finite value(s) (NaN or Inf), first at index {idx}")

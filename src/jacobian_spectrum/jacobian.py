@@ -17,7 +17,7 @@ so nothing scales with the chunk size:
                           need about as much)
   + 4 MiB                 the probe check's float64 row blocks
 Measured (peak RSS, ``python bench/jacobian_chunk.py``): 1.5 GiB for the width-1 ResNet20
-at 3x32x32 (p = 268,579, A = 188,419, b = 86-87) with chunks of 256, 512 and 600 samples,
+at 3x32x32 (p = 268,579, A = 188,419, b = 85-86) with chunks of 256, 512 and 600 samples,
 of which 0.5 GiB is the Python process with torch imported.
 """
 
@@ -274,6 +274,8 @@ def jacobian_blocks(
         for batch in batch_slices(len(x), batch_size or 64):
             block = jacobian_vmap(model, x[batch], batch.stop - batch.start)
             k = len(block) // (batch.stop - batch.start)
+            if out is not None and out.shape != (len(x) * k, block.shape[1]):
+                raise ValueError(f"out has shape {tuple(out.shape)}, expected {(len(x) * k, block.shape[1])}")
             yield batch, block if out is None else out[batch.start * k : batch.stop * k].copy_(block)
         return
     k, default_batch = outputs_and_batch_size(model, layers, x)
@@ -298,7 +300,9 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
     batch made the batched passes less efficient (0.34 s against 0.38 s for the CIFAR-size
     Jacobian of 128 samples on 2 cores).
     """
-    count = max(1, -(-n // max(1, batch_size)))
+    if n <= 0:
+        return []
+    count = -(-n // max(1, batch_size))
     bounds = [n * i // count for i in range(count + 1)]
     return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
@@ -308,7 +312,7 @@ MAX_BATCH = 512
 
 
 def batch_size_for(num_outputs: int, activations: int, layers: list[tuple[str, nn.Module]], itemsize: int) -> int:
-    """Samples per batch such that the memory beyond J stays under BATCH_MEMORY_BYTES.
+    """Samples per batch such that the memory beyond the batch's rows of J stays under BATCH_MEMORY_BYTES.
 
     Per sample: ~ (K + 4) activation values per layer output (activations, autograd's saved
     tensors, the K backprops) and twice one layer's per-sample weight gradients (see the
@@ -386,6 +390,8 @@ class ProbeCheck:
 
     def add(self, x: torch.Tensor, rows: slice, J_rows: torch.Tensor) -> None:
         """The samples ``x`` and their rows ``rows`` of J (``J_rows``, len(x)*K x p)."""
+        if len(J_rows) != rows.stop - rows.start:
+            raise ValueError(f"ProbeCheck.add: {len(J_rows)} rows of J given for rows {rows.start}..{rows.stop}")
 
         def f(p: dict) -> torch.Tensor:
             return functional_call(self.model, (p, self.buffers), (x,))
@@ -408,9 +414,10 @@ class ProbeCheck:
             self.uJ.addmv_(Jd.T, self.u[rows.start + r : rows.start + r + len(Jd)])
 
     def finite(self, rows: slice) -> bool:
-        """Whether the rows ``rows`` of J hold only finite values, read off J v: v has no zero
-        entries, so a NaN or Inf in a row makes that row's product non-finite (and finite
-        float32 values cannot overflow a float64 sum)."""
+        """Whether the rows ``rows`` of J v are finite: v has no zero entries, so a NaN or Inf
+        in a row of J makes that row's product non-finite. For float32 J the converse holds
+        too (finite float32 values cannot overflow a float64 sum); a float64 J with values
+        near 1e308 could overflow, and then fails the probe check instead."""
         return bool(torch.isfinite(self.Jv[rows]).all())
 
     def errors(self) -> tuple[float, float]:
@@ -478,8 +485,10 @@ def compute_chunk(
 ) -> ChunkSeconds:
     """One job of the scatter: J for samples [chunk*chunk_size, (chunk+1)*chunk_size) of ``split``.
 
-    Each batch's rows are checked (probes, finiteness) and written to the file as they are
-    computed, so the job holds one batch of J, not the chunk. Returns where its time went.
+    Each batch's rows are fed to the probe check, checked for NaN/Inf and written to the file
+    as they are computed, so the job holds one batch of J, not the chunk; the probe verdict
+    comes after the last batch, before the file gets its final name. Returns where its time
+    went.
     """
     from .data import read_split
     from .models import load_checkpoint
@@ -511,7 +520,7 @@ def compute_chunk(
             t_j = time.perf_counter()
             check.add(x[batch], rows, torch.from_numpy(block_np))  # the host copy: no second transfer
             if not check.finite(rows):  # name the first NaN/Inf (a full scan only then)
-                require_finite(block_np, f"{out_path}: J rows {rows.start}..{rows.stop}")
+                require_finite(block_np, f"{out_path}: J rows {rows.start}..{rows.stop}", row_offset=rows.start)
             t_p = time.perf_counter()
             dset[rows] = block_np
             seconds.jacobian += t_j - t
@@ -608,7 +617,7 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
             with h5py.File(path, "r") as src:
                 for r in range(0, int(a["row_stop"]) - offset, step):
                     block = src["J"][r : r + step]
-                    require_finite(block, f"{path}: J rows {r}..{r + len(block)}")
+                    require_finite(block, f"{path}: J rows {r}..{r + len(block)}", row_offset=r)
                     dset[offset + r : offset + r + len(block)] = block
         _write_table(f, first[3])
     logger.info("gathered %d chunks into J (%d x %d) -> %s", len(metas), rows, p, out_path)
