@@ -39,7 +39,9 @@ def _remove_stale_temporaries(path: Path) -> None:
 
     A job killed mid-write (out of memory, time limit) cannot clean up; its retry has another
     process id, so without this every kill would leave a partial file (GBs for a Jacobian
-    chunk) beside the output.
+    chunk) beside the output. Snakemake runs one job per output at a time, so a temporary
+    whose process id is not alive here is a dead writer's (on a cluster, a killed job's
+    retry is the only other writer of that output).
     """
     for stale in path.parent.glob(f".{path.name}.tmp*"):
         pid = stale.name.rsplit(".tmp", 1)[1]
@@ -53,7 +55,7 @@ def _process_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, owned by someone else
-        return True
+        pass
     return True
 
 

@@ -248,12 +248,17 @@ def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -
     The whole J in memory, computed by :func:`jacobian_blocks` straight into place.
     """
     model.eval()
-    with torch.no_grad():
-        k = model(x[:1]).shape[1]
-    rows = torch.empty(len(x) * k, sum(e.size for e in parameter_table(model)), dtype=x.dtype, device=x.device)
+    rows = torch.empty(jacobian_shape(model, x), dtype=x.dtype, device=x.device)
     for _ in jacobian_blocks(model, x, batch_size, out=rows):
         pass
     return rows
+
+
+def jacobian_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
+    """(n*K, p) of J on the samples ``x`` (K from one forward pass of x[:1])."""
+    with torch.no_grad():
+        k = model(x[:1]).shape[1]
+    return len(x) * k, sum(e.size for e in parameter_table(model))
 
 
 def jacobian_blocks(
@@ -271,7 +276,7 @@ def jacobian_blocks(
     model.eval()
     layers = _layers(model)
     if layers is None:
-        for batch in batch_slices(len(x), batch_size or 64):
+        for batch in batch_slices(len(x), batch_size or VMAP_BATCH):
             block = jacobian_vmap(model, x[batch], batch.stop - batch.start)
             k = len(block) // (batch.stop - batch.start)
             if out is not None and out.shape != (len(x) * k, block.shape[1]):
@@ -309,6 +314,7 @@ def batch_slices(n: int, batch_size: int) -> list[slice]:
 
 BATCH_MEMORY_BYTES = 512 << 20
 MAX_BATCH = 512
+VMAP_BATCH = 64  # samples per batch of the torch.func path (networks other than plain Conv2d/Linear)
 
 
 def batch_size_for(num_outputs: int, activations: int, layers: list[tuple[str, nn.Module]], itemsize: int) -> int:
@@ -345,7 +351,7 @@ def _per_sample_sizes(model: nn.Module, layers: list[tuple[str, nn.Module]], x1:
     return k, sum(sizes)
 
 
-def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = VMAP_BATCH) -> torch.Tensor:
     """J by ``vmap`` over samples of ``jacrev`` over the K outputs (torch.func)."""
     model.eval()
     params, buffers = _split_params(model)
@@ -437,7 +443,7 @@ def probe_errors(
     model.eval()
     if batch_size is None:
         layers = _layers(model)
-        batch_size = 64 if layers is None else outputs_and_batch_size(model, layers, x)[1]
+        batch_size = VMAP_BATCH if layers is None else outputs_and_batch_size(model, layers, x)[1]
     k = J.shape[0] // len(x)
     check = ProbeCheck(model, J.shape[0], J.shape[1], seed)
     for batch in batch_slices(len(x), batch_size):
@@ -504,10 +510,8 @@ def compute_chunk(
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     model = model.to(torch_dtype)
     x = torch.from_numpy(data.x[start:stop]).to(dev, torch_dtype)
-    with torch.no_grad():
-        k = model(x[:1]).shape[1]
-    table = parameter_table(model)
-    shape = ((stop - start) * k, sum(e.size for e in table))
+    shape = jacobian_shape(model, x)
+    k = shape[0] // len(x)
     check = ProbeCheck(model, *shape, seed=chunk)
     seconds = ChunkSeconds()
     # each batch's rows go to the file as they are computed: the job never holds the whole J
@@ -552,7 +556,7 @@ def compute_chunk(
             probe_error_jvp=err_jvp,
             probe_error_vjp=err_vjp,
         )
-        _write_table(f, table)
+        _write_table(f, parameter_table(model))
     seconds.write += time.perf_counter() - t
     logger.info("J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, "
                 "probe check %.1f, writing %.1f", chunk, split, start, stop, *shape, err_jvp, err_vjp, out_path,
