@@ -23,6 +23,7 @@ N_SPLIT = {
     "test": config["dataset"]["test_per_class"] * K,
 }
 RUNS = config["runs"]
+ARCHIVE = config["dataset"]["archive"]  # unpacked into dataset.root by rule extract_archive
 LEVELS = [level_tag(x) for x in config["corruption"]["levels"]]
 
 

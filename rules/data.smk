@@ -1,7 +1,28 @@
-# Data stage: class-balanced subset of the configured data set, then label corruption.
+# Data stage: the image archive unpacked once (when one is configured), a class-balanced
+# subset of the configured data set, then label corruption.
+
+
+if ARCHIVE:
+
+    rule extract_archive:
+        input:
+            ARCHIVE,
+        output:
+            directory(config["dataset"]["root"]),
+        params:
+            sha256=config["dataset"]["archive_sha256"],
+            code=code_version("data.py"),
+        conda:
+            "../workflow/envs/jacobian-spectrum.yaml"
+        log:
+            f"{R}/logs/data/extract_archive.log",
+        script:
+            "../workflow/scripts/extract_archive.py"
 
 
 rule subsample:
+    input:
+        images=[config["dataset"]["root"]] if ARCHIVE else [],
     output:
         f"{R}/data/subset.h5",
     params:

@@ -181,3 +181,91 @@ def test_mnist_through_torchvision_on_idx_files(tmp_path):
     subset, source = build_subset(ds)
     assert source.image_shape == (1, 28, 28) and subset.x["train"].shape == (10, 1, 28, 28)
     assert dataset_info(ds).per_class["train"].tolist() == [5] * 10
+
+
+# ---------------------------------------------------------------- image archives
+def write_image_archive(path, top="images", per=(4, 2), classes=("ant", "bee", "cow"), size=8):
+    """A .tar.gz in the layout of the CIFAR-10 JPEG archive: {top}/train/<class>/NNNN.jpg."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    prefix = f"{top}/" if top else ""
+    with tarfile.open(path, "w:gz") as tf:
+        for split, n in zip(("train", "test"), per):
+            for c in classes:
+                for i in range(n):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+                    info = tarfile.TarInfo(f"{prefix}{split}/{c}/{i:04d}.png")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tf.addfile(info, buf)
+    return path
+
+
+@pytest.mark.parametrize("top", ["images", ""])
+def test_archive_is_listed_then_unpacked_into_root(tmp_path, top):
+    from jacobian_spectrum.data import ARCHIVE_MANIFEST, archive_info, extract_archive, file_sha256
+
+    archive = write_image_archive(tmp_path / "images.tar.gz", top=top)
+    listed = archive_info(archive)  # what the config check sees before anything is unpacked
+    assert listed.class_names == ["ant", "bee", "cow"]
+    assert listed.per_class["train"].tolist() == [4, 4, 4] and listed.per_class["test"].tolist() == [2, 2, 2]
+    root = tmp_path / "data" / "images"
+    info = extract_archive(archive, root, sha256=file_sha256(archive))
+    assert sorted(p.name for p in root.iterdir()) == sorted([ARCHIVE_MANIFEST, "train", "test"])
+    assert info.per_class["train"].tolist() == listed.per_class["train"].tolist()
+    assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+    ds = {"name": "imagefolder", "root": str(root), "archive": str(archive), "classes": ["cow", "ant"],
+          "train_per_class": 4, "test_per_class": 2, "seed": 0}
+    subset, source = build_subset(ds)
+    assert source.image_shape == (3, 8, 8) and subset.x["train"].shape == (8, 3, 8, 8)
+    assert dataset_info(ds).per_class["test"].tolist() == [2, 2, 2]  # read from the unpacked folder now
+
+
+def test_damaged_archive_is_refused_naming_it_and_leaves_the_old_folder(tmp_path):
+    from jacobian_spectrum.data import archive_info, extract_archive
+
+    good = write_image_archive(tmp_path / "good.tar.gz")
+    root = tmp_path / "root"
+    extract_archive(good, root)
+    before = sorted(p.relative_to(root) for p in root.rglob("*"))
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    for damaged in (cut, tmp_path / "missing.tar.gz"):
+        with pytest.raises(DataError, match=str(damaged)):
+            archive_info(damaged)
+        with pytest.raises(DataError, match=str(damaged)):
+            extract_archive(damaged, root)
+    with pytest.raises(DataError, match="sha256"):
+        extract_archive(good, root, sha256="0" * 64)
+    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before  # the earlier result is intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_archive_without_the_image_folder_layout_or_escaping_its_folder_is_refused(tmp_path):
+    import io
+    import tarfile
+
+    from jacobian_spectrum.data import archive_info, extract_archive
+
+    flat = tmp_path / "flat.tar"
+    with tarfile.open(flat, "w") as tf:
+        info = tarfile.TarInfo("pictures/0001.png")
+        tf.addfile(info, io.BytesIO(b""))
+    with pytest.raises(DataError, match="train/<class>"):
+        archive_info(flat)
+    evil = write_image_archive(tmp_path / "evil.tar.gz", top="")
+    with tarfile.open(tmp_path / "evil.tar", "w") as tf:  # the good archive plus a link out of its folder
+        with tarfile.open(evil) as src:
+            for m in src.getmembers():
+                tf.addfile(m, src.extractfile(m))
+        link = tarfile.TarInfo("train/ant/escape.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../outside.png"
+        tf.addfile(link)
+    with pytest.raises(DataError, match="evil.tar.*outside"):
+        extract_archive(tmp_path / "evil.tar", tmp_path / "root")
+    assert not (tmp_path / "root").exists()

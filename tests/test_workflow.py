@@ -142,3 +142,41 @@ def test_matrix_free_option_matches_the_materialised_spectrum(tiny_results, tmp_
         assert np.abs(s_mf[:10] - s_full[:10]).max() <= 1e-6 * s_full[0]
         overlap = np.abs(np.sum(mf["U"][...] * full["U"][...], axis=0))
         assert np.allclose(overlap, 1, atol=1e-4)
+
+
+def test_image_archive_is_unpacked_once_and_a_damaged_one_stops_before_any_job(tmp_path):
+    import shutil
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_data import write_image_archive
+
+    archive = write_image_archive(tmp_path / "images.tar.gz", per=(20, 10), size=8)
+    results, root = tmp_path / "r", tmp_path / "data" / "images"
+
+    def config(archive_path):
+        override = tmp_path / "archive.yaml"
+        override.write_text(yaml.safe_dump({"results": str(results), "dataset": {
+            "name": "imagefolder", "root": str(root), "archive": str(archive_path), "classes": ["ant", "bee", "cow"],
+            "train_per_class": 20, "test_per_class": 10, "seed": 0}}))
+        return ["--configfile", str(TINY), str(override)]
+
+    target = f"{results}/data/subset.h5"
+    proc = snakemake(target, "--cores", "1", *config(archive))
+    assert "extract_archive" in proc.stdout + proc.stderr
+    assert (root / "ARCHIVE.json").is_file() and (results / "data" / "subset.h5").is_file()
+    with h5py.File(results / "data" / "subset.h5") as f:
+        assert f["train/x"].shape == (60, 3, 8, 8)
+    assert "Nothing to be done" in snakemake(target, "-n", "--cores", "1", *config(archive)).stdout  # reused
+
+    cut = tmp_path / "cut.tar.gz"
+    cut.write_bytes(archive.read_bytes()[:2000])
+    root_before = sorted(root.rglob("*"))
+    for bad in (cut, tmp_path / "missing.tar.gz"):
+        shutil.rmtree(root)  # as on a fresh clone: only the archive is there
+        shutil.rmtree(results)
+        proc = snakemake("--cores", "1", *config(bad), check=False)
+        assert proc.returncode != 0 and str(bad) in proc.stdout + proc.stderr
+        assert not root.exists() and not results.exists()
+        snakemake(target, "--cores", "1", *config(archive))  # the good archive again
+        assert sorted(root.rglob("*")) == root_before

@@ -37,6 +37,11 @@ def run_epochs_needed(run: Mapping) -> list[int]:
 def check_config(config: Mapping) -> None:
     """Raise :class:`ConfigError` for the first mistake, naming the key and the allowed values."""
     ds = config["dataset"]
+    if ds.get("archive"):
+        if ds["name"] != "imagefolder":
+            raise ConfigError(f"config key 'dataset.archive': only dataset.name imagefolder is unpacked from an archive, not {ds['name']!r}")
+        if not ds.get("root"):
+            raise ConfigError("config key 'dataset.root': dataset.archive is unpacked into dataset.root; set it (for example data/images)")
     try:
         info = dataset_info(ds)
         classes = resolve_classes(list(ds["classes"]), info.class_names)

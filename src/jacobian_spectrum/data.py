@@ -3,7 +3,8 @@
 Sources (one contract, ``results/data/subset.h5``):
   digits        scikit-learn's embedded 8x8 digits (offline default)
   cifar10       the official ``cifar-10-batches-py`` pickle release (torchvision downloads it)
-  imagefolder   ``train/<class>/*`` and ``test/<class>/*`` image files
+  imagefolder   ``train/<class>/*`` and ``test/<class>/*`` image files, optionally unpacked
+                from a tar archive by the workflow (:func:`extract_archive`)
   mnist, fashion_mnist   through torchvision
 
 Importing this module is light (no torch): the workflow calls :func:`dataset_info` at
@@ -12,8 +13,13 @@ parse time to check the config.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
+import shutil
+import tarfile
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,6 +205,107 @@ def open_source(dataset: Mapping) -> Source:
     raise DataError(f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist")
 
 
+# ---------------------------------------------------------------- image archives
+ARCHIVE_MANIFEST = "ARCHIVE.json"  # written last by extract_archive: the folder is complete
+
+
+def _archive_layout(names: list[str]) -> tuple[str, dict[str, dict[str, int]]]:
+    """The folder prefix holding train/ and test/ in an archive, and image counts per split and class.
+
+    The image-folder layout may sit at the archive's top or inside one top-level folder.
+    """
+    counts: dict[str, dict[str, dict[str, int]]] = {}
+    for name in names:
+        parts = name.strip("/").split("/")
+        if len(parts) < 3 or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        if parts[-3] in SPLITS:
+            prefix = "/".join(parts[:-3])
+            split_counts = counts.setdefault(prefix, {s: {} for s in SPLITS})[parts[-3]]
+            split_counts[parts[-2]] = split_counts.get(parts[-2], 0) + 1
+    complete = {p: c for p, c in counts.items() if all(c[s] for s in SPLITS)}
+    if len(complete) != 1:
+        found = "none" if not complete else sorted(complete)
+        raise DataError(
+            f"expected one image-folder layout train/<class>/<image> and test/<class>/<image> "
+            f"(at the top or inside one folder); found {found}"
+        )
+    return next(iter(complete.items()))
+
+
+def _open_archive(path: Path) -> tarfile.TarFile:
+    if not path.is_file():
+        raise DataError(
+            f"dataset.archive: {path} does not exist; point dataset.archive at the image archive "
+            "(a .tar or .tar.gz of train/<class>/<image> and test/<class>/<image>) or remove the key"
+        )
+    try:
+        return tarfile.open(path, "r:*")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise DataError(f"dataset.archive: {path} is not a readable tar archive (truncated or damaged?): {exc}") from exc
+
+
+def archive_info(path: str | os.PathLike) -> DatasetInfo:
+    """Class names and per-class image counts from an archive's member list (no extraction)."""
+    path = Path(path)
+    with _open_archive(path) as tf:
+        try:
+            names = tf.getnames()
+        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+            raise DataError(f"dataset.archive: {path} is damaged (truncated or corrupted?): {exc}") from exc
+    try:
+        _, counts = _archive_layout(names)
+    except DataError as exc:
+        raise DataError(f"dataset.archive: {path}: {exc}") from exc
+    classes = sorted(counts["train"])
+    return DatasetInfo(classes, {s: np.array([counts[s].get(c, 0) for c in classes]) for s in SPLITS}, True)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, sha256: str | None = None) -> DatasetInfo:
+    """Unpack an image-folder archive into ``dest`` (``dest/train/<class>/...``), checked and atomic.
+
+    The checksum (when given) and every member are checked before ``dest`` appears: a damaged
+    archive raises :class:`DataError` naming it and leaves no folder behind. Members are
+    extracted with tarfile's ``data`` filter (no links out of the folder, no device files).
+    """
+    archive, dest = Path(archive), Path(dest)
+    if sha256:
+        got = file_sha256(archive) if archive.is_file() else None
+        if got is not None and got != sha256.lower():
+            raise DataError(f"dataset.archive: {archive} has sha256 {got}, expected {sha256} (dataset.archive_sha256): "
+                            "the file is damaged or another version; fetch it again")
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        with _open_archive(archive) as tf:
+            try:
+                prefix, _ = _archive_layout(tf.getnames())
+                tf.extractall(tmp, filter="data")
+            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
+                raise DataError(f"dataset.archive: {archive} is damaged (truncated or corrupted?): {exc}") from exc
+            except DataError as exc:
+                raise DataError(f"dataset.archive: {archive}: {exc}") from exc
+        top = tmp / prefix if prefix else tmp
+        info = dataset_info({"name": "imagefolder", "root": str(top)})
+        (top / ARCHIVE_MANIFEST).write_text(json.dumps(
+            {"archive": str(archive), "sha256": sha256 or file_sha256(archive), "classes": info.class_names,
+             "per_class": {s: info.per_class[s].tolist() for s in SPLITS}}, indent=1))
+        if dest.exists():
+            shutil.rmtree(dest)
+        os.replace(top, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
 # ---------------------------------------------------------------- parse-time information
 @dataclass
 class DatasetInfo:
@@ -245,8 +352,13 @@ def dataset_info(dataset: Mapping) -> DatasetInfo:
             )
         return DatasetInfo(names, {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}, True)
     if name == "imagefolder":
+        if dataset.get("archive") and (root is None or not (Path(root) / ARCHIVE_MANIFEST).is_file()):
+            return archive_info(dataset["archive"])  # not unpacked yet: the workflow's first job does it
         if root is None or not (Path(root) / "train").is_dir():
-            raise DataError(f"dataset.root: no image folder at {root} (expected {root}/train/<class>/ and {root}/test/<class>/)")
+            raise DataError(
+                f"dataset.root: no image folder at {root} (expected {root}/train/<class>/ and {root}/test/<class>/); "
+                "or set dataset.archive to an archive of that layout for the workflow to unpack"
+            )
         names = sorted(d.name for d in (Path(root) / "train").iterdir() if d.is_dir())
         per_class = {}
         for split in SPLITS:

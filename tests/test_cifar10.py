@@ -1,0 +1,108 @@
+"""The paper's findings on real CIFAR-10 images (issue: config/cifar10-small.yaml).
+
+Opt-in: ``pytest -m cifar10`` (the default run deselects the marker; see pyproject.toml). It
+reads the outputs of ``snakemake --cores 2 --configfile config/cifar10-small.yaml`` when they
+are complete, and otherwise runs that workflow first (about 40 minutes on 2 CPU cores). It
+skips, saying why, where neither the outputs nor the configured image archive are there.
+
+Every number is recomputed from the produced files: errors from the stored predictions, the
+alignment values from the measurement files.
+"""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from conftest import ROOT, snakemake
+from jacobian_spectrum.figures import PAPER_TABLES
+
+pytestmark = pytest.mark.cifar10
+
+CONFIG = ROOT / "config" / "cifar10-small.yaml"
+LEVELS = (0.0, 0.25, 0.5, 0.75)  # Figure 9's rise is asserted up to 75% (100% is discussed in the README)
+
+
+@pytest.fixture(scope="module")
+def cifar():
+    cfg = yaml.safe_load(CONFIG.read_text())
+    results = ROOT / cfg["results"]
+    done = all((results / "runs" / run / "measurements.h5").is_file() for run in cfg["runs"])
+    if not done:
+        archive = ROOT / cfg["dataset"]["archive"]
+        if not archive.is_file() and not (ROOT / cfg["dataset"]["root"] / "ARCHIVE.json").is_file():
+            pytest.skip(f"no CIFAR-10 images: neither {archive} nor the outputs under {results} exist")
+        snakemake("--cores", "2", "--configfile", str(CONFIG), timeout=3 * 3600)
+    return cfg, results
+
+
+def run_errors(results: Path, run: str) -> dict[str, np.ndarray]:
+    """Per-epoch errors recomputed from the stored predictions (not the stored error columns)."""
+    with h5py.File(results / "runs" / run / "trajectory.h5") as f:
+        return {
+            "train": (f["train/predictions"][...].argmax(-1) != f["train/y"][...]).mean(-1),
+            "test": (f["test/predictions"][...].argmax(-1) != f["test/y"][...]).mean(-1),
+        }
+
+
+def alignment(results: Path, run: str) -> np.ndarray:
+    with h5py.File(results / "runs" / run / "measurements.h5") as f:
+        return f["alignment/values"][...]
+
+
+def label_energy_final(results: Path, run: str) -> float:
+    with h5py.File(results / "runs" / run / "measurements.h5") as f:
+        return float(f["label_energy_nuisance"][1])
+
+
+def test_every_run_fits_the_labels_it_trains_on(cifar):
+    cfg, results = cifar
+    for run, settings in cfg["runs"].items():
+        final_train_error = run_errors(results, run)["train"][-1]
+        limit = 0.02 if settings.get("corruption", 0.0) == 0.0 else 0.05
+        assert final_train_error <= limit, (run, final_train_error)
+
+
+def test_the_50_percent_run_dips_early_and_its_reference_sits_near_the_minimum(cifar):
+    cfg, results = cifar
+    run = cfg["figures"]["table3"]
+    test = run_errors(results, run)["test"]
+    best = int(np.argmin(test))
+    assert best < len(test) // 2, (best, len(test))  # an early minimum
+    assert test[-1] - test[best] >= 0.05, (test[best], test[-1])  # then the network fits the noise
+    ref = cfg["runs"][run]["reference_epoch"]
+    # the reference Jacobian is taken near the minimum: the test error there is within 5 points of it
+    assert test[ref] - test[best] <= 0.05, (ref, test[ref], best, test[best])
+
+
+@pytest.mark.parametrize("table", ["table1", "table2"])
+def test_the_final_jacobian_of_a_clean_run_carries_the_labels(cifar, table):
+    cfg, results = cifar
+    a = alignment(results, cfg["figures"][table])
+    assert a[1, 0] >= 0.95, a[1, 0]  # ||P_I y||/||y|| of J_final
+    assert a[1, 0] > a[0, 0]
+
+
+def test_table3_final_jacobian_aligns_more_than_the_initial_one(cifar):
+    cfg, results = cifar
+    a = alignment(results, cfg["figures"]["table3"])
+    assert a[1, 0] > a[0, 0], a[:, 0]
+
+
+def test_figure9_label_energy_and_test_error_rise_with_corruption(cifar):
+    cfg, results = cifar
+    by_level = {float(s["corruption"]): run for run, s in cfg["runs"].items() if run in cfg["figures"]["corruption_runs"]}
+    energy = [label_energy_final(results, by_level[level]) for level in LEVELS]
+    test_error = [run_errors(results, by_level[level])["test"][-1] for level in LEVELS]
+    assert all(b > a for a, b in zip(energy, energy[1:])), energy
+    assert all(b > a for a, b in zip(test_error, test_error[1:])), test_error
+
+
+@pytest.mark.parametrize("table", [1, 2, 3])
+def test_the_initial_jacobian_row_matches_the_paper(cifar, table):
+    cfg, results = cifar
+    a = alignment(results, cfg["figures"][f"table{table}"])
+    # ||P_I y||/||y|| and ||P_N y||/||y|| of J_init within 0.05 of the paper's printed values
+    assert np.abs(a[0, :2] - PAPER_TABLES[table][0, :2]).max() <= 0.05, (a[0, :2], PAPER_TABLES[table][0, :2])
