@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, snakemake
-from jacobian_spectrum.figures import PAPER_TABLES
+from jacobian_spectrum.figures import PAPER_TABLES, window_min
 
 pytestmark = pytest.mark.cifar10
 
@@ -69,12 +69,13 @@ def test_the_50_percent_run_dips_early_and_its_reference_sits_near_the_minimum(c
     cfg, results = cifar
     run = cfg["figures"]["table3"]
     test = run_errors(results, run)["test"]
-    best = int(np.argmin(test))
-    assert best < len(test) // 2, (best, len(test))  # an early minimum
-    assert test[-1] - test[best] >= 0.05, (test[best], test[-1])  # then the network fits the noise
+    # Figure 8c's curve: the minimum over the last min_window epochs, as the paper plots it
+    curve = window_min(test, cfg["figures"]["min_window"])
+    best = int(np.argmin(curve))
+    assert best < len(curve) // 2, (best, len(curve))  # an early minimum
+    assert curve[-1] - curve[best] >= 0.05, (curve[best], curve[-1])  # then the network fits the noise
     ref = cfg["runs"][run]["reference_epoch"]
-    # the reference Jacobian is taken near the minimum: the test error there is within 5 points of it
-    assert test[ref] - test[best] <= 0.05, (ref, test[ref], best, test[best])
+    assert curve[ref] - curve[best] <= 0.05, (ref, curve[ref], best, curve[best])  # J_ref near the minimum
 
 
 @pytest.mark.parametrize("table", ["table1", "table2"])

@@ -82,3 +82,26 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     assert proc.returncode != 0
     assert "spectrum.info_dim" in proc.stdout + proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_cifar10_configs_are_valid_and_unpack_their_archive_first(tmp_path):
+    """The CIFAR-10 configs against an archive of the same layout (the real one may be absent)."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from test_data import write_image_archive
+
+    archive = write_image_archive(tmp_path / "cifar.tar.gz", top="cifar10", per=(600, 300),
+                                  classes=("airplane", "automobile", "bird"), size=2)
+    for name in ("cifar10-small", "cifar10-medium"):
+        cfg = load(ROOT / "config" / f"{name}.yaml")
+        assert cfg["model"]["width"] == 1.0 and cfg["dataset"]["name"] == "imagefolder"
+        cfg["dataset"].update(archive=str(archive), root=str(tmp_path / "images"), archive_sha256=None)
+        cfg["results"] = str(tmp_path / name)
+        validated(cfg)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(cfg))
+        proc = snakemake("-n", "--cores", "2", "--configfile", str(path))
+        counts = {p[0]: int(p[1]) for p in (line.split() for line in proc.stdout.splitlines()) if len(p) == 2 and p[1].isdigit()}
+        assert counts["extract_archive"] == 1 and counts["train"] == len(cfg["runs"])
+        assert not (tmp_path / "images").exists()  # a dry run unpacks nothing

@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import h5py
 import numpy as np
@@ -269,3 +270,111 @@ def test_archive_without_the_image_folder_layout_or_escaping_its_folder_is_refus
     with pytest.raises(DataError, match="evil.tar.*outside"):
         extract_archive(tmp_path / "evil.tar", tmp_path / "root")
     assert not (tmp_path / "root").exists()
+
+
+# ---------------------------------------------------------------- damaged and hostile data files
+def write_jpeg_folder(root, per=3, classes=("ant", "bee", "cow")):
+    """train/ and test/ of 32x32 JPEGs, as in the CIFAR-10 JPEG archive."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i:04d}.jpg", quality=90)
+    return root
+
+
+def write_mnist_fixture(root, n_train=50, n_test=20):
+    """torchvision's MNIST/raw layout: big-endian idx files."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        labels = np.arange(n, dtype=np.uint8) % 10
+        images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes())
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes())
+    return root
+
+
+def _npy_bytes():
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, np.zeros((4, 4)))
+    return buf.getvalue()
+
+
+DAMAGE = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "zero bytes": lambda good: b"",
+    "another format": lambda good: _npy_bytes(),  # a numpy .npy file under the right name
+    "garbage": lambda good: np.random.default_rng(1).integers(0, 256, len(good), dtype=np.uint8).tobytes(),
+}
+READERS = {
+    # reader: (write the fixture, the file to damage, the dataset config)
+    "imagefolder": (write_jpeg_folder, "train/bee/0001.jpg",
+                    lambda root: {"name": "imagefolder", "root": str(root), "classes": ["ant", "bee", "cow"]}),
+    "cifar10": (lambda root: write_cifar_fixture(root) and root, "cifar-10-batches-py/data_batch_2",
+                lambda root: {"name": "cifar10", "root": str(root), "classes": ["airplane", "bird"]}),
+    "mnist": (write_mnist_fixture, "MNIST/raw/train-images-idx3-ubyte",
+              lambda root: {"name": "mnist", "root": str(root), "classes": [0, 1]}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGE))
+@pytest.mark.parametrize("reader", sorted(READERS))
+def test_a_damaged_data_file_is_named_before_any_subset_is_written(tmp_path, reader, damage):
+    write, name, config = READERS[reader]
+    root = write(tmp_path / "data")
+    ds = {**config(root), "train_per_class": 2, "test_per_class": 2, "seed": 0}
+    build_subset(ds)  # the intact fixture reads
+    target = root / name
+    target.write_bytes(DAMAGE[damage](target.read_bytes()))
+    # every image of the split is read, so the damaged one is among them
+    all_rows = {"imagefolder": 3, "cifar10": 4, "mnist": 5}[reader]
+    with pytest.raises(DataError, match=re.escape(str(target))) as exc:
+        build_subset({**ds, "train_per_class": all_rows})
+    words = {"truncated": "truncated", "zero bytes": "empty", "another format": "", "garbage": ""}[damage]
+    assert words in str(exc.value)
+    assert "replace" in str(exc.value)  # and says what to do
+
+
+def test_a_cifar10_batch_of_the_wrong_size_is_named(tmp_path):
+    write_cifar_fixture(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_3"
+    with open(path, "wb") as f:
+        pickle.dump({"labels": [0, 1], "data": np.zeros((2, 1024), np.uint8)}, f, protocol=2)
+    with pytest.raises(DataError, match=re.escape(str(path)) + ".*wrong size"):
+        build_subset({"name": "cifar10", "root": str(tmp_path), "classes": [0, 1], "train_per_class": 1, "test_per_class": 1, "seed": 0})
+
+
+class _CreatesAFile:
+    """A pickle that, when loaded by plain pickle.load, opens (creates) a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_hostile_cifar10_pickle_is_refused_and_runs_nothing(tmp_path):
+    write_cifar_fixture(tmp_path)
+    victim = tmp_path / "created-by-the-pickle"
+    hostile = pickle.dumps({"data": _CreatesAFile(victim), "labels": [0]}, protocol=2)
+    probe = tmp_path / "proof"
+    pickle.loads(pickle.dumps(_CreatesAFile(probe), protocol=2)).close()
+    assert probe.exists()  # a plain unpickler would run it
+    path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
+    path.write_bytes(hostile)
+    ds = {"name": "cifar10", "root": str(tmp_path), "classes": [0, 1], "train_per_class": 1, "test_per_class": 1, "seed": 0}
+    with pytest.raises(DataError, match=re.escape(str(path)) + ": refused global .*open"):
+        build_subset(ds)
+    assert not victim.exists()
+    (tmp_path / "cifar-10-batches-py" / "batches.meta").write_bytes(hostile)  # the parse-time read too
+    with pytest.raises(DataError, match="batches.meta"):
+        dataset_info(ds)
+    assert not victim.exists()

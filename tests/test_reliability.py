@@ -179,3 +179,22 @@ def test_no_network_is_attempted_without_download(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="download"):
         build_subset({"name": "mnist", "root": str(tmp_path / "none"), "classes": [0, 1], "train_per_class": 3,
                       "test_per_class": 2, "seed": 0, "download": False})
+
+
+# ---------------------------------------------------------------- damaged data
+def test_a_cut_short_image_stops_the_workflow_naming_it_and_leaves_no_subset(tmp_path):
+    from test_data import write_jpeg_folder
+
+    root = write_jpeg_folder(tmp_path / "images", per=20)
+    bad = root / "train" / "bee" / "0007.jpg"
+    bad.write_bytes(bad.read_bytes()[:300])  # a failed copy
+    override = tmp_path / "images.yaml"
+    override.write_text(yaml.safe_dump({"results": str(tmp_path / "r"), "dataset": {
+        "name": "imagefolder", "root": str(root), "classes": ["ant", "bee", "cow"],
+        "train_per_class": 20, "test_per_class": 10, "seed": 0}}))
+    proc = snakemake("--cores", "1", "--configfile", str(TINY), str(override), check=False)
+    assert proc.returncode != 0
+    log = (tmp_path / "r" / "logs" / "data" / "subsample.log").read_text()
+    assert f"{bad}: truncated or corrupted image" in log
+    assert not (tmp_path / "r" / "data" / "subset.h5").exists() and not (tmp_path / "r" / "runs").exists()
+    assert not list((tmp_path / "r").rglob(".subset.h5.tmp*"))  # nor a partial one under another name

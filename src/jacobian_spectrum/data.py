@@ -85,12 +85,62 @@ def cifar10_folder(root: str | os.PathLike) -> Path:
     return root if (root / "batches.meta").is_file() else root / "cifar-10-batches-py"
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles only what the official CIFAR-10 release holds: dicts, lists, bytes, strings,
+    numbers and numpy arrays. Any other global (a function or class a crafted file would call
+    while loading) is refused, so a batch file from an untrusted mirror cannot run code."""
+
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise _RefusedGlobal(f"{module}.{name}")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file (0 bytes); replace it with the file of the official cifar-10-batches-py release")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError) as exc:
-        raise DataError(f"{path}: not a readable CIFAR-10 batch file: {exc}") from exc
+            out = _CifarUnpickler(f, encoding="latin1").load()
+    except _RefusedGlobal as exc:
+        raise DataError(
+            f"{path}: refused global {exc}: loading this file would call it, and the official CIFAR-10 release "
+            "holds only data (a crafted or foreign pickle); nothing in it was run. Replace it with the release's file"
+        ) from exc
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as exc:
+        raise DataError(
+            f"{path}: not a readable CIFAR-10 batch file (truncated, damaged or another format: {exc}); "
+            "replace it with the file of the official cifar-10-batches-py release"
+        ) from exc
+    if not isinstance(out, dict):
+        raise DataError(f"{path}: holds a {type(out).__name__}, not the dict of a CIFAR-10 batch file")
+    return out
+
+
+def _cifar10_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3, 32, 32) and labels (N,) of one batch file, checked against the release's format."""
+    batch = _unpickle(path)
+    data, labels = batch.get("data"), batch.get("labels")
+    if not isinstance(data, np.ndarray) or labels is None:
+        raise DataError(f"{path}: no 'data' array and 'labels' list (keys {sorted(batch)}); not a CIFAR-10 batch file")
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(labels) != len(data):
+        raise DataError(
+            f"{path}: 'data' is {data.dtype} {data.shape} with {len(labels)} labels; a CIFAR-10 batch holds uint8 "
+            "(N, 3072) and N labels (wrong size or another release)"
+        )
+    return data.reshape(-1, 3, 32, 32), np.asarray(labels, dtype=np.int64)
 
 
 def _cifar10(root: str | None, download: bool) -> Source:
@@ -116,9 +166,9 @@ def _cifar10(root: str | None, download: bool) -> Source:
             path = folder / name
             if not path.is_file():
                 raise DataError(f"{path}: missing CIFAR-10 batch file")
-            batch = _unpickle(path)
-            xs.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.append(np.asarray(batch["labels"], dtype=np.int64))
+            x, y = _cifar10_batch(path)
+            xs.append(x)
+            ys.append(y)
         images[split], labels[split] = np.concatenate(xs), np.concatenate(ys)
     return Source("cifar10", list(meta["label_names"]), (3, 32, 32), 255.0, labels, True, images)
 
@@ -130,7 +180,12 @@ def _mnist_like(name: str, root: str | None, download: bool) -> Source:
 
     cls = getattr(torchvision.datasets, _tv_class(name))
     images, labels = {}, {}
+    raw = Path(root) / _tv_class(name) / "raw"
     for split in SPLITS:
+        prefix = "train" if split == "train" else "t10k"
+        for ndim, kind in ((1, "labels-idx1"), (3, "images-idx3")):
+            if (raw / f"{prefix}-{kind}-ubyte").is_file():  # torchvision's own reader names no file
+                _check_idx(raw / f"{prefix}-{kind}-ubyte", ndim)
         try:
             ds = cls(str(root), train=split == "train", download=download)
         except RuntimeError as exc:
@@ -178,13 +233,20 @@ def _imagefolder(root: str | None) -> Source:
 
 
 def _read_image(path: Path, shape: tuple[int, int, int] | None) -> np.ndarray:
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
-    with Image.open(path) as im:
-        mode = "L" if shape is not None and shape[0] == 1 else "RGB"
-        if shape is None and im.mode in ("L", "1", "I;16"):
-            mode = "L"
-        a = np.asarray(im.convert(mode), dtype=np.uint8)
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty image file (0 bytes); replace or delete it")
+    try:
+        with Image.open(path) as im:
+            mode = "L" if shape is not None and shape[0] == 1 else "RGB"
+            if shape is None and im.mode in ("L", "1", "I;16"):
+                mode = "L"
+            a = np.asarray(im.convert(mode), dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise DataError(f"{path}: not an image (another format or garbage bytes: {exc}); replace or delete it") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL's errors for cut-short or corrupted image data
+        raise DataError(f"{path}: truncated or corrupted image ({exc}); replace or delete it") from exc
     a = a[None] if a.ndim == 2 else a.transpose(2, 0, 1)
     if shape is not None and a.shape != tuple(shape):
         raise DataError(f"{path}: image of shape {a.shape}, expected {tuple(shape)} like the first image of the folder")
@@ -314,9 +376,30 @@ class DatasetInfo:
     has_test_split: bool
 
 
-def _idx_labels(path: Path) -> np.ndarray:
+IDX_MAGIC = {1: 2049, 3: 2051}  # labels (1-d), images (3-d): the MNIST idx headers
+
+
+def _check_idx(path: Path, ndim: int) -> bytes:
+    """The bytes of an MNIST/Fashion-MNIST idx file, after checking its header against its size."""
     raw = path.read_bytes()
-    return np.frombuffer(raw, dtype=np.uint8, offset=8).astype(np.int64)
+    what = "labels" if ndim == 1 else "images"
+    if not raw:
+        raise DataError(f"{path}: empty file (0 bytes); replace it with the {what} file of the release")
+    header = 4 * (ndim + 1)
+    magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
+    if magic != IDX_MAGIC[ndim] or len(raw) < header:
+        raise DataError(f"{path}: not an idx {what} file (magic {magic}, expected {IDX_MAGIC[ndim]}): another format or "
+                        "garbage bytes; replace it with the file of the release")
+    dims = [int.from_bytes(raw[4 * (i + 1) : 4 * (i + 2)], "big") for i in range(ndim)]
+    if len(raw) != header + int(np.prod(dims)):
+        state = "truncated" if len(raw) < header + int(np.prod(dims)) else "longer than its header says"
+        raise DataError(f"{path}: {state}: {len(raw)} bytes, the header {dims} says {header + int(np.prod(dims))}; "
+                        "replace it with the file of the release")
+    return raw
+
+
+def _idx_labels(path: Path) -> np.ndarray:
+    return np.frombuffer(_check_idx(path, 1), dtype=np.uint8, offset=8).astype(np.int64)
 
 
 def dataset_info(dataset: Mapping) -> DatasetInfo:
