@@ -13,9 +13,9 @@ import argparse
 import json
 
 import torch
+from timing import best_of_interleaved
 
 from jacobian_spectrum.jacobian import Workspace, conv_grads, grouped_conv_is_faster
-from timing import best_of_interleaved
 
 CHANNELS = (3, 4, 8, 16, 32, 64)
 SIZES = (2, 4, 8, 16, 32)
@@ -45,21 +45,33 @@ def main() -> None:
             grouped = conv_grads(backprops, a, conv, "grouped")[0]
             unfold = conv_grads(backprops, a, conv, "unfold")[0]
             max_diff = max(max_diff, float((grouped - unfold).abs().max() / unfold.abs().max()))
-            t = best_of_interleaved({
-                "grouped": lambda: conv_grads(backprops, a, conv, "grouped", workspace=workspace),
-                "unfold": lambda: conv_grads(backprops, a, conv, "unfold", workspace=workspace),
-            }, args.repeats, device)
+            t = best_of_interleaved(
+                {
+                    "grouped": lambda: conv_grads(backprops, a, conv, "grouped", workspace=workspace),
+                    "unfold": lambda: conv_grads(backprops, a, conv, "unfold", workspace=workspace),
+                },
+                args.repeats,
+                device,
+            )
             rule = "grouped" if grouped_conv_is_faster(c, h * h, device) else "unfold"
             ratio = t["unfold"] / t["grouped"]
             grid.setdefault(f"C={c}", {})[f"H={h}"] = f"{ratio:.2f} {rule}"
             agree += (ratio >= 1) == (rule == "grouped")
             cells += 1
-    print(json.dumps({
-        "device": str(device), "threads": args.threads, "samples": n, "outputs": k,
-        "unfold_time_over_grouped_time (rule's pick)": grid,
-        "rule_picks_the_faster": f"{agree} of {cells}",
-        "max_relative_difference": max_diff,
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "device": str(device),
+                "threads": args.threads,
+                "samples": n,
+                "outputs": k,
+                "unfold_time_over_grouped_time (rule's pick)": grid,
+                "rule_picks_the_faster": f"{agree} of {cells}",
+                "max_relative_difference": max_diff,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -18,11 +18,11 @@ import sys
 import time
 
 import torch
+from timing import timed
 
 from jacobian_spectrum.jacobian import jacobian, probe_errors
 from jacobian_spectrum.models import ModelSpec, build_model
 from jacobian_spectrum.train import augment, least_squares_loss, select_device
-from timing import timed
 
 
 def main():
@@ -37,7 +37,10 @@ def main():
         args.images, args.chunk, args.eigh_sizes = 256, 16, [200, 400]
     device = select_device("auto")
     start = time.perf_counter()
-    report = {"device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu", "tf32": torch.backends.cuda.matmul.allow_tf32}
+    report = {
+        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
+        "tf32": torch.backends.cuda.matmul.allow_tf32,
+    }
     spec = ModelSpec("resnet20", 3, 32, 3, width=1.0)
     model = build_model(spec, seed=0).to(device)
     x = torch.randn(args.images, 3, 32, 32, device=device)
@@ -89,7 +92,7 @@ def main():
         A = torch.randn(n, n // 4, device=device, dtype=torch.float64)
         G = A @ A.T
         del A
-        _, t = timed(lambda: torch.linalg.eigh(G), device)
+        _, t = timed(lambda G=G: torch.linalg.eigh(G), device)
         report["eigh_s"][str(n)] = t
         last = (n, t)
         del G

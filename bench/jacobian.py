@@ -20,14 +20,21 @@ on a shared machine hits all three alike.
 """
 
 import argparse
-import os
 import json
+import os
 
 import torch
-
-from jacobian_spectrum.jacobian import _layers, batch_slices, grouped_conv_is_faster, jacobian, jacobian_blocks, outputs_and_batch_size
-from jacobian_spectrum.models import ModelSpec, build_model
 from timing import best_of_interleaved
+
+from jacobian_spectrum.jacobian import (
+    _layers,
+    batch_slices,
+    grouped_conv_is_faster,
+    jacobian,
+    jacobian_blocks,
+    outputs_and_batch_size,
+)
+from jacobian_spectrum.models import ModelSpec, build_model
 
 
 def stream(model, x):
@@ -71,8 +78,11 @@ def backprops(model, x, batch_size):
 def _conv_output_pixels(model, x1):
     """(conv, output pixels) of every convolution, from one forward pass."""
     found = []
-    hooks = [m.register_forward_hook(lambda mod, a, o: found.append((mod, o.shape[-2] * o.shape[-1])))
-             for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(lambda mod, a, o: found.append((mod, o.shape[-2] * o.shape[-1])))
+        for m in model.modules()
+        if isinstance(m, torch.nn.Conv2d)
+    ]
     with torch.no_grad():
         model(x1)
     for h in hooks:
@@ -112,11 +122,17 @@ def main():
             "backprops": lambda: backprops(model, x, batch),
             "first_touch": lambda: torch.empty(largest * 3, ref.shape[1], device=device).fill_(0.0),
         },
-        args.repeats, device,
+        args.repeats,
+        device,
     )
     grouped = [grouped_conv_is_faster(conv.in_channels, px, device) for conv, px in _conv_output_pixels(model, x[:1])]
     result = {
-        "device": str(device), "threads": args.threads, "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"), "cudnn": args.cudnn, "samples": args.samples, "rows": rows,
+        "device": str(device),
+        "threads": args.threads,
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
+        "cudnn": args.cudnn,
+        "samples": args.samples,
+        "rows": rows,
         "parameters": sum(p.numel() for p in model.parameters()),
         "conv_layers_by_method": {
             "grouped": sum(grouped),

@@ -39,7 +39,9 @@ print(json.dumps({{"job": time.perf_counter() - t, **asdict(parts),
 def write_inputs(root: Path, samples: int, channels: int, size: int, width: float) -> int:
     """subset.h5 with ``samples`` random training images of 3 classes, and epoch0.pt; returns p."""
     rng = np.random.default_rng(0)
-    x = {s: rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8) for s, n in (("train", samples), ("test", 3))}
+    x = {
+        s: rng.integers(0, 256, (n, channels, size, size), dtype=np.uint8) for s, n in (("train", samples), ("test", 3))
+    }
     y = {s: np.arange(len(v)) % 3 for s, v in x.items()}
     source = Source("synthetic", ["a", "b", "c"], (channels, size, size), 255.0, y)
     subset = Subset(x, y, {s: np.arange(len(v)) for s, v in y.items()}, ["a", "b", "c"], [0, 1, 2])
@@ -70,12 +72,24 @@ def main() -> None:
                 results.append(json.loads(out.stdout.splitlines()[-1]))
     j_bytes = args.samples * 3 * p * 4
     median = {s: {key: statistics.median(r[key] for r in results) for key in results[0]} for s, results in runs.items()}
-    print(json.dumps({
-        **vars(args), "parameters": p, "J_bytes": j_bytes,
-        "median_seconds": {f"THP_MEM_ALLOC_ENABLE={s}": {k: round(v, 3) for k, v in m.items() if k != "peak_rss_bytes"} for s, m in median.items()},
-        "peak_rss_over_J_bytes": {f"THP_MEM_ALLOC_ENABLE={s}": m["peak_rss_bytes"] / j_bytes for s, m in median.items()},
-        "job_time_THP_1_over_0": median["1"]["job"] / median["0"]["job"],
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                **vars(args),
+                "parameters": p,
+                "J_bytes": j_bytes,
+                "median_seconds": {
+                    f"THP_MEM_ALLOC_ENABLE={s}": {k: round(v, 3) for k, v in m.items() if k != "peak_rss_bytes"}
+                    for s, m in median.items()
+                },
+                "peak_rss_over_J_bytes": {
+                    f"THP_MEM_ALLOC_ENABLE={s}": m["peak_rss_bytes"] / j_bytes for s, m in median.items()
+                },
+                "job_time_THP_1_over_0": median["1"]["job"] / median["0"]["job"],
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ The reference is J of the same network and samples in float64 on the CPU. For ea
 variant (CPU; CUDA with cuDNN, its deterministic algorithms, or off) prints the relative Frobenius error
 ||J - J_ref|| / ||J_ref||, the largest entry error over the largest entry, and the worst
 parameter tensor's relative error, and how many ReLU units sit on the other side of 0 than
-in float64 (each such unit changes J by a whole gradient path, far above rounding), as JSON. ``--train-steps`` moves the weights away from
-their initialisation first (SGD on random labels), as bench/gpu_smoke.py does.
+in float64 (each such unit changes J by a whole gradient path, far above rounding), as JSON.
+``--train-steps`` moves the weights away from their initialisation first (SGD on random labels),
+as bench/gpu_smoke.py does.
 
   python bench/jacobian_precision.py [--size 32] [--channels 3] [--width 1] [--samples 32] [--train-steps 50]
 """
@@ -84,8 +85,13 @@ def main() -> None:
     model64 = copy.deepcopy(cpu_model).double()
     ref, ref_masks = jacobian(model64, x.double()), relu_masks(model64, x.double())
     table = parameter_table(cpu_model)
-    report = {"device": str(device), "samples": args.samples, "parameters": ref.shape[1], "train_steps": args.train_steps,
-              "relu_units": ref_masks.numel()}
+    report = {
+        "device": str(device),
+        "samples": args.samples,
+        "parameters": ref.shape[1],
+        "train_steps": args.train_steps,
+        "relu_units": ref_masks.numel(),
+    }
 
     def variant(name: str, m: torch.nn.Module, xv: torch.Tensor) -> None:
         switched = int((relu_masks(m, xv) != ref_masks).sum())

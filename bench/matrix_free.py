@@ -31,7 +31,14 @@ def main():
     ap.add_argument("--iterations", type=int, default=6)
     args = ap.parse_args()
     model = build_model(ModelSpec("resnet20", args.channels, args.size, 3, width=args.width), seed=0).double().eval()
-    x = torch.randn(args.samples, args.channels, args.size, args.size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(
+        args.samples,
+        args.channels,
+        args.size,
+        args.size,
+        dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0),
+    )
     t0 = time.perf_counter()
     J = jacobian(model, x).numpy()
     t_jac = time.perf_counter() - t0
@@ -44,15 +51,26 @@ def main():
     s, _ = randomized_svd(op, args.k, args.oversampling, args.iterations)
     t_mf = time.perf_counter() - t0
     err = np.abs(s - s_full[: args.k]) / s_full[: args.k]
-    print(json.dumps({
-        "rows": J.shape[0], "parameters": J.shape[1], "k": args.k,
-        "seconds": {"materialised_jacobian": t_jac, "materialised_gram_eigh": t_spec,
-                    "materialised_total": t_jac + t_spec, "matrix_free": t_mf},
-        "matrix_free_passes": op.passes,
-        "matrix_free_over_materialised_time": t_mf / (t_jac + t_spec),
-        "max_relative_error_top_k": float(err.max()),
-        "stored_bytes": {"materialised_J_float32": J.shape[0] * J.shape[1] * 4, "matrix_free": 0},
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "rows": J.shape[0],
+                "parameters": J.shape[1],
+                "k": args.k,
+                "seconds": {
+                    "materialised_jacobian": t_jac,
+                    "materialised_gram_eigh": t_spec,
+                    "materialised_total": t_jac + t_spec,
+                    "matrix_free": t_mf,
+                },
+                "matrix_free_passes": op.passes,
+                "matrix_free_over_materialised_time": t_mf / (t_jac + t_spec),
+                "max_relative_error_top_k": float(err.max()),
+                "stored_bytes": {"materialised_J_float32": J.shape[0] * J.shape[1] * 4, "matrix_free": 0},
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

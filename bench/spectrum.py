@@ -38,12 +38,16 @@ def main():
         path = Path(tmp) / "J.h5"
         with h5py.File(path, "w") as f:
             write_provenance(f, "jacobian", None, dtype="float32")
-            d = f.create_dataset("J", shape=(args.rows, args.cols), dtype=np.float32, chunks=(min(args.rows, 1024), 1024))
+            d = f.create_dataset(
+                "J", shape=(args.rows, args.cols), dtype=np.float32, chunks=(min(args.rows, 1024), 1024)
+            )
             left = rng.standard_normal((args.rows, args.rank)) * np.logspace(1, 0, args.rank)
             for i in range(0, args.cols, 4096):
                 w = min(4096, args.cols - i)
-                d[:, i : i + w] = (left @ rng.standard_normal((args.rank, w)) / np.sqrt(args.cols)
-                                   + 0.01 * rng.standard_normal((args.rows, w))).astype(np.float32)
+                d[:, i : i + w] = (
+                    left @ rng.standard_normal((args.rank, w)) / np.sqrt(args.cols)
+                    + 0.01 * rng.standard_normal((args.rows, w))
+                ).astype(np.float32)
         with h5py.File(path) as f:
             J = f["J"][...].astype(np.float64)
         t0 = time.perf_counter()
@@ -63,12 +67,19 @@ def main():
         top = topk_spectrum(path, args.info_dim, 2 * args.info_dim, 20, 4, args.budget_mb, args.threads)
         t_topk = time.perf_counter() - t0
         err = np.abs(top.singular_values[: args.info_dim] - s_full[: args.info_dim]) / s_full[: args.info_dim]
-    print(json.dumps({
-        "rows": args.rows, "cols": args.cols, "threads": args.threads,
-        "seconds": {"gram_hdf5": t_hdf5, "gram_memory": t_mem, "eigh": t_eigh, "topk": t_topk},
-        "gram_hdf5_over_memory_throughput": t_mem / t_hdf5,
-        "topk_max_relative_error_top_r": float(err.max()),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "rows": args.rows,
+                "cols": args.cols,
+                "threads": args.threads,
+                "seconds": {"gram_hdf5": t_hdf5, "gram_memory": t_mem, "eigh": t_eigh, "topk": t_topk},
+                "gram_hdf5_over_memory_throughput": t_mem / t_hdf5,
+                "topk_max_relative_error_top_r": float(err.max()),
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -29,14 +29,17 @@ def measure(device, args):
         perm = torch.randperm(args.images, generator=gen, device=device)
         for i in range(0, args.images, args.batch_size):
             idx = perm[i : i + args.batch_size]
-            sync(); t0 = time.perf_counter()
+            sync()
+            t0 = time.perf_counter()
             xb = augment(x[idx], True, True, gen)
-            sync(); t1 = time.perf_counter()
+            sync()
+            t1 = time.perf_counter()
             loss = least_squares_loss(model(xb), y[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sync(); t2 = time.perf_counter()
+            sync()
+            t2 = time.perf_counter()
             if epoch:
                 t_data += t1 - t0
                 t_step += t2 - t1

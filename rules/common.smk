@@ -1,13 +1,12 @@
 # Helpers shared by every rules file: config validation, artifact paths, code-version params.
-import hashlib
 import math
 from pathlib import Path
 
 from snakemake.utils import validate
 
+from jacobian_spectrum.codeversion import code_version as script_code_version
 from jacobian_spectrum.config import check_config, level_tag, run_epochs_needed
 from jacobian_spectrum.config import reference_epoch as run_reference_epoch
-
 
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
 # exist, counts that are available, runs that reference known levels...). Both stop the
@@ -27,12 +26,10 @@ ARCHIVE = config["dataset"]["archive"]  # unpacked into dataset.root by rule ext
 LEVELS = [level_tag(x) for x in config["corruption"]["levels"]]
 
 
-def code_version(*modules):
-    """Hash of the package sources used; passed as a param, so that source edits rerun the job."""
-    h = hashlib.sha256()
-    for m in ("__init__.py", "h5io.py", "config.py") + modules:
-        h.update((SRC / m).read_bytes())
-    return h.hexdigest()[:16]
+def code_version(script):
+    """The ``code`` param of a rule: a hash of its script and of every package module the script
+    imports, directly or not (read from the sources), so that editing any of them reruns the job."""
+    return script_code_version(Path(workflow.basedir) / "workflow" / "scripts" / script, SRC)
 
 
 def final_epoch(run):

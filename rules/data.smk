@@ -9,13 +9,13 @@ if ARCHIVE:
             ARCHIVE,
         output:
             directory(config["dataset"]["root"]),
-        params:
-            sha256=config["dataset"]["archive_sha256"],
-            code=code_version("data.py"),
-        conda:
-            "../workflow/envs/jacobian-spectrum.yaml"
         log:
             f"{R}/logs/data/extract_archive.log",
+        conda:
+            "../workflow/envs/jacobian-spectrum.yaml"
+        params:
+            sha256=config["dataset"]["archive_sha256"],
+            code=code_version("extract_archive.py"),
         script:
             "../workflow/scripts/extract_archive.py"
 
@@ -25,13 +25,13 @@ rule subsample:
         images=[config["dataset"]["root"]] if ARCHIVE else [],
     output:
         f"{R}/data/subset.h5",
-    params:
-        dataset=config["dataset"],
-        code=code_version("data.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/data/subsample.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        dataset=config["dataset"],
+        code=code_version("subsample.py"),
     script:
         "../workflow/scripts/subsample.py"
 
@@ -41,12 +41,12 @@ rule corrupt_labels:
         f"{R}/data/subset.h5",
     output:
         f"{R}/data/labels_noise{{level}}.h5",
-    params:
-        seed=config["corruption"]["seed"],
-        code=code_version("data.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/data/corrupt_labels_noise{{level}}.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        seed=config["corruption"]["seed"],
+        code=code_version("corrupt_labels.py"),
     script:
         "../workflow/scripts/corrupt_labels.py"

@@ -1,17 +1,18 @@
 # Figures 5-9 and Tables 1-3 of Section 4, and the comparison with the paper's tables.
 
+
 rule figure5:
     input:
         init=lambda w: spectrum_path(TABLE_RUNS[1], "train", 0),
         final=lambda w: spectrum_path(TABLE_RUNS[1], "train", final_epoch(TABLE_RUNS[1])),
     output:
         **figure_output("fig5", "fig5"),
-    params:
-        code=code_version("figures.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/figures/fig5.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        code=code_version("figure5.py"),
     script:
         "../workflow/scripts/figure5.py"
 
@@ -27,16 +28,16 @@ rule residual_figure:
             labels={"figure": "fig{number}"},
         ),
         other=[f"{R}/figures/fig{{number}}.{fmt}" for fmt in config["figures"]["formats"] if fmt != "png"],
+    log:
+        f"{R}/logs/figures/fig{{number}}.log",
     wildcard_constraints:
         number="6|7|8",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     params:
         plot=PLOT,
         test_panel=lambda w: w.number != "7",
-        code=code_version("figures.py", "measure.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
-    log:
-        f"{R}/logs/figures/fig{{number}}.log",
+        code=code_version("residual_figure.py"),
     script:
         "../workflow/scripts/residual_figure.py"
 
@@ -48,15 +49,15 @@ rule figure9:
     output:
         **figure_output("fig9", "fig9"),
         data=report(f"{R}/figures/fig9.csv", caption="../workflow/report/fig9.rst", category="Tables"),
+    log:
+        f"{R}/logs/figures/fig9.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     params:
         runs=config["figures"]["corruption_runs"],
         corruption={run: RUNS[run]["corruption"] for run in config["figures"]["corruption_runs"]},
         plot=PLOT,
-        code=code_version("figures.py", "measure.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
-    log:
-        f"{R}/logs/figures/fig9.log",
+        code=code_version("figure9.py"),
     script:
         "../workflow/scripts/figure9.py"
 
@@ -75,15 +76,15 @@ rule table:
         ),
         md=f"{R}/tables/table{{number}}.md",
         tex=f"{R}/tables/table{{number}}.tex",
-    wildcard_constraints:
-        number="1|2|3",
-    params:
-        info_dim=config["spectrum"]["info_dim"],
-        code=code_version("figures.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/tables/table{{number}}.log",
+    wildcard_constraints:
+        number="1|2|3",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        info_dim=config["spectrum"]["info_dim"],
+        code=code_version("table.py"),
     script:
         "../workflow/scripts/table.py"
 
@@ -95,13 +96,13 @@ rule comparison:
         checkpoint=checkpoint_path("init", 0),
     output:
         report(f"{R}/tables/comparison.md", caption="../workflow/report/comparison.rst", category="Tables"),
+    log:
+        f"{R}/logs/tables/comparison.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     params:
         numbers=list(TABLE_RUNS),
         info_dim=config["spectrum"]["info_dim"],
-        code=code_version("figures.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
-    log:
-        f"{R}/logs/tables/comparison.log",
+        code=code_version("comparison.py"),
     script:
         "../workflow/scripts/comparison.py"

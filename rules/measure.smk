@@ -3,18 +3,16 @@
 
 rule measure:
     input:
-        unpack(
-            lambda w: {"trajectory": f"{R}/runs/{w.run}/trajectory.h5", **spectra_of_run(w.run)}
-        ),
+        unpack(lambda w: {"trajectory": f"{R}/runs/{w.run}/trajectory.h5", **spectra_of_run(w.run)}),
     output:
         f"{R}/runs/{{run}}/measurements.h5",
+    log:
+        f"{R}/logs/measure/{{run}}.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
     params:
         info_dim=config["spectrum"]["info_dim"],
         reference_epoch=lambda w: reference_epoch(w.run),
-        code=code_version("measure.py", "spectrum.py", "train.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
-    log:
-        f"{R}/logs/measure/{{run}}.log",
+        code=code_version("measure.py"),
     script:
         "../workflow/scripts/measure.py"

@@ -10,18 +10,18 @@ if config["spectrum"]["method"] == "matrix_free":
             checkpoint=checkpoint_input,
         output:
             f"{R}/{{owner}}/spectrum/{{split}}_epoch{{epoch}}.h5",
-        params:
-            checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),
-            settings=config["spectrum"],
-            code=code_version("spectrum.py", "matrix_free.py", "jacobian.py", "models.py", "data.py"),
+        log:
+            f"{R}/logs/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.log",
+        conda:
+            "../workflow/envs/jacobian-spectrum.yaml"
         threads: config["spectrum"]["threads"]
         resources:
             mem_mb=lambda w, attempt: attempt * config["jacobian"]["mem_mb"],
             runtime=lambda w, attempt: 120 * attempt,
-        conda:
-            "../workflow/envs/jacobian-spectrum.yaml"
-        log:
-            f"{R}/logs/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.log",
+        params:
+            checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),
+            settings=config["spectrum"],
+            code=code_version("spectrum_matrix_free.py"),
         script:
             "../workflow/scripts/spectrum_matrix_free.py"
 
@@ -32,21 +32,19 @@ else:
             f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5",
         output:
             f"{R}/{{owner}}/spectrum/{{split}}_epoch{{epoch}}.h5",
-        params:
-            settings=config["spectrum"],
-            device=config["device"],
-            code=code_version("spectrum.py"),
+        log:
+            f"{R}/logs/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.log",
+        conda:
+            "../workflow/envs/jacobian-spectrum.yaml"
         threads: config["spectrum"]["threads"]
         resources:
             # the Gram matrix (nK)^2 * 8 bytes plus the slab budget, doubled on each retry
             mem_mb=lambda w, attempt: attempt
-            * int(
-                (N_SPLIT[w.split] * K) ** 2 * 8 / 1e6 + config["spectrum"]["memory_budget_mb"] + 500
-            ),
+            * int((N_SPLIT[w.split] * K) ** 2 * 8 / 1e6 + config["spectrum"]["memory_budget_mb"] + 500),
             runtime=lambda w, attempt: 60 * attempt,
-        conda:
-            "../workflow/envs/jacobian-spectrum.yaml"
-        log:
-            f"{R}/logs/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.log",
+        params:
+            settings=config["spectrum"],
+            device=config["device"],
+            code=code_version("spectrum.py"),
         script:
             "../workflow/scripts/spectrum.py"

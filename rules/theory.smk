@@ -5,13 +5,13 @@ rule linear_model:
     output:
         **figure_output("fig2", "fig2"),
         data=f"{R}/figures/fig2.csv",
-    params:
-        settings=config["theory"]["linear"],
-        code=code_version("theory.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/theory/linear_model.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        settings=config["theory"]["linear"],
+        code=code_version("theory_linear.py"),
     script:
         "../workflow/scripts/theory_linear.py"
 
@@ -20,12 +20,12 @@ rule gaussian_mixture:
     output:
         **figure_output("fig4", "fig4"),
         data=f"{R}/figures/fig4.csv",
-    params:
-        settings=config["theory"]["mixture"],
-        code=code_version("theory.py", "models.py"),
-    conda:
-        "../workflow/envs/jacobian-spectrum.yaml"
     log:
         f"{R}/logs/theory/gaussian_mixture.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        settings=config["theory"]["mixture"],
+        code=code_version("theory_mixture.py"),
     script:
         "../workflow/scripts/theory_mixture.py"

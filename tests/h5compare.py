@@ -153,8 +153,18 @@ def _compare_attrs(oa, ob, rtol, atol, where, norm_a, norm_b, skipped: set[str])
         _compare_values(va, vb, rtol, atol, f"{where}: attr {k!r}")
 
 
-def compare_h5_files(path_a, path_b, rtol: float = 1e-6, atol: float = 1e-7, *, root_a=None, root_b=None,
-                     compare_attrs: bool = True, skipped: set[str] | None = None, label: str | None = None) -> int:
+def compare_h5_files(
+    path_a,
+    path_b,
+    rtol: float = 1e-6,
+    atol: float = 1e-7,
+    *,
+    root_a=None,
+    root_b=None,
+    compare_attrs: bool = True,
+    skipped: set[str] | None = None,
+    label: str | None = None,
+) -> int:
     """Compare two HDF5 files: same groups/datasets, equal values (and non-provenance attrs).
 
     Returns the number of datasets compared. ``skipped`` collects what was left out.
@@ -229,8 +239,10 @@ def compare_csv_files(path_a, path_b, rtol: float = 1e-6, atol: float = 1e-7, la
             if x == y:
                 continue
             fx, fy = _parse_float(x), _parse_float(y)
-            if fx is not None and fy is not None and (
-                math.isclose(fx, fy, rel_tol=rtol, abs_tol=atol) or (math.isnan(fx) and math.isnan(fy))
+            if (
+                fx is not None
+                and fy is not None
+                and (math.isclose(fx, fy, rel_tol=rtol, abs_tol=atol) or (math.isnan(fx) and math.isnan(fy)))
             ):
                 continue
             col = header[c] if r > 0 and c < len(header) else c
@@ -238,8 +250,16 @@ def compare_csv_files(path_a, path_b, rtol: float = 1e-6, atol: float = 1e-7, la
     return len(rows_a)
 
 
-def assert_h5_trees_equal(dir_a, dir_b, rtol: float = 1e-6, atol: float = 1e-7, *, csv_files: bool = True,
-                          compare_attrs: bool = True, exclude: Iterable[str] = ()) -> dict:
+def assert_h5_trees_equal(
+    dir_a,
+    dir_b,
+    rtol: float = 1e-6,
+    atol: float = 1e-7,
+    *,
+    csv_files: bool = True,
+    compare_attrs: bool = True,
+    exclude: Iterable[str] = (),
+) -> dict:
     """Every .h5 (and .csv) file under ``dir_a`` and ``dir_b``: same set, same contents.
 
     Floats compare with ``allclose(rtol, atol)``, integers/bools/strings exactly. Raises
@@ -260,8 +280,17 @@ def assert_h5_trees_equal(dir_a, dir_b, rtol: float = 1e-6, atol: float = 1e-7, 
     skipped: set[str] = set()
     n_datasets = 0
     for rel in h5_files:
-        n_datasets += compare_h5_files(dir_a / rel, dir_b / rel, rtol, atol, root_a=dir_a, root_b=dir_b,
-                                       compare_attrs=compare_attrs, skipped=skipped, label=rel)
+        n_datasets += compare_h5_files(
+            dir_a / rel,
+            dir_b / rel,
+            rtol,
+            atol,
+            root_a=dir_a,
+            root_b=dir_b,
+            compare_attrs=compare_attrs,
+            skipped=skipped,
+            label=rel,
+        )
     csvs = [f for f in _same_file_sets(dir_a, dir_b, ".csv") if keep(f)] if csv_files else []
     for rel in csvs:
         compare_csv_files(dir_a / rel, dir_b / rel, rtol, atol, label=rel)

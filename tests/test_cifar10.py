@@ -15,8 +15,8 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, snakemake
+
 from jacobian_spectrum.figures import PAPER_TABLES, window_min
 
 pytestmark = pytest.mark.cifar10
@@ -94,7 +94,9 @@ def test_table3_final_jacobian_aligns_more_than_the_initial_one(cifar):
 
 def test_figure9_label_energy_and_test_error_rise_with_corruption(cifar):
     cfg, results = cifar
-    by_level = {float(s["corruption"]): run for run, s in cfg["runs"].items() if run in cfg["figures"]["corruption_runs"]}
+    by_level = {
+        float(s["corruption"]): run for run, s in cfg["runs"].items() if run in cfg["figures"]["corruption_runs"]
+    }
     energy = [label_energy_final(results, by_level[level]) for level in LEVELS]
     test_error = [run_errors(results, by_level[level])["test"][-1] for level in LEVELS]
     assert all(b > a for a, b in zip(energy, energy[1:])), energy

@@ -4,10 +4,10 @@ import copy
 
 import pytest
 import yaml
+from conftest import ROOT, TINY, snakemake
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from conftest import ROOT, TINY, snakemake
 from jacobian_spectrum.config import ConfigError, check_config
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
@@ -53,8 +53,20 @@ BAD = [
     (lambda: with_("runs.sgd_clean.checkpoints", [99]), ConfigError, "runs.sgd_clean.checkpoints': epoch 99 is beyond"),
     (lambda: with_("runs.sgd_clean.reference_epoch", 7), ConfigError, "runs.sgd_clean.reference_epoch"),
     (lambda: with_("runs.sgd_clean.milestones", [60]), ConfigError, "runs.sgd_clean.milestones"),
-    (lambda: with_("dataset", {"name": "cifar10", "root": "/nonexistent/cifar", "classes": ["bird", "cat"],
-                               "train_per_class": 5, "test_per_class": 5}), ConfigError, "/nonexistent/cifar"),
+    (
+        lambda: with_(
+            "dataset",
+            {
+                "name": "cifar10",
+                "root": "/nonexistent/cifar",
+                "classes": ["bird", "cat"],
+                "train_per_class": 5,
+                "test_per_class": 5,
+            },
+        ),
+        ConfigError,
+        "/nonexistent/cifar",
+    ),
     (lambda: with_("dataset.name", "imagenet"), WorkflowError, "imagenet"),
     (lambda: with_("runs.sgd_clean.optimizer", "rmsprop"), WorkflowError, "rmsprop"),
     (lambda: with_("model.name", "vgg16"), WorkflowError, "vgg16"),
@@ -62,7 +74,11 @@ BAD = [
     (lambda: with_("figures.table2", "missing_run"), ConfigError, "figures.table2"),
     (lambda: with_("runs.bad name", {"optimizer": "sgd", "lr": 0.1, "epochs": 1}), ConfigError, "runs.bad name"),
     (lambda: with_("runs.sgd_clean.lr", -0.1), WorkflowError, "-0.1"),
-    (lambda: {**with_("spectrum.method", "topk"), "spectrum": {"method": "topk", "topk": 5, "info_dim": 10}}, ConfigError, "spectrum.topk"),
+    (
+        lambda: {**with_("spectrum.method", "topk"), "spectrum": {"method": "topk", "topk": 5, "info_dim": 10}},
+        ConfigError,
+        "spectrum.topk",
+    ),
     (lambda: with_("dataset.classes", [1]), WorkflowError, "classes"),
 ]
 
@@ -91,8 +107,9 @@ def test_cifar10_configs_are_valid_and_unpack_their_archive_first(tmp_path):
     sys.path.insert(0, str(ROOT / "tests"))
     from test_data import write_image_archive
 
-    archive = write_image_archive(tmp_path / "cifar.tar.gz", top="cifar10", per=(600, 300),
-                                  classes=("airplane", "automobile", "bird"), size=2)
+    archive = write_image_archive(
+        tmp_path / "cifar.tar.gz", top="cifar10", per=(600, 300), classes=("airplane", "automobile", "bird"), size=2
+    )
     for name in ("cifar10-small", "cifar10-medium"):
         cfg = load(ROOT / "config" / f"{name}.yaml")
         assert cfg["model"]["width"] == 1.0 and cfg["dataset"]["name"] == "imagefolder"
@@ -102,6 +119,10 @@ def test_cifar10_configs_are_valid_and_unpack_their_archive_first(tmp_path):
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         proc = snakemake("-n", "--cores", "2", "--configfile", str(path))
-        counts = {p[0]: int(p[1]) for p in (line.split() for line in proc.stdout.splitlines()) if len(p) == 2 and p[1].isdigit()}
+        counts = {
+            p[0]: int(p[1])
+            for p in (line.split() for line in proc.stdout.splitlines())
+            if len(p) == 2 and p[1].isdigit()
+        }
         assert counts["extract_archive"] == 1 and counts["train"] == len(cfg["runs"])
         assert not (tmp_path / "images").exists()  # a dry run unpacks nothing

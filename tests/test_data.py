@@ -125,14 +125,29 @@ def write_cifar_fixture(root, per_class_train=4, per_class_test=2):
         data = rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8)
         data[:, 0] = labels  # first red pixel encodes the class: lets the test trace rows
         with open(folder / b, "wb") as f:
-            pickle.dump({"batch_label": b, "labels": labels.tolist(), "data": data, "filenames": [f"{b}_{i}.png" for i in range(len(labels))]}, f, protocol=2)
+            pickle.dump(
+                {
+                    "batch_label": b,
+                    "labels": labels.tolist(),
+                    "data": data,
+                    "filenames": [f"{b}_{i}.png" for i in range(len(labels))],
+                },
+                f,
+                protocol=2,
+            )
     return folder
 
 
 def test_cifar10_reader_on_the_real_pickle_format(tmp_path):
     write_cifar_fixture(tmp_path)
-    ds = {"name": "cifar10", "root": str(tmp_path), "classes": ["airplane", "automobile", "bird"],
-          "train_per_class": 6, "test_per_class": 2, "seed": 0}
+    ds = {
+        "name": "cifar10",
+        "root": str(tmp_path),
+        "classes": ["airplane", "automobile", "bird"],
+        "train_per_class": 6,
+        "test_per_class": 2,
+        "seed": 0,
+    }
     subset, source = build_subset(ds)
     assert source.image_shape == (3, 32, 32) and len(source.labels["train"]) == 200
     assert subset.class_names == ["airplane", "automobile", "bird"]
@@ -145,8 +160,15 @@ def test_cifar10_reader_on_the_real_pickle_format(tmp_path):
 
 
 def test_cifar10_missing_folder_says_where_to_put_it(tmp_path):
-    ds = {"name": "cifar10", "root": str(tmp_path / "nowhere"), "download": False, "classes": ["bird", "cat"],
-          "train_per_class": 1, "test_per_class": 1, "seed": 0}
+    ds = {
+        "name": "cifar10",
+        "root": str(tmp_path / "nowhere"),
+        "download": False,
+        "classes": ["bird", "cat"],
+        "train_per_class": 1,
+        "test_per_class": 1,
+        "seed": 0,
+    }
     with pytest.raises(DataError, match="cifar-10-batches-py.*download"):
         build_subset(ds)
 
@@ -159,8 +181,17 @@ def test_imagefolder_source(tmp_path):
         for c in ("ant", "bee", "cow"):
             (tmp_path / split / c).mkdir(parents=True)
             for i in range(per):
-                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / split / c / f"{i:04d}.png")
-    ds = {"name": "imagefolder", "root": str(tmp_path), "classes": ["cow", "ant"], "train_per_class": 4, "test_per_class": 3, "seed": 0}
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(
+                    tmp_path / split / c / f"{i:04d}.png"
+                )
+    ds = {
+        "name": "imagefolder",
+        "root": str(tmp_path),
+        "classes": ["cow", "ant"],
+        "train_per_class": 4,
+        "test_per_class": 3,
+        "seed": 0,
+    }
     subset, source = build_subset(ds)
     assert source.image_shape == (3, 12, 12)
     assert subset.x["train"].shape == (8, 3, 12, 12)
@@ -176,9 +207,20 @@ def test_mnist_through_torchvision_on_idx_files(tmp_path):
     for prefix, n in (("train", 50), ("t10k", 20)):
         labels = np.arange(n, dtype=np.uint8) % 10
         images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes())
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes())
-    ds = {"name": "mnist", "root": str(tmp_path), "classes": [0, 1], "train_per_class": 5, "test_per_class": 2, "seed": 0}
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes()
+        )
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes()
+        )
+    ds = {
+        "name": "mnist",
+        "root": str(tmp_path),
+        "classes": [0, 1],
+        "train_per_class": 5,
+        "test_per_class": 2,
+        "seed": 0,
+    }
     subset, source = build_subset(ds)
     assert source.image_shape == (1, 28, 28) and subset.x["train"].shape == (10, 1, 28, 28)
     assert dataset_info(ds).per_class["train"].tolist() == [5] * 10
@@ -220,8 +262,15 @@ def test_archive_is_listed_then_unpacked_into_root(tmp_path, top):
     assert sorted(p.name for p in root.iterdir()) == sorted([ARCHIVE_MANIFEST, "train", "test"])
     assert info.per_class["train"].tolist() == listed.per_class["train"].tolist()
     assert not [p for p in root.parent.iterdir() if p.name.startswith(".")]  # no temporary left
-    ds = {"name": "imagefolder", "root": str(root), "archive": str(archive), "classes": ["cow", "ant"],
-          "train_per_class": 4, "test_per_class": 2, "seed": 0}
+    ds = {
+        "name": "imagefolder",
+        "root": str(root),
+        "archive": str(archive),
+        "classes": ["cow", "ant"],
+        "train_per_class": 4,
+        "test_per_class": 2,
+        "seed": 0,
+    }
     subset, source = build_subset(ds)
     assert source.image_shape == (3, 8, 8) and subset.x["train"].shape == (8, 3, 8, 8)
     assert dataset_info(ds).per_class["test"].tolist() == [2, 2, 2]  # read from the unpacked folder now
@@ -282,7 +331,9 @@ def write_jpeg_folder(root, per=3, classes=("ant", "bee", "cow")):
         for c in classes:
             (root / split / c).mkdir(parents=True)
             for i in range(per):
-                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / split / c / f"{i:04d}.jpg", quality=90)
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(
+                    root / split / c / f"{i:04d}.jpg", quality=90
+                )
     return root
 
 
@@ -294,8 +345,12 @@ def write_mnist_fixture(root, n_train=50, n_test=20):
     for prefix, n in (("train", n_train), ("t10k", n_test)):
         labels = np.arange(n, dtype=np.uint8) % 10
         images = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
-        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes())
-        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes())
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(
+            np.array([0, 0, 8, 1], np.uint8).tobytes() + np.array([n], ">i4").tobytes() + labels.tobytes()
+        )
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(
+            np.array([0, 0, 8, 3], np.uint8).tobytes() + np.array([n, 28, 28], ">i4").tobytes() + images.tobytes()
+        )
     return root
 
 
@@ -315,12 +370,21 @@ DAMAGE = {
 }
 READERS = {
     # reader: (write the fixture, the file to damage, the dataset config)
-    "imagefolder": (write_jpeg_folder, "train/bee/0001.jpg",
-                    lambda root: {"name": "imagefolder", "root": str(root), "classes": ["ant", "bee", "cow"]}),
-    "cifar10": (lambda root: write_cifar_fixture(root) and root, "cifar-10-batches-py/data_batch_2",
-                lambda root: {"name": "cifar10", "root": str(root), "classes": ["airplane", "bird"]}),
-    "mnist": (write_mnist_fixture, "MNIST/raw/train-images-idx3-ubyte",
-              lambda root: {"name": "mnist", "root": str(root), "classes": [0, 1]}),
+    "imagefolder": (
+        write_jpeg_folder,
+        "train/bee/0001.jpg",
+        lambda root: {"name": "imagefolder", "root": str(root), "classes": ["ant", "bee", "cow"]},
+    ),
+    "cifar10": (
+        lambda root: write_cifar_fixture(root) and root,
+        "cifar-10-batches-py/data_batch_2",
+        lambda root: {"name": "cifar10", "root": str(root), "classes": ["airplane", "bird"]},
+    ),
+    "mnist": (
+        write_mnist_fixture,
+        "MNIST/raw/train-images-idx3-ubyte",
+        lambda root: {"name": "mnist", "root": str(root), "classes": [0, 1]},
+    ),
 }
 
 
@@ -348,7 +412,16 @@ def test_a_cifar10_batch_of_the_wrong_size_is_named(tmp_path):
     with open(path, "wb") as f:
         pickle.dump({"labels": [0, 1], "data": np.zeros((2, 1024), np.uint8)}, f, protocol=2)
     with pytest.raises(DataError, match=re.escape(str(path)) + ".*wrong size"):
-        build_subset({"name": "cifar10", "root": str(tmp_path), "classes": [0, 1], "train_per_class": 1, "test_per_class": 1, "seed": 0})
+        build_subset(
+            {
+                "name": "cifar10",
+                "root": str(tmp_path),
+                "classes": [0, 1],
+                "train_per_class": 1,
+                "test_per_class": 1,
+                "seed": 0,
+            }
+        )
 
 
 class _CreatesAFile:
@@ -370,7 +443,14 @@ def test_a_hostile_cifar10_pickle_is_refused_and_runs_nothing(tmp_path):
     assert probe.exists()  # a plain unpickler would run it
     path = tmp_path / "cifar-10-batches-py" / "data_batch_1"
     path.write_bytes(hostile)
-    ds = {"name": "cifar10", "root": str(tmp_path), "classes": [0, 1], "train_per_class": 1, "test_per_class": 1, "seed": 0}
+    ds = {
+        "name": "cifar10",
+        "root": str(tmp_path),
+        "classes": [0, 1],
+        "train_per_class": 1,
+        "test_per_class": 1,
+        "seed": 0,
+    }
     with pytest.raises(DataError, match=re.escape(str(path)) + ": refused global .*open"):
         build_subset(ds)
     assert not victim.exists()

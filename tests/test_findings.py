@@ -8,7 +8,6 @@ import csv
 import h5py
 import numpy as np
 import pytest
-
 from conftest import ROOT, snakemake
 
 pytestmark = pytest.mark.slow

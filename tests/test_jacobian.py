@@ -126,7 +126,9 @@ def test_nan_in_a_chunk_is_refused(subset_and_checkpoint):
     paths = chunks(root, 11)
     with h5py.File(paths[1], "r+") as f:
         f["J"][3, 7] = np.nan
-    with pytest.raises(ValueError, match=r"c1.h5: J rows 0..30: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[3, 7\]"):
+    with pytest.raises(
+        ValueError, match=r"c1.h5: J rows 0..30: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[3, 7\]"
+    ):
         gather(paths, root / "J.h5")
 
 
@@ -145,10 +147,21 @@ def per_sample_conv_grads(conv, a, backprops):
     """Reference: one autograd.grad per sample and backprop, (n, K, weight + bias)."""
     rows = []
     for i in range(len(a)):
-        rows.append(torch.stack([
-            torch.cat([t.reshape(-1) for t in torch.autograd.grad((conv(a[i : i + 1]) * g[i : i + 1]).sum(), [conv.weight, conv.bias])])
-            for g in backprops
-        ]))
+        rows.append(
+            torch.stack(
+                [
+                    torch.cat(
+                        [
+                            t.reshape(-1)
+                            for t in torch.autograd.grad(
+                                (conv(a[i : i + 1]) * g[i : i + 1]).sum(), [conv.weight, conv.bias]
+                            )
+                        ]
+                    )
+                    for g in backprops
+                ]
+            )
+        )
     return torch.stack(rows)
 
 
@@ -218,7 +231,9 @@ def test_batch_size_keeps_the_batch_memory_under_the_budget():
     for spec in (ModelSpec("resnet20", 1, 8, 3, width=0.25), ModelSpec("resnet20", 3, 32, 3, width=1.0)):
         model = build_model(spec, seed=0)
         layers = _layers(model)
-        k, activations = _per_sample_sizes(model, layers, torch.randn(1, spec.in_channels, spec.image_size, spec.image_size))
+        k, activations = _per_sample_sizes(
+            model, layers, torch.randn(1, spec.in_channels, spec.image_size, spec.image_size)
+        )
         b = batch_size_for(k, activations, layers, 4)
         p_max = max(m.weight.numel() for _, m in layers)
         assert 1 <= b <= MAX_BATCH
@@ -308,7 +323,9 @@ def test_nan_in_a_batch_stops_the_chunk_job_naming_the_rows(subset_and_checkpoin
         return rows
 
     monkeypatch.setattr(jac, "jacobian_by_layers", with_nan_in_second_batch)
-    with pytest.raises(ValueError, match=r"c.h5: J rows 9..21: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[14, 17\]"):
+    with pytest.raises(
+        ValueError, match=r"c.h5: J rows 9..21: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[14, 17\]"
+    ):
         compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
     assert not (root / "c.h5").exists() and not list(root.glob(".c.h5.tmp*"))
 
@@ -327,7 +344,9 @@ def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkp
     with h5py.File(paths[1], "r+") as f:
         f["J"][9, 2] = np.inf
     # the index counts in the chunk file, not in the block read
-    with pytest.raises(ValueError, match=r"c1.h5: J rows 8..12: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[9, 2\]"):
+    with pytest.raises(
+        ValueError, match=r"c1.h5: J rows 8..12: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[9, 2\]"
+    ):
         gather(paths, root / "J.h5")
 
 

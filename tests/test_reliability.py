@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-
 from conftest import ROOT, TINY, snakemake
 from h5compare import assert_h5_trees_equal
+
 from jacobian_spectrum.h5io import atomic_h5, open_checked, require_finite
 from jacobian_spectrum.measure import measure_run
 
@@ -32,7 +32,9 @@ def test_truncated_hdf5_is_named(tmp_path):
 
 
 def test_temporaries_of_killed_writers_are_removed_but_not_a_live_writers(tmp_path):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     stale = tmp_path / f".J.h5.tmp{int(dead.stdout)}"  # a writer killed mid-write (its process is gone)
     live = tmp_path / f".J.h5.tmp{os.getppid()}"  # a writer still running
     other = tmp_path / f".K.h5.tmp{int(dead.stdout)}"  # another output's temporary
@@ -52,7 +54,13 @@ def test_missing_dataset_is_named(tiny_results, tmp_path):
             dst.attrs[key] = value
         dst.create_dataset("singular_values", data=src["singular_values"][...])  # no U
     with pytest.raises(ValueError, match=r"test_epoch3.h5: missing dataset\(s\) \['U'\]"):
-        measure_run(tiny_results / "runs/sgd_corrupt50/trajectory.h5", {**spectra, "ref_test": broken}, tmp_path / "m.h5", 10, {})
+        measure_run(
+            tiny_results / "runs/sgd_corrupt50/trajectory.h5",
+            {**spectra, "ref_test": broken},
+            tmp_path / "m.h5",
+            10,
+            {},
+        )
 
 
 def test_spectrum_of_another_split_is_refused(tiny_results, tmp_path):
@@ -66,7 +74,9 @@ def test_spectrum_of_another_split_is_refused(tiny_results, tmp_path):
 def test_nan_anywhere_is_named():
     a = np.zeros((3, 4))
     a[2, 1] = np.inf
-    with pytest.raises(ValueError, match=r"J of run x: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[2, 1\]"):
+    with pytest.raises(
+        ValueError, match=r"J of run x: 1 non-finite value\(s\) \(NaN or Inf\), first at index \[2, 1\]"
+    ):
         require_finite(a, "J of run x")
 
 
@@ -78,15 +88,30 @@ def test_label_file_of_another_subset_is_refused(tiny_results, tmp_path):
 
 
 # ---------------------------------------------------------------- killed jobs
-KILL_CONFIG = {"model": {"width": 0.5}, "dataset": {"train_per_class": 60},
-               "training": {"resume_every": 5},
-               "runs": {"sgd_clean": {"epochs": 40, "milestones": [30]}}}
+KILL_CONFIG = {
+    "model": {"width": 0.5},
+    "dataset": {"train_per_class": 60},
+    "training": {"resume_every": 5},
+    "runs": {"sgd_clean": {"epochs": 40, "milestones": [30]}},
+}
 
 
 def start(results, config_file, target):
     # --nolock: a SIGKILLed snakemake leaves its lock behind, as on a cluster node that died
-    cmd = [sys.executable, "-m", "snakemake", target, "--cores", "1", "--nolock", "--configfile", str(TINY),
-           str(config_file), "--config", f"results={results}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        target,
+        "--cores",
+        "1",
+        "--nolock",
+        "--configfile",
+        str(TINY),
+        str(config_file),
+        "--config",
+        f"results={results}",
+    ]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
@@ -109,7 +134,9 @@ def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp
     config.write_text(yaml.safe_dump(KILL_CONFIG))
     target = "{r}/runs/sgd_clean/measurements.h5"
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    snakemake(target.format(r=clean), "--cores", "1", "--configfile", str(TINY), str(config), "--config", f"results={clean}")
+    snakemake(
+        target.format(r=clean), "--cores", "1", "--configfile", str(TINY), str(config), "--config", f"results={clean}"
+    )
 
     # 1. SIGKILL the training job after its resume state at epoch 20 was written
     log = killed / "logs/train/sgd_clean.log"
@@ -128,8 +155,18 @@ def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp
             assert f["J"].shape[0] == f.attrs["row_stop"] - f.attrs["row_start"]
 
     # 3. rerun to the end: equal to the uninterrupted run
-    snakemake(target.format(r=killed), "--cores", "1", "--nolock", "--rerun-incomplete", "--configfile", str(TINY), str(config),
-              "--config", f"results={killed}")
+    snakemake(
+        target.format(r=killed),
+        "--cores",
+        "1",
+        "--nolock",
+        "--rerun-incomplete",
+        "--configfile",
+        str(TINY),
+        str(config),
+        "--config",
+        f"results={killed}",
+    )
     assert_h5_trees_equal(clean, killed, rtol=0, atol=0, csv_files=False)
     for epoch in (0, 40):
         a = torch.load(clean / f"runs/sgd_clean/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
@@ -143,8 +180,14 @@ def test_same_config_and_seed_give_identical_results(tiny_results, tmp_path):
     target = "runs/sgd_corrupt50/measurements.h5"
     snakemake(str(again / target), "--cores", "2", "--configfile", str(TINY), "--config", f"results={again}")
     # subset indices, corrupted labels, trajectories, Jacobians' spectra, measurements: bit for bit
-    for rel in ("data/subset.h5", "data/labels_noise0.5.h5", "runs/sgd_corrupt50/trajectory.h5",
-                "init/spectrum/train_epoch0.h5", "runs/sgd_corrupt50/spectrum/test_epoch3.h5", target):
+    for rel in (
+        "data/subset.h5",
+        "data/labels_noise0.5.h5",
+        "runs/sgd_corrupt50/trajectory.h5",
+        "init/spectrum/train_epoch0.h5",
+        "runs/sgd_corrupt50/spectrum/test_epoch3.h5",
+        target,
+    ):
         with h5py.File(again / rel) as a, h5py.File(tiny_results / rel) as b:
             names = []
             a.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
@@ -158,7 +201,9 @@ def test_same_config_and_seed_give_identical_results(tiny_results, tmp_path):
                     assert np.array_equal(x, y), (rel, n)
     for epoch in (3, 6):
         a = torch.load(again / f"runs/sgd_corrupt50/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
-        b = torch.load(tiny_results / f"runs/sgd_corrupt50/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
+        b = torch.load(tiny_results / f"runs/sgd_corrupt50/checkpoints/epoch{epoch}.pt", weights_only=True)[
+            "state_dict"
+        ]
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -174,11 +219,29 @@ def test_no_network_is_attempted_without_download(tmp_path, monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
     build_subset({"name": "digits", "classes": [0, 1], "train_per_class": 5, "test_per_class": 5, "seed": 0})
     write_cifar_fixture(tmp_path)
-    build_subset({"name": "cifar10", "root": str(tmp_path), "classes": ["bird", "cat"], "train_per_class": 3,
-                  "test_per_class": 2, "seed": 0, "download": False})
+    build_subset(
+        {
+            "name": "cifar10",
+            "root": str(tmp_path),
+            "classes": ["bird", "cat"],
+            "train_per_class": 3,
+            "test_per_class": 2,
+            "seed": 0,
+            "download": False,
+        }
+    )
     with pytest.raises(DataError, match="download"):
-        build_subset({"name": "mnist", "root": str(tmp_path / "none"), "classes": [0, 1], "train_per_class": 3,
-                      "test_per_class": 2, "seed": 0, "download": False})
+        build_subset(
+            {
+                "name": "mnist",
+                "root": str(tmp_path / "none"),
+                "classes": [0, 1],
+                "train_per_class": 3,
+                "test_per_class": 2,
+                "seed": 0,
+                "download": False,
+            }
+        )
 
 
 # ---------------------------------------------------------------- damaged data
@@ -189,9 +252,21 @@ def test_a_cut_short_image_stops_the_workflow_naming_it_and_leaves_no_subset(tmp
     bad = root / "train" / "bee" / "0007.jpg"
     bad.write_bytes(bad.read_bytes()[:300])  # a failed copy
     override = tmp_path / "images.yaml"
-    override.write_text(yaml.safe_dump({"results": str(tmp_path / "r"), "dataset": {
-        "name": "imagefolder", "root": str(root), "classes": ["ant", "bee", "cow"],
-        "train_per_class": 20, "test_per_class": 10, "seed": 0}}))
+    override.write_text(
+        yaml.safe_dump(
+            {
+                "results": str(tmp_path / "r"),
+                "dataset": {
+                    "name": "imagefolder",
+                    "root": str(root),
+                    "classes": ["ant", "bee", "cow"],
+                    "train_per_class": 20,
+                    "test_per_class": 10,
+                    "seed": 0,
+                },
+            }
+        )
+    )
     proc = snakemake("--cores", "1", "--configfile", str(TINY), str(override), check=False)
     assert proc.returncode != 0
     log = (tmp_path / "r" / "logs" / "data" / "subsample.log").read_text()

@@ -21,7 +21,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-
 from h5compare import assert_h5_trees_equal
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,8 +100,14 @@ def _targets(results: Path, targets: list[str] | None) -> list[str]:
     return [t.replace("{results}", str(results)) for t in (targets or [])]
 
 
-def run_slurm_and_local(tmp: Path, snakefile: Path, configfile: Path | None, workdir: Path,
-                        targets: list[str] | None = None, local_results: Path | None = None) -> dict:
+def run_slurm_and_local(
+    tmp: Path,
+    snakefile: Path,
+    configfile: Path | None,
+    workdir: Path,
+    targets: list[str] | None = None,
+    local_results: Path | None = None,
+) -> dict:
     """Run the workflow through SLURM into tmp/slurm, locally into tmp/local; compare.
 
     ``local_results``: an existing local run of the same config and targets (skips the local run).
@@ -115,30 +120,45 @@ def run_slurm_and_local(tmp: Path, snakefile: Path, configfile: Path | None, wor
 
     t_slurm = run_snakemake(
         [
-            "--profile", str(SLURM_PROFILE),
+            "--profile",
+            str(SLURM_PROFILE),
             *common,
-            "--config", f"results={slurm_res}",
-            "--max-threads", str(node_cpus()),
-            "--slurm-logdir", str(slurm_logs),
+            "--config",
+            f"results={slurm_res}",
+            "--max-threads",
+            str(node_cpus()),
+            "--slurm-logdir",
+            str(slurm_logs),
             *_targets(slurm_res, targets),
         ],
-        tmp / "snakemake_slurm.log", workdir, slurm_logs,
+        tmp / "snakemake_slurm.log",
+        workdir,
+        slurm_logs,
     )
-    t_local = 0.0 if local_results else run_snakemake(
-        [
-            "--cores", str(LOCAL_CORES),
-            *common,
-            "--config", f"results={local_res}",
-            "--printshellcmds",
-            *_targets(local_res, targets),
-        ],
-        tmp / "snakemake_local.log", workdir,
+    t_local = (
+        0.0
+        if local_results
+        else run_snakemake(
+            [
+                "--cores",
+                str(LOCAL_CORES),
+                *common,
+                "--config",
+                f"results={local_res}",
+                "--printshellcmds",
+                *_targets(local_res, targets),
+            ],
+            tmp / "snakemake_local.log",
+            workdir,
+        )
     )
     print(f"\nslurm run {t_slurm:.0f} s, local run {t_local:.0f} s")
     summary = assert_h5_trees_equal(slurm_res, local_res, rtol=RTOL, atol=ATOL)
     skipped = Counter(s.rsplit(":/", 1)[-1] for s in summary["skipped"])
-    print(f"compared {summary['h5_files']} .h5 files ({summary['datasets']} datasets), "
-          f"{summary['csv_files']} .csv files; skipped as provenance (name: files): {dict(skipped)}")
+    print(
+        f"compared {summary['h5_files']} .h5 files ({summary['datasets']} datasets), "
+        f"{summary['csv_files']} .csv files; skipped as provenance (name: files): {dict(skipped)}"
+    )
     assert summary["h5_files"] > 0, f"no .h5 file under {slurm_res}: nothing was compared"
     return summary
 
@@ -155,9 +175,26 @@ def test_sbatch_runs_a_job(slurm_cluster, tmp_path):
     """The cluster itself: one job through sbatch --wait."""
     out = tmp_path / "job.out"
     proc = subprocess.run(
-        ["sbatch", "--wait", "--parsable", "-t", "2", "--mem", "50", "-c", "1", "-o", str(out),
-         "-D", str(tmp_path), "--wrap", "echo ok $SLURM_JOB_ID"],
-        capture_output=True, text=True, timeout=120,
+        [
+            "sbatch",
+            "--wait",
+            "--parsable",
+            "-t",
+            "2",
+            "--mem",
+            "50",
+            "-c",
+            "1",
+            "-o",
+            str(out),
+            "-D",
+            str(tmp_path),
+            "--wrap",
+            "echo ok $SLURM_JOB_ID",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 0, proc.stderr
     assert out.read_text().startswith("ok "), out.read_text()
@@ -173,8 +210,9 @@ def test_workflow_slurm_equals_local(slurm_cluster, tmp_path, tiny_results):
 # --- the comparator (fast) ---
 
 
-def _write_tree(root: Path, *, scale: float = 1.0, ints=(1, 2, 3), host="a", extra: bool = False,
-                csv_value: str = "0.5") -> None:
+def _write_tree(
+    root: Path, *, scale: float = 1.0, ints=(1, 2, 3), host="a", extra: bool = False, csv_value: str = "0.5"
+) -> None:
     (root / "runs" / "x").mkdir(parents=True)
     with h5py.File(root / "runs" / "x" / "m.h5", "w") as f:
         f["ints"] = np.array(ints)

@@ -9,13 +9,28 @@ import pytest
 
 from jacobian_spectrum.h5io import write_provenance
 from jacobian_spectrum.measure import flatten_rows, one_hot_vector, projection_ratios, residual_energies
-from jacobian_spectrum.spectrum import compute_spectrum, gram, read_spectrum, slab_width, spectrum_of_file, symmetrize_upper
+from jacobian_spectrum.spectrum import (
+    compute_spectrum,
+    gram,
+    read_spectrum,
+    slab_width,
+    spectrum_of_file,
+    symmetrize_upper,
+)
 
 
 def write_J(path, J, chunks=None):
     with h5py.File(path, "w") as f:
-        write_provenance(f, "jacobian", None, dtype=str(J.dtype), split="train", checkpoint="none", checkpoint_epoch=0,
-                         row_order="sample-major")
+        write_provenance(
+            f,
+            "jacobian",
+            None,
+            dtype=str(J.dtype),
+            split="train",
+            checkpoint="none",
+            checkpoint_epoch=0,
+            row_order="sample-major",
+        )
         f.create_dataset("J", data=J, chunks=chunks or (J.shape[0], min(J.shape[1], 256)))
     return path
 
@@ -104,7 +119,9 @@ GRAM_PEAK = textwrap.dedent("""
 
 
 def gram_peak(path, budget):
-    out = subprocess.run([sys.executable, "-c", GRAM_PEAK, str(path), str(budget)], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", GRAM_PEAK, str(path), str(budget)], capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 
 from jacobian_spectrum.data import SplitData
-from jacobian_spectrum.models import ModelSpec, build_model, count_parameters, load_checkpoint, read_checkpoint, save_checkpoint
+from jacobian_spectrum.models import (
+    ModelSpec,
+    build_model,
+    count_parameters,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 from jacobian_spectrum.train import (
     TrainSettings,
     augment,
@@ -26,7 +33,10 @@ def test_resnet20_has_the_papers_parameter_count():
 
 @pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32)])
 def test_forward_shapes_for_each_data_set(channels, size):
-    for spec in (ModelSpec("resnet20", channels, size, 3, width=0.25), ModelSpec("one_hidden", channels, size, 3, hidden=16)):
+    for spec in (
+        ModelSpec("resnet20", channels, size, 3, width=0.25),
+        ModelSpec("one_hidden", channels, size, 3, hidden=16),
+    ):
         out = build_model(spec, seed=0)(torch.randn(5, channels, size, size))
         assert out.shape == (5, 3)
 
@@ -90,8 +100,19 @@ def tiny_data(n=48, k=3, seed=0):
 
 
 def settings(**kw):
-    base = dict(optimizer="sgd", lr=0.05, epochs=6, momentum=0.9, milestones=[4], batch_size=16, augment_crop=True,
-                augment_flip=False, seed=0, resume_every=2, checkpoint_epochs=[0, 3, 6])
+    base = dict(
+        optimizer="sgd",
+        lr=0.05,
+        epochs=6,
+        momentum=0.9,
+        milestones=[4],
+        batch_size=16,
+        augment_crop=True,
+        augment_flip=False,
+        seed=0,
+        resume_every=2,
+        checkpoint_epochs=[0, 3, 6],
+    )
     return TrainSettings(**{**base, **kw})
 
 

@@ -4,7 +4,6 @@ import h5py
 import numpy as np
 import pytest
 import yaml
-
 from conftest import ROOT, TINY, snakemake
 
 pytestmark = pytest.mark.slow
@@ -41,7 +40,11 @@ def test_every_artifact_of_the_contract(tiny_results):
         assert f["corrupted"][...].sum() == 30 and f.attrs["fraction"] == 0.5
     with h5py.File(r / "runs/sgd_clean/trajectory.h5") as f:
         assert f["train/predictions"].shape == (7, 60, 3) and f["test/predictions"].shape == (7, 30, 3)
-    assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").glob("*.pt")) == ["epoch0.pt", "epoch3.pt", "epoch6.pt"]
+    assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").glob("*.pt")) == [
+        "epoch0.pt",
+        "epoch3.pt",
+        "epoch6.pt",
+    ]
     with h5py.File(r / "init/jacobian/train_epoch0.h5") as f:
         assert f["J"].shape[0] == 180 and f.attrs["row_order"].startswith("sample-major")
         assert f.attrs["probe_error_jvp_max"] < 1e-5 and f.attrs["probe_error_vjp_max"] < 1e-5
@@ -133,7 +136,9 @@ def test_matrix_free_option_matches_the_materialised_spectrum(tiny_results, tmp_
     out = tmp_path / "results"
     target = "init/spectrum/train_epoch0.h5"
     override = tmp_path / "matrix_free.yaml"
-    override.write_text(yaml.safe_dump({"spectrum": {"method": "matrix_free", "topk": 20, "oversampling": 20, "power_iterations": 6}}))
+    override.write_text(
+        yaml.safe_dump({"spectrum": {"method": "matrix_free", "topk": 20, "oversampling": 20, "power_iterations": 6}})
+    )
     snakemake(str(out / target), "--cores", "2", "--configfile", str(TINY), str(override), "--config", f"results={out}")
     assert not (out / "init/jacobian").exists()  # J was never stored
     with h5py.File(out / target) as mf, h5py.File(tiny_results / target) as full:
@@ -156,9 +161,22 @@ def test_image_archive_is_unpacked_once_and_a_damaged_one_stops_before_any_job(t
 
     def config(archive_path):
         override = tmp_path / "archive.yaml"
-        override.write_text(yaml.safe_dump({"results": str(results), "dataset": {
-            "name": "imagefolder", "root": str(root), "archive": str(archive_path), "classes": ["ant", "bee", "cow"],
-            "train_per_class": 20, "test_per_class": 10, "seed": 0}}))
+        override.write_text(
+            yaml.safe_dump(
+                {
+                    "results": str(results),
+                    "dataset": {
+                        "name": "imagefolder",
+                        "root": str(root),
+                        "archive": str(archive_path),
+                        "classes": ["ant", "bee", "cow"],
+                        "train_per_class": 20,
+                        "test_per_class": 10,
+                        "seed": 0,
+                    },
+                }
+            )
+        )
         return ["--configfile", str(TINY), str(override)]
 
     target = f"{results}/data/subset.h5"

@@ -59,7 +59,9 @@ def describe(path: str | Path, out=sys.stdout) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jacobian-spectrum", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
-    p_inspect = sub.add_parser("inspect", help="print an HDF5 artifact as a tree (shapes, dtypes, attrs; J: per-layer norms)")
+    p_inspect = sub.add_parser(
+        "inspect", help="print an HDF5 artifact as a tree (shapes, dtypes, attrs; J: per-layer norms)"
+    )
     p_inspect.add_argument("files", nargs="+")
     args = parser.parse_args(argv)
     status = 0

@@ -36,12 +36,25 @@ def run_epochs_needed(run: Mapping) -> list[int]:
 
 def check_config(config: Mapping) -> None:
     """Raise :class:`ConfigError` for the first mistake, naming the key and the allowed values."""
-    ds = config["dataset"]
+    k = _check_dataset(config["dataset"])
+    _check_spectrum(config["spectrum"], config["dataset"], k)
+    _check_runs(config["runs"], [float(x) for x in config["corruption"]["levels"]])
+    _check_figures(config["figures"], config["runs"])
+
+
+def _check_dataset(ds: Mapping) -> int:
+    """The data set exists, holds the classes and enough images of each; returns K."""
     if ds.get("archive"):
         if ds["name"] != "imagefolder":
-            raise ConfigError(f"config key 'dataset.archive': only dataset.name imagefolder is unpacked from an archive, not {ds['name']!r}")
+            raise ConfigError(
+                f"config key 'dataset.archive': only dataset.name imagefolder is unpacked from an archive, "
+                f"not {ds['name']!r}"
+            )
         if not ds.get("root"):
-            raise ConfigError("config key 'dataset.root': dataset.archive is unpacked into dataset.root; set it (for example data/images)")
+            raise ConfigError(
+                "config key 'dataset.root': dataset.archive is unpacked into dataset.root; "
+                "set it (for example data/images)"
+            )
     try:
         info = dataset_info(ds)
         classes = resolve_classes(list(ds["classes"]), info.class_names)
@@ -52,23 +65,29 @@ def check_config(config: Mapping) -> None:
         for c in classes:
             have = int(info.per_class[split][c])
             if need > have:
-                extra = "" if info.has_test_split else " (train and test are drawn from the same images: their sum counts)"
+                extra = (
+                    "" if info.has_test_split else " (train and test are drawn from the same images: their sum counts)"
+                )
                 raise ConfigError(
                     f"config key 'dataset.{key}': {ds[key]} requested but class {info.class_names[c]!r} has only "
                     f"{have} {split} images{extra}; allowed: at most {have - (need - ds[key])}"
                 )
-    k = len(classes)
-    levels = [float(x) for x in config["corruption"]["levels"]]
-    n_rows = {"train": ds["train_per_class"] * k, "test": ds["test_per_class"] * k}
-    spec = config["spectrum"]
-    if spec["info_dim"] > min(n_rows.values()) * k:
+    return len(classes)
+
+
+def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
+    rows = min(ds["train_per_class"], ds["test_per_class"]) * k * k  # nK of the smaller Jacobian
+    if spec["info_dim"] > rows:
         raise ConfigError(
-            f"config key 'spectrum.info_dim': {spec['info_dim']} exceeds nK = {min(n_rows.values()) * k} "
-            f"(rows of the smaller Jacobian); allowed: 1..{min(n_rows.values()) * k}"
+            f"config key 'spectrum.info_dim': {spec['info_dim']} exceeds nK = {rows} "
+            f"(rows of the smaller Jacobian); allowed: 1..{rows}"
         )
     if spec["method"] in ("topk", "matrix_free") and spec["topk"] < spec["info_dim"]:
         raise ConfigError(f"config key 'spectrum.topk': {spec['topk']} is below spectrum.info_dim = {spec['info_dim']}")
-    for name, run in config["runs"].items():
+
+
+def _check_runs(runs: Mapping, levels: list[float]) -> None:
+    for name, run in runs.items():
         if not RUN_NAME.match(name):
             raise ConfigError(f"config key 'runs.{name}': run names may hold letters, digits, '_' and '-' only")
         epochs = int(run["epochs"])
@@ -83,11 +102,20 @@ def check_config(config: Mapping) -> None:
         ):
             for v in values:
                 if not 0 <= int(v) <= epochs:
-                    raise ConfigError(f"config key 'runs.{name}.{key}': epoch {v} is beyond the run's {epochs} epochs; allowed: 0..{epochs}")
-    figs = config["figures"]
+                    raise ConfigError(
+                        f"config key 'runs.{name}.{key}': epoch {v} is beyond the run's {epochs} epochs; "
+                        f"allowed: 0..{epochs}"
+                    )
+
+
+def _check_figures(figs: Mapping, runs: Mapping) -> None:
     for key in ("table1", "table2", "table3"):
-        if figs.get(key) is not None and figs[key] not in config["runs"]:
-            raise ConfigError(f"config key 'figures.{key}': run {figs[key]!r} is not in runs; allowed: {sorted(config['runs'])} or null")
+        if figs.get(key) is not None and figs[key] not in runs:
+            raise ConfigError(
+                f"config key 'figures.{key}': run {figs[key]!r} is not in runs; allowed: {sorted(runs)} or null"
+            )
     for run in figs.get("corruption_runs", []):
-        if run not in config["runs"]:
-            raise ConfigError(f"config key 'figures.corruption_runs': run {run!r} is not in runs; allowed: {sorted(config['runs'])}")
+        if run not in runs:
+            raise ConfigError(
+                f"config key 'figures.corruption_runs': run {run!r} is not in runs; allowed: {sorted(runs)}"
+            )

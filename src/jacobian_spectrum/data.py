@@ -33,7 +33,18 @@ CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 # The official release has exactly these per-class counts; the reader checks the real
 # counts again when it loads, this is only the parse-time check.
 CIFAR10_PER_CLASS = {"train": 5000, "test": 1000}
-FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -110,7 +121,9 @@ class _CifarUnpickler(pickle.Unpickler):
 
 def _unpickle(path: Path) -> dict:
     if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"{path}: empty file (0 bytes); replace it with the file of the official cifar-10-batches-py release")
+        raise DataError(
+            f"{path}: empty file (0 bytes); replace it with the file of the official cifar-10-batches-py release"
+        )
     try:
         with open(path, "rb") as f:
             out = _CifarUnpickler(f, encoding="latin1").load()
@@ -216,12 +229,16 @@ def _imagefolder(root: str | None) -> Source:
     for split in SPLITS:
         split_dir = root / split
         if not split_dir.is_dir():
-            raise DataError(f"dataset.root: {split_dir} does not exist (expected {root}/{{train,test}}/<class>/<image>)")
+            raise DataError(
+                f"dataset.root: {split_dir} does not exist (expected {root}/{{train,test}}/<class>/<image>)"
+            )
         names = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
         if class_names is None:
             class_names = names
         elif names != class_names:
-            raise DataError(f"dataset.root: class folders of {root}/train and {root}/test differ: {class_names} vs {names}")
+            raise DataError(
+                f"dataset.root: class folders of {root}/train and {root}/test differ: {class_names} vs {names}"
+            )
         split_files, split_labels = [], []
         for c, cname in enumerate(names):  # the order torchvision's ImageFolder uses
             fs = _image_files(split_dir / cname)
@@ -264,7 +281,9 @@ def open_source(dataset: Mapping) -> Source:
         return _imagefolder(dataset.get("root"))
     if name in ("mnist", "fashion_mnist"):
         return _mnist_like(name, dataset.get("root"), dataset.get("download", False))
-    raise DataError(f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist")
+    raise DataError(
+        f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist"
+    )
 
 
 # ---------------------------------------------------------------- image archives
@@ -304,7 +323,9 @@ def _open_archive(path: Path) -> tarfile.TarFile:
     try:
         return tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"dataset.archive: {path} is not a readable tar archive (truncated or damaged?): {exc}") from exc
+        raise DataError(
+            f"dataset.archive: {path} is not a readable tar archive (truncated or damaged?): {exc}"
+        ) from exc
 
 
 def archive_info(path: str | os.PathLike) -> DatasetInfo:
@@ -342,8 +363,10 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, sha256:
     if sha256:
         got = file_sha256(archive) if archive.is_file() else None
         if got is not None and got != sha256.lower():
-            raise DataError(f"dataset.archive: {archive} has sha256 {got}, expected {sha256} (dataset.archive_sha256): "
-                            "the file is damaged or another version; fetch it again")
+            raise DataError(
+                f"dataset.archive: {archive} has sha256 {got}, expected {sha256} (dataset.archive_sha256): "
+                "the file is damaged or another version; fetch it again"
+            )
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -357,9 +380,17 @@ def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, sha256:
                 raise DataError(f"dataset.archive: {archive}: {exc}") from exc
         top = tmp / prefix if prefix else tmp
         info = dataset_info({"name": "imagefolder", "root": str(top)})
-        (top / ARCHIVE_MANIFEST).write_text(json.dumps(
-            {"archive": str(archive), "sha256": sha256 or file_sha256(archive), "classes": info.class_names,
-             "per_class": {s: info.per_class[s].tolist() for s in SPLITS}}, indent=1))
+        (top / ARCHIVE_MANIFEST).write_text(
+            json.dumps(
+                {
+                    "archive": str(archive),
+                    "sha256": sha256 or file_sha256(archive),
+                    "classes": info.class_names,
+                    "per_class": {s: info.per_class[s].tolist() for s in SPLITS},
+                },
+                indent=1,
+            )
+        )
         if dest.exists():
             shutil.rmtree(dest)
         os.replace(top, dest)
@@ -388,13 +419,17 @@ def _check_idx(path: Path, ndim: int) -> bytes:
     header = 4 * (ndim + 1)
     magic = int.from_bytes(raw[:4], "big") if len(raw) >= 4 else None
     if magic != IDX_MAGIC[ndim] or len(raw) < header:
-        raise DataError(f"{path}: not an idx {what} file (magic {magic}, expected {IDX_MAGIC[ndim]}): another format or "
-                        "garbage bytes; replace it with the file of the release")
+        raise DataError(
+            f"{path}: not an idx {what} file (magic {magic}, expected {IDX_MAGIC[ndim]}): another format or "
+            "garbage bytes; replace it with the file of the release"
+        )
     dims = [int.from_bytes(raw[4 * (i + 1) : 4 * (i + 2)], "big") for i in range(ndim)]
     if len(raw) != header + int(np.prod(dims)):
         state = "truncated" if len(raw) < header + int(np.prod(dims)) else "longer than its header says"
-        raise DataError(f"{path}: {state}: {len(raw)} bytes, the header {dims} says {header + int(np.prod(dims))}; "
-                        "replace it with the file of the release")
+        raise DataError(
+            f"{path}: {state}: {len(raw)} bytes, the header {dims} says {header + int(np.prod(dims))}; "
+            "replace it with the file of the release"
+        )
     return raw
 
 
@@ -449,7 +484,9 @@ def dataset_info(dataset: Mapping) -> DatasetInfo:
                 [len(_image_files(Path(root) / split / c)) if (Path(root) / split / c).is_dir() else 0 for c in names]
             )
         return DatasetInfo(names, per_class, True)
-    raise DataError(f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist")
+    raise DataError(
+        f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist"
+    )
 
 
 def resolve_classes(requested: list, class_names: list[str]) -> list[int]:
@@ -461,7 +498,10 @@ def resolve_classes(requested: list, class_names: list[str]) -> list[int]:
         elif isinstance(c, int) and not isinstance(c, bool) and 0 <= c < len(class_names):
             out.append(c)
         else:
-            raise DataError(f"dataset.classes: {c!r} is not a class of this data set; allowed: {class_names} or 0..{len(class_names) - 1}")
+            raise DataError(
+                f"dataset.classes: {c!r} is not a class of this data set; "
+                f"allowed: {class_names} or 0..{len(class_names) - 1}"
+            )
     if len(set(out)) != len(out):
         raise DataError(f"dataset.classes: {requested} names a class twice")
     return out
@@ -504,7 +544,9 @@ def draw_subset(
         if has_test_split:
             pool_test = np.flatnonzero(labels["test"] == c)
             if len(pool_test) < test_per_class:
-                raise DataError(f"dataset.test_per_class: class {c} has {len(pool_test)} test images, {test_per_class} requested")
+                raise DataError(
+                    f"dataset.test_per_class: class {c} has {len(pool_test)} test images, {test_per_class} requested"
+                )
             chosen["test"].append(rng.permutation(pool_test)[:test_per_class])
         else:
             chosen["test"].append(perm[train_per_class:need])
@@ -516,7 +558,12 @@ def build_subset(dataset: Mapping) -> tuple[Subset, Source]:
     source = open_source(dataset)
     classes = resolve_classes(list(dataset["classes"]), source.class_names)
     rows = draw_subset(
-        source.labels, classes, dataset["train_per_class"], dataset["test_per_class"], dataset["seed"], source.has_test_split
+        source.labels,
+        classes,
+        dataset["train_per_class"],
+        dataset["test_per_class"],
+        dataset["seed"],
+        source.has_test_split,
     )
     remap = {c: k for k, c in enumerate(classes)}
     subset = Subset(

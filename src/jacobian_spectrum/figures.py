@@ -83,7 +83,9 @@ def figure5(spectrum_init: str | Path, spectrum_final: str | Path, paths: Sequen
         dropped = len(sp[name]["singular_values"]) - len(s)
         label = f"{name} ({len(s)} values" + (f", {dropped} below the float64 floor left out" if dropped else "") + ")"
         ax.hist(s, bins=bins, histtype="step", linewidth=1.8, color=colour, label=label)
-        ax.axvline(sp[name]["singular_values"][r - 1], color=colour, linestyle="--", linewidth=1, label=f"{name} cut-off s_{r}")
+        ax.axvline(
+            sp[name]["singular_values"][r - 1], color=colour, linestyle="--", linewidth=1, label=f"{name} cut-off s_{r}"
+        )
         summary[name] = {"s_max": float(s.max()), "s_r": float(sp[name]["singular_values"][r - 1]), "r": r}
     ax.set_xscale("log")
     ax.set_yscale("log")
@@ -102,8 +104,16 @@ def _residual_panel(ax, m: dict, split: str, window: int, title: str) -> None:
     epochs = np.arange(len(info))
     ax.plot(epochs, info, color=INFO_COLOUR, label=r"information space $\|\Pi_I(r_\tau)\|^2/\|r_0\|^2$")
     ax.plot(epochs, nuis, color=NUIS_COLOUR, label=r"nuisance space $\|\Pi_N(r_\tau)\|^2/\|r_0\|^2$")
-    ax.plot(epochs, window_min((m[f"residual/{split}/information"] + m[f"residual/{split}/nuisance"]) / m[f"residual/{split}/r0_energy"], window),
-            color="0.4", linestyle=":", label=r"total $\|r_\tau\|^2/\|r_0\|^2$")
+    ax.plot(
+        epochs,
+        window_min(
+            (m[f"residual/{split}/information"] + m[f"residual/{split}/nuisance"]) / m[f"residual/{split}/r0_energy"],
+            window,
+        ),
+        color="0.4",
+        linestyle=":",
+        label=r"total $\|r_\tau\|^2/\|r_0\|^2$",
+    )
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("residual energy / initial residual energy")
@@ -115,19 +125,31 @@ def _error_panel(ax, traj: TrajectoryData, window: int, title: str, mark_epoch: 
     epochs = np.arange(len(traj.test_error))
     ax.plot(epochs, 100 * window_min(traj.train_error, window), label="training error (training labels)")
     if not np.array_equal(traj.train_y, traj.train_y_clean):
-        ax.plot(epochs, 100 * window_min(traj.train_error_clean, window), linestyle="--", label="training error (clean labels)")
+        ax.plot(
+            epochs,
+            100 * window_min(traj.train_error_clean, window),
+            linestyle="--",
+            label="training error (clean labels)",
+        )
     ax.plot(epochs, 100 * window_min(traj.test_error, window), color="k", label="test error")
     best = int(np.argmin(traj.test_error))
     ax.plot([best], [100 * traj.test_error[best]], "kv", label=f"lowest test error (epoch {best})")
     if mark_epoch is not None:
-        ax.axvline(mark_epoch, color="0.5", linestyle="--", linewidth=1, label=f"reference Jacobian (epoch {mark_epoch})")
+        ax.axvline(
+            mark_epoch, color="0.5", linestyle="--", linewidth=1, label=f"reference Jacobian (epoch {mark_epoch})"
+        )
     ax.set_xlabel("epoch")
     ax.set_ylabel("misclassification error (%)")
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
 
 
-MEAS_NAMES = ("residual/train/information", "residual/train/nuisance", "residual/test/information", "residual/test/nuisance")
+MEAS_NAMES = (
+    "residual/train/information",
+    "residual/train/nuisance",
+    "residual/test/information",
+    "residual/test/nuisance",
+)
 
 
 def _read_run(measurements: str | Path, trajectory: str | Path) -> tuple[dict, TrajectoryData]:
@@ -137,7 +159,12 @@ def _read_run(measurements: str | Path, trajectory: str | Path) -> tuple[dict, T
 
 
 def residual_figure(
-    number: int, measurements: str | Path, trajectory: str | Path, window: int, paths: Sequence[str | Path], test_panel: bool = True
+    number: int,
+    measurements: str | Path,
+    trajectory: str | Path,
+    window: int,
+    paths: Sequence[str | Path],
+    test_panel: bool = True,
 ) -> dict:
     """Figures 6, 7, 8: residual on I and N over epochs (train, test) and train/test error."""
     m, traj = _read_run(measurements, trajectory)
@@ -149,7 +176,13 @@ def residual_figure(
     _residual_panel(axes[0], m, "train", window, f"(a) residual on I/N of {jname}, training data")
     if test_panel:
         _residual_panel(axes[1], m, "test", window, f"(b) residual on I/N of {jname} (test set), test data")
-    _error_panel(axes[-1], traj, window, f"({'c' if test_panel else 'b'}) training and test error", ref if ref != len(traj.test_error) - 1 else None)
+    _error_panel(
+        axes[-1],
+        traj,
+        window,
+        f"({'c' if test_panel else 'b'}) training and test error",
+        ref if ref != len(traj.test_error) - 1 else None,
+    )
     fig.suptitle(f"Figure {number}: run {run} (curves: minimum over the last {window} epochs)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, paths)
@@ -166,24 +199,50 @@ def residual_figure(
 
 
 # ---------------------------------------------------------------- Figure 9
-def figure9(runs: Mapping[str, tuple[str | Path, str | Path]], corruption: Mapping[str, float], window: int, paths: Sequence[str | Path], csv_path: str | Path | None = None) -> list[dict]:
+def figure9(
+    runs: Mapping[str, tuple[str | Path, str | Path]],
+    corruption: Mapping[str, float],
+    window: int,
+    paths: Sequence[str | Path],
+    csv_path: str | Path | None = None,
+) -> list[dict]:
     """Label energy on N of J_init and J_final, and test error, versus corruption level."""
     rows = []
     for run, (meas_path, traj_path) in runs.items():
         m, traj = _read_run(meas_path, traj_path)
-        rows.append({
-            "run": run,
-            "corruption": float(corruption[run]),
-            "label_energy_nuisance_init": float(m["label_energy_nuisance"][0]),
-            "label_energy_nuisance_final": float(m["label_energy_nuisance"][1]),
-            "final_test_error": float(window_min(traj.test_error, window)[-1]),
-        })
+        rows.append(
+            {
+                "run": run,
+                "corruption": float(corruption[run]),
+                "label_energy_nuisance_init": float(m["label_energy_nuisance"][0]),
+                "label_energy_nuisance_final": float(m["label_energy_nuisance"][1]),
+                "final_test_error": float(window_min(traj.test_error, window)[-1]),
+            }
+        )
     rows.sort(key=lambda r: r["corruption"])
     x = 100 * np.array([r["corruption"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(x, [r["label_energy_nuisance_init"] for r in rows], "o-", color="tab:cyan", label=r"$\|\Pi_N(y)\|^2/\|y\|^2$, N of J_init")
-    ax.plot(x, [r["label_energy_nuisance_final"] for r in rows], "s-", color="tab:red", label=r"$\|\Pi_N(y)\|^2/\|y\|^2$, N of J_final")
-    ax.plot(x, [r["final_test_error"] for r in rows], "p-", color="k", label=f"test error (final, min over last {window} epochs)")
+    ax.plot(
+        x,
+        [r["label_energy_nuisance_init"] for r in rows],
+        "o-",
+        color="tab:cyan",
+        label=r"$\|\Pi_N(y)\|^2/\|y\|^2$, N of J_init",
+    )
+    ax.plot(
+        x,
+        [r["label_energy_nuisance_final"] for r in rows],
+        "s-",
+        color="tab:red",
+        label=r"$\|\Pi_N(y)\|^2/\|y\|^2$, N of J_final",
+    )
+    ax.plot(
+        x,
+        [r["final_test_error"] for r in rows],
+        "p-",
+        color="k",
+        label=f"test error (final, min over last {window} epochs)",
+    )
     ax.set_xlabel("label corruption (%)")
     ax.set_ylabel("fraction")
     ax.set_ylim(0, 1)
@@ -223,10 +282,24 @@ def write_table(number: int, measurements: str | Path, out: Mapping[str, str | P
     md += [f"| {name} | " + " | ".join(format_value(v) for v in row) + " |" for name, row in zip(TABLE_ROWS, values)]
     with atomic_path(out["md"]) as tmp:
         tmp.write_text("\n".join(md) + "\n")
-    tex = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "c" * len(TABLE_COLUMNS) + "}", r"\hline",
-           " & " + " & ".join(LATEX_COLUMNS) + r" \\", r"\hline"]
-    tex += [f"$J_{{\\mathrm{{{name.split('_')[1]}}}}}$ & " + " & ".join(format_value(v) for v in row) + r" \\" for name, row in zip(TABLE_ROWS, values)]
-    tex += [r"\hline", r"\end{tabular}", f"\\caption{{{title.replace('%', chr(92) + '%').replace('_', chr(92) + '_')}}}", r"\end{table}"]
+    tex = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\begin{tabular}{l" + "c" * len(TABLE_COLUMNS) + "}",
+        r"\hline",
+        " & " + " & ".join(LATEX_COLUMNS) + r" \\",
+        r"\hline",
+    ]
+    tex += [
+        f"$J_{{\\mathrm{{{name.split('_')[1]}}}}}$ & " + " & ".join(format_value(v) for v in row) + r" \\"
+        for name, row in zip(TABLE_ROWS, values)
+    ]
+    tex += [
+        r"\hline",
+        r"\end{tabular}",
+        f"\\caption{{{title.replace('%', chr(92) + '%').replace('_', chr(92) + '_')}}}",
+        r"\end{table}",
+    ]
     with atomic_path(out["tex"]) as tmp:
         tmp.write_text("\n".join(tex) + "\n")
     return values
@@ -266,5 +339,7 @@ def scale_statement(subset_path: str | Path, checkpoint_path: str | Path, info_d
     model, payload = load_checkpoint(checkpoint_path)
     spec = payload["model"]
     width = f" width {spec['width']:g}" if spec["name"] == "resnet20" else ""
-    return (f"{dataset} classes {', '.join(classes)}, n = {n} (nK = {n * len(classes)}), "
-            f"{spec['name']}{width} (p = {count_parameters(model)}), r = {info_dim}")
+    return (
+        f"{dataset} classes {', '.join(classes)}, n = {n} (nK = {n * len(classes)}), "
+        f"{spec['name']}{width} (p = {count_parameters(model)}), r = {info_dim}"
+    )

@@ -33,8 +33,8 @@ import h5py
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from torch.func import functional_call, jacrev, jvp, vmap
+from torch.nn import functional as F
 
 from .h5io import atomic_h5, open_checked, require_finite, write_provenance
 from .logs import logger
@@ -73,7 +73,13 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
         own = [p for p in module.parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
-        plain_conv = isinstance(module, nn.Conv2d) and module.groups == 1 and module.dilation == (1, 1) and module.padding_mode == "zeros" and isinstance(module.padding, tuple)
+        plain_conv = (
+            isinstance(module, nn.Conv2d)
+            and module.groups == 1
+            and module.dilation == (1, 1)
+            and module.padding_mode == "zeros"
+            and isinstance(module.padding, tuple)
+        )
         if not (plain_conv or isinstance(module, nn.Linear)):
             return None
         layers.append((name, module))
@@ -147,8 +153,17 @@ def conv_grads(
         torch.stack(backprops, dim=1, out=g)
         weight = torch.empty(1, dtype=a.dtype, device=a.device).expand(n * rows, c_in, kh, kw)  # shape only
         _, grad_w, _ = torch.ops.aten.convolution_backward(
-            g.view(1, n * rows, ho, wo), a.reshape(1, n * c_in, *a.shape[2:]), weight, None,
-            conv.stride, conv.padding, conv.dilation, False, (0, 0), n, (False, True, False),
+            g.view(1, n * rows, ho, wo),
+            a.reshape(1, n * c_in, *a.shape[2:]),
+            weight,
+            None,
+            conv.stride,
+            conv.padding,
+            conv.dilation,
+            False,
+            (0, 0),
+            n,
+            (False, True, False),
         )
         return grad_w.view(n, k, -1), g.sum((3, 4))
     if method != "unfold":
@@ -199,9 +214,11 @@ def jacobian_by_layers(
     outputs: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in layers:
+
         def hook(mod, args, output, name=name):
             inputs[name] = args[0].detach()
             outputs[name] = output
+
         hooks.append(module.register_forward_hook(hook))
     try:
         f = model(x)
@@ -289,8 +306,10 @@ def jacobian_blocks(
     if out is not None and out.shape != (len(x) * k, p_total):
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {(len(x) * k, p_total)}")
     # all of J (out), or one buffer of the largest batch's rows that every batch reuses
-    rows = out.view(len(x), k, p_total) if out is not None else torch.empty(
-        max(b.stop - b.start for b in batches), k, p_total, dtype=x.dtype, device=x.device
+    rows = (
+        out.view(len(x), k, p_total)
+        if out is not None
+        else torch.empty(max(b.stop - b.start for b in batches), k, p_total, dtype=x.dtype, device=x.device)
     )
     workspace = Workspace()
     for batch in batches:
@@ -391,7 +410,10 @@ class ProbeCheck:
             self.tangents[n] = self.v[off : off + p.numel()].reshape(p.shape).to(p.dtype).to(p.device)
             off += p.numel()
         self.jv, self.Jv = torch.zeros(num_rows, dtype=torch.float64), torch.zeros(num_rows, dtype=torch.float64)
-        self.uj, self.uJ = torch.zeros(num_parameters, dtype=torch.float64), torch.zeros(num_parameters, dtype=torch.float64)
+        self.uj, self.uJ = (
+            torch.zeros(num_parameters, dtype=torch.float64),
+            torch.zeros(num_parameters, dtype=torch.float64),
+        )
         self.rows_added = torch.zeros(num_rows, dtype=torch.bool)
 
     def add(self, x: torch.Tensor, rows: slice, J_rows: torch.Tensor) -> None:
@@ -407,7 +429,9 @@ class ProbeCheck:
         # torch.autograd.grad but first imports torch._dynamo, 1.1 s of every chunk job
         leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
         out = f(leaves)
-        uj = torch.autograd.grad(out, list(leaves.values()), self.u[rows].reshape(out.shape).to(out.dtype).to(out.device))
+        uj = torch.autograd.grad(
+            out, list(leaves.values()), self.u[rows].reshape(out.shape).to(out.dtype).to(out.device)
+        )
         self.rows_added[rows] = True
         self.jv[rows] = jv.reshape(-1).double().cpu()
         self.uj += torch.cat([g.reshape(-1) for g in uj]).double().cpu()
@@ -464,7 +488,12 @@ def _write_table(f: h5py.File, table: Sequence[ParameterEntry]) -> None:
 def read_table(f: h5py.File) -> list[ParameterEntry]:
     g = f["parameters"]
     return [
-        ParameterEntry(n.decode() if isinstance(n, bytes) else n, int(o), int(s), tuple(int(v) for v in str(sh.decode() if isinstance(sh, bytes) else sh).split("x") if v))
+        ParameterEntry(
+            n.decode() if isinstance(n, bytes) else n,
+            int(o),
+            int(s),
+            tuple(int(v) for v in str(sh.decode() if isinstance(sh, bytes) else sh).split("x") if v),
+        )
         for n, o, s, sh in zip(g["name"][...], g["offset"][...], g["size"][...], g["shape"][...])
     ]
 
@@ -534,7 +563,8 @@ def compute_chunk(
         err_jvp, err_vjp = check.errors()
         if not (err_jvp <= tolerance and err_vjp <= tolerance):
             raise ArithmeticError(
-                f"{out_path}: Jacobian probe check failed: |Jv - jvp|/|jvp| = {err_jvp:.2e}, |u^T J - vjp|/|vjp| = {err_vjp:.2e} "
+                f"{out_path}: Jacobian probe check failed: |Jv - jvp|/|jvp| = {err_jvp:.2e}, "
+                f"|u^T J - vjp|/|vjp| = {err_vjp:.2e} "
                 f"(tolerance {tolerance:.0e})"
             )
         write_provenance(
@@ -558,9 +588,21 @@ def compute_chunk(
         )
         _write_table(f, parameter_table(model))
     seconds.write += time.perf_counter() - t
-    logger.info("J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, "
-                "probe check %.1f, writing %.1f", chunk, split, start, stop, *shape, err_jvp, err_vjp, out_path,
-                seconds.jacobian, seconds.probe_check, seconds.write)
+    logger.info(
+        "J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, "
+        "probe check %.1f, writing %.1f",
+        chunk,
+        split,
+        start,
+        stop,
+        *shape,
+        err_jvp,
+        err_vjp,
+        out_path,
+        seconds.jacobian,
+        seconds.probe_check,
+        seconds.write,
+    )
     return seconds
 
 
@@ -581,7 +623,10 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
     for path, a, shape, table in metas:
         for key in ("checkpoint", "checkpoint_epoch", "split", "dtype", "num_classes"):
             if a[key] != first[1][key]:
-                raise ValueError(f"{path}: {key} = {a[key]!r} but {first[0]} has {first[1][key]!r}; the chunk is from another Jacobian")
+                raise ValueError(
+                    f"{path}: {key} = {a[key]!r} but {first[0]} has {first[1][key]!r}; "
+                    "the chunk is from another Jacobian"
+                )
         if table != first[3]:
             raise ValueError(f"{path}: parameter table differs from {first[0]}; the chunk is from another model")
         if shape[0] != a["row_stop"] - a["row_start"]:
@@ -590,7 +635,9 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
     expected = 0
     for path, a, _, _ in metas:
         if int(a["row_start"]) != expected:
-            raise ValueError(f"{path}: starts at row {a['row_start']}, expected {expected}: a chunk is missing before it")
+            raise ValueError(
+                f"{path}: starts at row {a['row_start']}, expected {expected}: a chunk is missing before it"
+            )
         expected = int(a["row_stop"])
     rows, p = expected, first[2][1]
     k = int(first[1]["num_classes"])

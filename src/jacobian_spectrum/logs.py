@@ -12,5 +12,7 @@ def start_log(path: str | None = None) -> logging.Logger:
     """Send stderr (warnings, tracebacks, progress lines) to ``path`` (a rule's ``log:``)."""
     if path is not None:
         sys.stderr = open(path, "w", buffering=1)
-    logging.basicConfig(stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True
+    )
     return logger

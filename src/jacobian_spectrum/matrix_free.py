@@ -115,7 +115,9 @@ def _compute(tasks: list) -> tuple:
         return dask.compute(*tasks, scheduler="synchronous")
 
 
-def randomized_svd(op: JacobianOperator, k: int, oversampling: int = 20, power_iterations: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def randomized_svd(
+    op: JacobianOperator, k: int, oversampling: int = 20, power_iterations: int = 4, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k singular values and left singular vectors of the operator's J."""
     rows, cols = op.shape
     ell = min(k + oversampling, rows, cols)
@@ -165,21 +167,38 @@ def matrix_free_spectrum(
         "checked_vectors": t,
         "passes": op.passes,
     }
-    logger.info("matrix-free spectrum of %s on %s: %d x %d, %d passes, %.1fs", checkpoint, split, *op.shape, op.passes, t1 - t0)
-    return Spectrum(s, U[:, :info_dim].copy(), "matrix_free", checks, {"matrix_free": t1 - t0, "verify": time.perf_counter() - t1})
+    logger.info(
+        "matrix-free spectrum of %s on %s: %d x %d, %d passes, %.1fs", checkpoint, split, *op.shape, op.passes, t1 - t0
+    )
+    return Spectrum(
+        s, U[:, :info_dim].copy(), "matrix_free", checks, {"matrix_free": t1 - t0, "verify": time.perf_counter() - t1}
+    )
 
 
-def spectrum_matrix_free(checkpoint: str, subset_path: str, split: str, out_path: str, settings: dict, threads: int = 1) -> Spectrum:
+def spectrum_matrix_free(
+    checkpoint: str, subset_path: str, split: str, out_path: str, settings: dict, threads: int = 1
+) -> Spectrum:
     """The matrix-free spectrum rule: compute and write ``spectrum/{split}_epoch{E}.h5``."""
     from .models import read_checkpoint
     from .spectrum import write_spectrum
 
     spec = matrix_free_spectrum(
-        checkpoint, subset_path, split, settings["info_dim"], settings["topk"], settings["oversampling"],
-        settings["power_iterations"], threads,
+        checkpoint,
+        subset_path,
+        split,
+        settings["info_dim"],
+        settings["topk"],
+        settings["oversampling"],
+        settings["power_iterations"],
+        threads,
     )
     payload = read_checkpoint(checkpoint)
-    source = {"split": split, "checkpoint": str(checkpoint), "checkpoint_epoch": payload["epoch"], "dtype": "float64",
-              "row_order": "sample-major: row = i*K + k (sample i of the split, output k)"}
+    source = {
+        "split": split,
+        "checkpoint": str(checkpoint),
+        "checkpoint_epoch": payload["epoch"],
+        "dtype": "float64",
+        "row_order": "sample-major: row = i*K + k (sample i of the split, output k)",
+    }
     write_spectrum(out_path, spec, settings["info_dim"], f"matrix-free J of {checkpoint} on {split}", source, settings)
     return spec

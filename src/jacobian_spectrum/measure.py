@@ -83,7 +83,10 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
         rows.append(projection_ratios(y, U, s) + projection_ratios(r0, U, s))
         fractions.append(rows[-1][1] ** 2)
     residual, residual0 = {}, {}
-    for split, preds, labels in (("train", traj.train_predictions, traj.train_y), ("test", traj.test_predictions, traj.test_y)):
+    for split, preds, labels in (
+        ("train", traj.train_predictions, traj.train_y),
+        ("test", traj.test_predictions, traj.test_y),
+    ):
         sp = spectra[f"ref_{split}"]
         r = flatten_rows(preds) - one_hot_vector(labels, k)[None]
         _check_rows(sp, r.shape[1], f"ref_{split}")
@@ -109,7 +112,9 @@ def write_measurements(path: str | Path, m: RunMeasurements, attrs: Mapping[str,
         g.create_dataset("values", data=m.alignment)
         g.attrs["rows"] = list(TABLE_ROWS)
         g.attrs["columns"] = list(TABLE_COLUMNS)
-        g.attrs["meaning"] = "the paper's Tables 1-3: alignment of y and r0 = f(W0) - y with I and N of J_init and J_final (train)"
+        g.attrs["meaning"] = (
+            "the paper's Tables 1-3: alignment of y and r0 = f(W0) - y with I and N of J_init and J_final (train)"
+        )
         d = f.create_dataset("label_energy_nuisance", data=m.label_energy_nuisance)
         d.attrs["rows"] = list(TABLE_ROWS)
         d.attrs["meaning"] = "||P_N y||^2 / ||y||^2 (Figure 9)"
@@ -117,7 +122,8 @@ def write_measurements(path: str | Path, m: RunMeasurements, attrs: Mapping[str,
             g = f.create_group(f"residual/{split}")
             g.attrs["r0_energy"] = m.residual0[split]
             g.attrs["meaning"] = (
-                f"||P_I r_t||^2 and ||P_N r_t||^2 per epoch t, r_t = f(W_t) - y on {split}, I/N of the reference J on {split}"
+                f"||P_I r_t||^2 and ||P_N r_t||^2 per epoch t, r_t = f(W_t) - y on {split}, "
+                f"I/N of the reference J on {split}"
             )
             for name, values in parts.items():
                 g.create_dataset(name, data=values)
@@ -125,8 +131,14 @@ def write_measurements(path: str | Path, m: RunMeasurements, attrs: Mapping[str,
 
 
 def read_measurements(path: str | Path) -> dict:
-    names = ["alignment/values", "label_energy_nuisance", "residual/train/information", "residual/train/nuisance",
-             "residual/test/information", "residual/test/nuisance"]
+    names = [
+        "alignment/values",
+        "label_energy_nuisance",
+        "residual/train/information",
+        "residual/train/nuisance",
+        "residual/test/information",
+        "residual/test/nuisance",
+    ]
     with open_checked(path, names, artifact="measurements") as f:
         out = {n: f[n][...] for n in names}
         for split in ("train", "test"):
@@ -135,12 +147,23 @@ def read_measurements(path: str | Path) -> dict:
     return out
 
 
-def measure_run(trajectory: str | Path, spectra: Mapping[str, str | Path], out_path: str | Path, info_dim: int, attrs: Mapping[str, object]) -> RunMeasurements:
+def measure_run(
+    trajectory: str | Path,
+    spectra: Mapping[str, str | Path],
+    out_path: str | Path,
+    info_dim: int,
+    attrs: Mapping[str, object],
+) -> RunMeasurements:
     traj = read_trajectory(trajectory)
     loaded = {key: read_spectrum(p) for key, p in spectra.items()}
     for key, sp in loaded.items():
         if sp.U.shape[1] < info_dim:
-            raise ValueError(f"{spectra[key]}: stores {sp.U.shape[1]} singular vectors, info_dim is {info_dim}; rerun the spectrum rule")
+            raise ValueError(
+                f"{spectra[key]}: stores {sp.U.shape[1]} singular vectors, info_dim is {info_dim}; "
+                "rerun the spectrum rule"
+            )
     m = measure(traj, loaded, info_dim)
-    write_measurements(out_path, m, {**attrs, "info_dim": info_dim, **{f"spectrum_{k}": str(v) for k, v in spectra.items()}})
+    write_measurements(
+        out_path, m, {**attrs, "info_dim": info_dim, **{f"spectrum_{k}": str(v) for k, v in spectra.items()}}
+    )
     return m

@@ -102,7 +102,9 @@ class OneHiddenLayerNet(nn.Module):
     as in Theorem 3.2. Images are flattened, so d = channels * size^2.
     """
 
-    def __init__(self, d: int, hidden: int, num_classes: int, activation: str = "softplus", output_scale: float = 1.0) -> None:
+    def __init__(
+        self, d: int, hidden: int, num_classes: int, activation: str = "softplus", output_scale: float = 1.0
+    ) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation {activation!r} is not one of {sorted(ACTIVATIONS)}")

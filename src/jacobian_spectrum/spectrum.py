@@ -38,7 +38,9 @@ class Spectrum:
     seconds: dict = field(default_factory=dict)
 
 
-def slab_width(rows: int, columns: int, memory_budget_mb: float, in_flight: int, hdf5_chunk_cols: int | None = None) -> int:
+def slab_width(
+    rows: int, columns: int, memory_budget_mb: float, in_flight: int, hdf5_chunk_cols: int | None = None
+) -> int:
     """Columns per slab so that ``in_flight`` slabs (float32 read + float64 copy) fit the budget."""
     per_column = rows * (4 + 8) * max(1, in_flight)
     width = max(1, int(memory_budget_mb * 1e6 // per_column))
@@ -56,7 +58,9 @@ def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
         return f["J"][:, start:stop].astype(np.float64)
 
 
-def gram(path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, scheduler: str | None = None) -> np.ndarray:
+def gram(
+    path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, scheduler: str | None = None
+) -> np.ndarray:
     """G = J J^T (float64) from the HDF5 file's ``J``, never holding J whole.
 
     Locally, Dask's threaded scheduler reads and casts ``threads`` slabs at a time, one batch
@@ -169,7 +173,7 @@ def verify(path: str | Path, s: np.ndarray, U: np.ndarray, top: int, memory_budg
     Ut = U[:, :t]
     f, Jd = _dask_J(path, memory_budget_mb, threads)
     with f, dask.config.set(scheduler="threads", num_workers=threads):
-        JtU = (Jd.T @ Ut)  # (p, t), columns blocked as J's slabs
+        JtU = Jd.T @ Ut  # (p, t), columns blocked as J's slabs
         Z, norms2 = dask.compute(Jd @ JtU, (JtU**2).sum(axis=0))
     s1 = s[0] if s[0] > 0 else 1.0
     return {
@@ -180,7 +184,14 @@ def verify(path: str | Path, s: np.ndarray, U: np.ndarray, top: int, memory_budg
     }
 
 
-def full_spectrum(path: str | Path, info_dim: int, memory_budget_mb: float, threads: int, scheduler: str | None = None, device: str = "cpu") -> Spectrum:
+def full_spectrum(
+    path: str | Path,
+    info_dim: int,
+    memory_budget_mb: float,
+    threads: int,
+    scheduler: str | None = None,
+    device: str = "cpu",
+) -> Spectrum:
     t0 = time.perf_counter()
     G = gram(path, memory_budget_mb, threads, scheduler)
     t1 = time.perf_counter()
@@ -191,7 +202,16 @@ def full_spectrum(path: str | Path, info_dim: int, memory_budget_mb: float, thre
     return Spectrum(s, V[:, :info_dim].copy(), "full", seconds={"gram": t1 - t0, "eigh": t2 - t1})
 
 
-def topk_spectrum(path: str | Path, info_dim: int, k: int, oversampling: int, power_iterations: int, memory_budget_mb: float, threads: int, seed: int = 0) -> Spectrum:
+def topk_spectrum(
+    path: str | Path,
+    info_dim: int,
+    k: int,
+    oversampling: int,
+    power_iterations: int,
+    memory_budget_mb: float,
+    threads: int,
+    seed: int = 0,
+) -> Spectrum:
     import dask
     import dask.array as da
 
@@ -225,7 +245,9 @@ def compute_spectrum(path: str | Path, settings: dict, device: str = "cpu") -> S
     if method == "full":
         spec = full_spectrum(path, r, budget, threads, settings.get("scheduler"), device)
     elif method == "topk":
-        spec = topk_spectrum(path, r, settings["topk"], settings["oversampling"], settings["power_iterations"], budget, threads)
+        spec = topk_spectrum(
+            path, r, settings["topk"], settings["oversampling"], settings["power_iterations"], budget, threads
+        )
     else:
         raise ValueError(f"spectrum.method {method!r} cannot read a stored J; allowed here: auto, full, topk")
     t0 = time.perf_counter()
@@ -234,7 +256,9 @@ def compute_spectrum(path: str | Path, settings: dict, device: str = "cpu") -> S
     return spec
 
 
-def write_spectrum(path: str | Path, spec: Spectrum, info_dim: int, source: str | Path, source_attrs: dict, settings: dict) -> None:
+def write_spectrum(
+    path: str | Path, spec: Spectrum, info_dim: int, source: str | Path, source_attrs: dict, settings: dict
+) -> None:
     """``spectrum/{split}_epoch{epoch}.h5``: singular_values (descending), U (nK x r), attrs."""
     s = spec.singular_values
     require_finite(s, f"{path}: singular values")
@@ -249,7 +273,9 @@ def write_spectrum(path: str | Path, spec: Spectrum, info_dim: int, source: str 
             precision="float64",
             numerical_floor=GRAM_FLOOR * smax if spec.method == "full" else 0.0,
             numerical_floor_meaning="singular values below this are float64 noise of the Gram route (1e-8 * s_max)",
-            storage_floor=float(np.finfo(np.float32).eps) * smax if source_attrs.get("dtype") == "float32" else float(np.finfo(np.float64).eps) * smax,
+            storage_floor=float(np.finfo(np.float32).eps) * smax
+            if source_attrs.get("dtype") == "float32"
+            else float(np.finfo(np.float64).eps) * smax,
             storage_floor_meaning="relative rounding of J's stored entries times s_max: values below are not resolved",
             all_singular_values=spec.method == "full",
             jacobian=str(source),
@@ -282,7 +308,6 @@ def read_spectrum(path: str | Path) -> SpectrumData:
     return SpectrumData(s, U, attrs)
 
 
-
 def spectrum_of_file(jacobian_path: str | Path, out_path: str | Path, settings: dict, device: str = "auto") -> Spectrum:
     """The spectrum rule: compute, check and write the spectrum of one stored J."""
     import torch
@@ -296,6 +321,14 @@ def spectrum_of_file(jacobian_path: str | Path, out_path: str | Path, settings: 
     r = settings["info_dim"]
     logger.info(
         "%s spectrum of %s: s_1 = %.4g, s_r = %.4g (r = %d), %d values; checks %s; seconds %s -> %s",
-        spec.method, jacobian_path, s[0], s[r - 1], r, len(s), spec.checks, spec.seconds, out_path,
+        spec.method,
+        jacobian_path,
+        s[0],
+        s[r - 1],
+        r,
+        len(s),
+        spec.checks,
+        spec.seconds,
+        out_path,
     )
     return spec

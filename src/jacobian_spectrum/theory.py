@@ -324,7 +324,9 @@ def closed_form_jacobian(model: torch.nn.Module, X: np.ndarray) -> np.ndarray:
     return rows.reshape(X.shape[0] * V.shape[0], -1)
 
 
-def kernel_single(X: np.ndarray, activation: str, samples: int, rng: np.random.Generator, batch: int = 4096) -> np.ndarray:
+def kernel_single(
+    X: np.ndarray, activation: str, samples: int, rng: np.random.Generator, batch: int = 4096
+) -> np.ndarray:
     """Monte-Carlo Sigma_1(X) = E_w[(phi'(Xw) phi'(Xw)^T) ⊙ (X X^T)], w ~ N(0, I_d) (n x n)."""
     n, d = X.shape
     acc = np.zeros((n, n))
@@ -343,17 +345,15 @@ def multiclass_kernel(
     """Sigma(X) of Definition 3.1 (nK x nK): I_K kron Sigma_1 ("class"-major, the paper's
     ordering) or Sigma_1 kron I_K ("sample"-major, the ordering of our Jacobians)."""
     S1 = kernel_single(X, activation, samples, rng)
-    I = np.eye(num_classes)
+    eye = np.eye(num_classes)
     if ordering == "class":
-        return np.kron(I, S1)
+        return np.kron(eye, S1)
     if ordering == "sample":
-        return np.kron(S1, I)
+        return np.kron(S1, eye)
     raise ValueError(f"ordering must be 'class' or 'sample', got {ordering!r}")
 
 
-def expected_jacobian_singular_values(
-    kernel1: np.ndarray, num_classes: int, output_scale: float = 1.0
-) -> np.ndarray:
+def expected_jacobian_singular_values(kernel1: np.ndarray, num_classes: int, output_scale: float = 1.0) -> np.ndarray:
     """Singular values of a square root of E[J J^T] = (nu^2/K) Sigma(X), descending (length nK)."""
     ev = np.linalg.eigvalsh(kernel1) * (output_scale**2 / num_classes)
     sv = np.sqrt(np.clip(ev, 0.0, None))
@@ -473,8 +473,7 @@ def plot_linear_model(result: LinearLosses, paths: Sequence[str | Path]) -> None
     b.set_title("(b) Test error along information and nuisance spaces")
     b.legend()
     fig.suptitle(
-        f"Linear model (Section 2.1): n={result.n}, d={result.d}, r={result.rank}, "
-        f"$\\eta$={result.step_size:.3g}",
+        f"Linear model (Section 2.1): n={result.n}, d={result.d}, r={result.rank}, $\\eta$={result.step_size:.3g}",
         fontsize=10,
     )
     fig.tight_layout()

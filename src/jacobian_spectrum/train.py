@@ -118,7 +118,9 @@ def errors(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (predictions.argmax(axis=-1) != labels).mean(axis=-1)
 
 
-def make_optimizer(model: nn.Module, s: TrainSettings) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
+def make_optimizer(
+    model: nn.Module, s: TrainSettings
+) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
     params = [p for p in model.parameters() if p.requires_grad]
     if s.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum)
@@ -157,7 +159,9 @@ class Trajectory:
         )
 
 
-def _save_resume(path: Path, epoch: int, model, opt, sched, gen, traj: Trajectory, ckpts: dict, fingerprint: str) -> None:
+def _save_resume(
+    path: Path, epoch: int, model, opt, sched, gen, traj: Trajectory, ckpts: dict, fingerprint: str
+) -> None:
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
@@ -254,14 +258,22 @@ def train(
         traj.batch_loss.append(total / seen)
         traj.seconds.append(time.perf_counter() - t0)
         if not math.isfinite(total):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {total / seen}); lower the learning rate")
+            raise FloatingPointError(
+                f"training diverged at epoch {epoch} (loss {total / seen}); lower the learning rate"
+            )
         if epoch in s.checkpoint_epochs:
             ckpts[epoch] = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
         train_err = errors(traj.train_predictions[-1], train_labels)
         test_err = errors(traj.test_predictions[-1], test_data.y)
         logger.info(
             "epoch %d/%d  loss %.4f  train error %.3f  test error %.3f  lr %.2g  %.2fs",
-            epoch, s.epochs, total / seen, train_err, test_err, lr, traj.seconds[-1],
+            epoch,
+            s.epochs,
+            total / seen,
+            train_err,
+            test_err,
+            lr,
+            traj.seconds[-1],
         )
         if resume_path and (epoch % s.resume_every == 0) and epoch < s.epochs:
             _save_resume(resume_path, epoch, model, opt, sched, gen, traj, ckpts, s.fingerprint())
@@ -298,7 +310,10 @@ def write_trajectory(
         f.create_dataset("lr", data=np.asarray(traj.lr))
         f.create_dataset("batch_loss", data=np.asarray(traj.batch_loss))
         f.create_dataset("epoch_seconds", data=np.asarray(traj.seconds))
-        for split, pred, y, labels in (("train", train_pred, y_train, train_labels), ("test", test_pred, y_test, test_labels)):
+        for split, pred, y, labels in (
+            ("train", train_pred, y_train, train_labels),
+            ("test", test_pred, y_test, test_labels),
+        ):
             g = f.create_group(split)
             g.create_dataset("predictions", data=pred, compression="gzip", chunks=(1,) + pred.shape[1:])
             g.create_dataset("y", data=labels)
@@ -327,19 +342,43 @@ class TrajectoryData:
 
 
 def read_trajectory(path: str | Path) -> TrajectoryData:
-    names = ["train/predictions", "test/predictions", "train/y", "train/y_clean", "test/y", "train/error",
-             "train/error_clean", "test/error", "train/loss", "test/loss", "lr", "epoch"]
+    names = [
+        "train/predictions",
+        "test/predictions",
+        "train/y",
+        "train/y_clean",
+        "test/y",
+        "train/error",
+        "train/error_clean",
+        "test/error",
+        "train/loss",
+        "test/loss",
+        "lr",
+        "epoch",
+    ]
     with open_checked(path, names, artifact="trajectory") as f:
         d = {n: f[n][...] for n in names}
     require_finite(d["train/predictions"], f"{path}: train/predictions")
     require_finite(d["test/predictions"], f"{path}: test/predictions")
     return TrajectoryData(
-        d["epoch"], d["train/predictions"], d["test/predictions"], d["train/y"], d["train/y_clean"], d["test/y"],
-        d["train/error"], d["train/error_clean"], d["test/error"], d["train/loss"], d["test/loss"], d["lr"],
+        d["epoch"],
+        d["train/predictions"],
+        d["test/predictions"],
+        d["train/y"],
+        d["train/y_clean"],
+        d["test/y"],
+        d["train/error"],
+        d["train/error_clean"],
+        d["test/error"],
+        d["train/loss"],
+        d["test/loss"],
+        d["lr"],
     )
 
 
-def write_checkpoints(folder: str | Path, model: nn.Module, spec: ModelSpec, ckpts: Mapping[int, dict], run: str) -> None:
+def write_checkpoints(
+    folder: str | Path, model: nn.Module, spec: ModelSpec, ckpts: Mapping[int, dict], run: str
+) -> None:
     """One weights-only checkpoint per epoch: ``{folder}/epoch{E}.pt``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -357,9 +396,14 @@ def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec
         c, h, _ = (int(v) for v in f.attrs["image_shape"])
         k = int(f.attrs["num_classes"])
     return ModelSpec(
-        name=model_config["name"], in_channels=c, image_size=h, num_classes=k,
-        width=float(model_config.get("width", 1.0)), hidden=int(model_config.get("hidden", 256)),
-        activation=model_config.get("activation", "softplus"), output_scale=float(model_config.get("output_scale", 1.0)),
+        name=model_config["name"],
+        in_channels=c,
+        image_size=h,
+        num_classes=k,
+        width=float(model_config.get("width", 1.0)),
+        hidden=int(model_config.get("hidden", 256)),
+        activation=model_config.get("activation", "softplus"),
+        output_scale=float(model_config.get("output_scale", 1.0)),
     )
 
 
@@ -401,8 +445,10 @@ def train_run(
     model, payload = load_checkpoint(init_path)
     spec = ModelSpec(**payload["model"])
     if spec.num_classes != train_data.num_classes or spec.in_channels != train_data.image_shape[0]:
-        raise ValueError(f"{init_path}: checkpoint is for {spec}, but {subset_path} has {train_data.num_classes} classes "
-                         f"of shape {train_data.image_shape}; rerun the initialise rule")
+        raise ValueError(
+            f"{init_path}: checkpoint is for {spec}, but {subset_path} has {train_data.num_classes} classes "
+            f"of shape {train_data.image_shape}; rerun the initialise rule"
+        )
     logger.info("run %s on %s: %s", run, dev, settings)
     traj, ckpts = train(model, spec, settings, train_data, labels, test_data, dev, resume_path, stop_after)
     if stop_after is not None and stop_after < settings.epochs:
@@ -410,7 +456,12 @@ def train_run(
     model.cpu()
     write_checkpoints(checkpoint_dir, model, spec, ckpts, run)
     write_trajectory(
-        trajectory_path, traj, labels, train_data.y, test_data.y, train_data.num_classes,
+        trajectory_path,
+        traj,
+        labels,
+        train_data.y,
+        test_data.y,
+        train_data.num_classes,
         {"run": run, "settings": asdict(settings), "device": str(dev), "checkpoint_dir": str(checkpoint_dir)},
     )
     Path(resume_path).unlink(missing_ok=True)

@@ -2,6 +2,7 @@ from jacobian_spectrum.logs import start_log
 
 start_log(snakemake.log[0])
 import torch
+
 from jacobian_spectrum.jacobian import compute_chunk
 
 torch.set_num_threads(snakemake.threads)

@@ -5,7 +5,10 @@ from jacobian_spectrum.measure import measure_run
 
 spectra = {k: snakemake.input[k] for k in ("init", "final", "ref_train", "ref_test")}
 m = measure_run(
-    snakemake.input.trajectory, spectra, snakemake.output[0], snakemake.params.info_dim,
+    snakemake.input.trajectory,
+    spectra,
+    snakemake.output[0],
+    snakemake.params.info_dim,
     {"run": snakemake.wildcards.run, "reference_epoch": snakemake.params.reference_epoch},
 )
 log.info("run %s: alignment (rows J_init, J_final) %s", snakemake.wildcards.run, m.alignment.round(4).tolist())

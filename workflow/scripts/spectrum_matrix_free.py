@@ -4,6 +4,10 @@ start_log(snakemake.log[0])
 from jacobian_spectrum.matrix_free import spectrum_matrix_free
 
 spectrum_matrix_free(
-    snakemake.params.checkpoint, snakemake.input.subset, snakemake.wildcards.split, snakemake.output[0],
-    dict(snakemake.params.settings), snakemake.threads,
+    snakemake.params.checkpoint,
+    snakemake.input.subset,
+    snakemake.wildcards.split,
+    snakemake.output[0],
+    dict(snakemake.params.settings),
+    snakemake.threads,
 )

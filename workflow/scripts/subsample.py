@@ -5,5 +5,11 @@ from jacobian_spectrum.data import build_subset, write_subset
 
 subset, source = build_subset(snakemake.params.dataset)
 write_subset(snakemake.output[0], subset, source, snakemake.params.dataset)
-log.info("subset of %s: classes %s, %d train and %d test images -> %s", source.name, subset.class_names,
-         len(subset.y["train"]), len(subset.y["test"]), snakemake.output[0])
+log.info(
+    "subset of %s: classes %s, %d train and %d test images -> %s",
+    source.name,
+    subset.class_names,
+    len(subset.y["train"]),
+    len(subset.y["test"]),
+    snakemake.output[0],
+)

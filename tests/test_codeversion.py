@@ -1,0 +1,95 @@
+"""Reruns follow the code a job runs: each rule's code param covers its script's import closure."""
+
+import modulefinder
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, snakemake
+
+from jacobian_spectrum.codeversion import code_version, imported_modules, module_closure
+
+SRC = ROOT / "src" / "jacobian_spectrum"
+SCRIPTS = sorted((ROOT / "workflow" / "scripts").glob("*.py"))
+
+
+def test_imports_are_found_at_any_depth_and_in_every_form(tmp_path):
+    pkg = tmp_path / "jacobian_spectrum"
+    pkg.mkdir()
+    for name in ("__init__", "a", "b", "c", "d", "unused"):
+        (pkg / f"{name}.py").write_text("VERSION = 1\n" if name == "__init__" else "")
+    (pkg / "a.py").write_text("from .b import x\n\ndef f():\n    from . import c\n    import numpy\n")
+    (pkg / "b.py").write_text("from jacobian_spectrum.d import y\nfrom . import VERSION\n")
+    script = tmp_path / "script.py"
+    script.write_text("import os\n\nif True:\n    from jacobian_spectrum import a  # noqa\n")
+    assert imported_modules(script, pkg) == {"a"}
+    assert imported_modules(pkg / "a.py", pkg) == {"b", "c"}  # the import inside a function too
+    assert imported_modules(pkg / "b.py", pkg) == {"d", "__init__"}
+    assert module_closure(script, pkg) == ["__init__", "a", "b", "c", "d"]
+    before = code_version(script, pkg)
+    (pkg / "unused.py").write_text("# edited\n")
+    assert code_version(script, pkg) == before
+    (pkg / "d.py").write_text("# edited\n")  # two imports away
+    assert code_version(script, pkg) != before
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=[s.stem for s in SCRIPTS])
+def test_the_closure_matches_what_python_would_import(script):
+    # modulefinder reads the bytecode (an independent way to the same answer)
+    finder = modulefinder.ModuleFinder(path=[str(SRC.parent)])
+    finder.run_script(str(script))
+    found = {
+        name.split(".", 1)[1] if "." in name else "__init__"
+        for name in finder.modules
+        if name.split(".")[0] == SRC.name
+    }
+    assert module_closure(script, SRC) == sorted(found)
+
+
+def params_changed_rules(results: Path) -> set[str]:
+    """Rules a dry run would rerun because their params (the code version) changed."""
+    proc = snakemake(
+        "-n", "--cores", "1", "--configfile", str(TINY), "--config", f"results={results}", "--rerun-triggers", "params"
+    )
+    rules, current = set(), None
+    for line in proc.stdout.splitlines():
+        line = line.strip()
+        if line.endswith(":") and line.split()[0] in ("rule", "localrule"):
+            current = line.split()[1][:-1]
+        elif line.startswith("reason:") and "Params have changed" in line and current:
+            rules.add(current)
+    return rules
+
+
+@pytest.mark.slow
+def test_editing_a_module_reruns_exactly_the_rules_that_import_it(tiny_results):
+    scripts_of = {}  # rule -> script, read from the rules files
+    for smk in (ROOT / "rules").glob("*.smk"):
+        rule = None
+        for line in smk.read_text().splitlines():
+            words = line.split()
+            if words[:1] == ["rule"]:
+                rule = words[1].rstrip(":")
+            elif "workflow/scripts/" in line and rule:
+                scripts_of[rule] = ROOT / "workflow" / "scripts" / Path(line.strip().strip('"')).name
+    assert params_changed_rules(tiny_results) == set()
+    for module in sorted(SRC.glob("*.py")):
+        expected = {r for r, s in scripts_of.items() if module.stem in module_closure(s, SRC)}
+        # the tiny config's rules only (no archive, no matrix-free spectrum)
+        expected -= {"extract_archive", "spectrum_matrix_free"}
+        original = module.read_bytes()
+        try:
+            module.write_bytes(original + b"\n# an edit\n")
+            assert params_changed_rules(tiny_results) == expected, module.name
+        finally:
+            module.write_bytes(original)
+
+
+def test_one_version_string():
+    import importlib.metadata
+
+    import jacobian_spectrum
+
+    assert importlib.metadata.version("jacobian-spectrum") == jacobian_spectrum.__version__
+    assert "version" not in (ROOT / "CITATION.cff").read_text().split("preferred-citation")[0].replace(
+        "cff-version", ""
+    )
