@@ -29,7 +29,7 @@ rule train:
         f"{R}/logs/train/{{run}}.log",
     conda:
         "../workflow/envs/jacobian-spectrum.yaml"
-    threads: 2
+    threads: config["training"]["threads"]
     resources:
         mem_mb=lambda w, attempt: 4000 * attempt,
         runtime=lambda w, attempt: 120 * attempt,
