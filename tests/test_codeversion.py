@@ -79,9 +79,15 @@ def test_editing_a_module_reruns_exactly_the_rules_that_import_it(tiny_results):
         original = module.read_bytes()
         try:
             module.write_bytes(original + b"\n# an edit\n")
-            assert params_changed_rules(tiny_results) == expected, module.name
+            changed = params_changed_rules(tiny_results)
         finally:
             module.write_bytes(original)
+        # Snakemake names "params have changed" only for jobs not already rerun because an
+        # upstream job reruns, so the dry run shows the most upstream importers: no rule
+        # outside the expected set, and at least one whenever a script imports the module
+        # (test_the_closure_matches_what_python_would_import checks every closure exactly).
+        assert changed <= expected, (module.name, changed - expected)
+        assert bool(changed) == bool(expected), (module.name, changed, expected)
 
 
 def test_one_version_string():
