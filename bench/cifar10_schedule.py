@@ -16,9 +16,12 @@ import numpy as np
 import torch
 
 from jacobian_spectrum import data
+from jacobian_spectrum.data import one_hot
 from jacobian_spectrum.jacobian import jacobian
-from jacobian_spectrum.measure import one_hot_vector, projection_ratios
-from jacobian_spectrum.train import TrainSettings, errors, initialise, train
+from jacobian_spectrum.measure import flatten_rows, projection_ratios
+from jacobian_spectrum.models import initialise
+from jacobian_spectrum.train import TrainSettings, train
+from jacobian_spectrum.trajectory import errors
 
 
 def main() -> None:
@@ -77,7 +80,7 @@ def main() -> None:
         J = jacobian(model, torch.from_numpy(tr.x)).double()
         w, U = np.linalg.eigh((J @ J.T).numpy())
         s = np.sqrt(np.maximum(w[::-1], 0))
-        p_info, p_nuis, _ = projection_ratios(one_hot_vector(y, tr.num_classes), U[:, ::-1][:, :50], s)
+        p_info, p_nuis, _ = projection_ratios(flatten_rows(one_hot(y, tr.num_classes)), U[:, ::-1][:, :50], s)
         print(f"J_final: ||P_I y||/||y|| = {p_info:.3f}, label energy on N = {p_nuis**2:.3f}")
 
 

@@ -20,9 +20,11 @@ import time
 import torch
 from timing import timed
 
-from jacobian_spectrum.jacobian import jacobian, probe_errors
+from jacobian_spectrum.device import select_device
+from jacobian_spectrum.jacobian import jacobian
+from jacobian_spectrum.jacobian_probe import probe_errors
 from jacobian_spectrum.models import ModelSpec, build_model
-from jacobian_spectrum.train import augment, least_squares_loss, select_device
+from jacobian_spectrum.train import augment, least_squares_loss
 
 
 def main():

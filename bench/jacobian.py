@@ -27,12 +27,12 @@ import torch
 from timing import best_of_interleaved
 
 from jacobian_spectrum.jacobian import (
-    _layers,
     batch_slices,
     grouped_conv_is_faster,
     jacobian,
     jacobian_blocks,
     outputs_and_batch_size,
+    plain_layers,
 )
 from jacobian_spectrum.models import ModelSpec, build_model
 
@@ -64,7 +64,7 @@ def bound(model, x):
 def backprops(model, x, batch_size):
     """The part of ours that any back-propagating method has: a forward pass and K batched
     backward passes to every layer's output, in ours' batches (no weight gradients)."""
-    layers = _layers(model)
+    layers = plain_layers(model)
     for batch in batch_slices(len(x), batch_size):
         outs = []
         hooks = [m.register_forward_hook(lambda mod, a, o: outs.append(o)) for _, m in layers]
@@ -111,7 +111,7 @@ def main():
     rows = args.samples * 3
     ref = naive(model, x[:4])
     assert torch.allclose(jacobian(model, x[:4]), ref, atol=1e-5), "implementation disagrees with the naive loop"
-    _, batch = outputs_and_batch_size(model, _layers(model), x)
+    _, batch = outputs_and_batch_size(model, plain_layers(model), x)
     largest = max(b.stop - b.start for b in batch_slices(len(x), batch))
     t = best_of_interleaved(
         {

@@ -13,8 +13,9 @@ import time
 
 import torch
 
+from jacobian_spectrum.device import select_device
 from jacobian_spectrum.models import ModelSpec, build_model
-from jacobian_spectrum.train import augment, least_squares_loss, select_device
+from jacobian_spectrum.train import augment, least_squares_loss
 
 
 def measure(device, args):

@@ -135,7 +135,17 @@ def checkpoint_input(w):
 
 
 def jacobian_output(path):
+    """J's files (the chunks that store it and the virtual dataset over them) are deleted once
+    their spectrum is written when jacobian.temporary is set."""
     return temp(path) if config["jacobian"]["temporary"] else path
+
+
+def jacobian_chunks(w):
+    """The chunk files that store J of {owner}/{split}_epoch{epoch}."""
+    return expand(
+        f"{R}/{w.owner}/jacobian/chunks/{w.split}_epoch{w.epoch}.chunk{{chunk}}.h5",
+        chunk=range(n_chunks(w.split)),
+    )
 
 
 def run_files(run):

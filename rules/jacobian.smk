@@ -1,4 +1,5 @@
-# Jacobian stage: one job per chunk of samples (scatter), then one consolidated J (gather).
+# Jacobian stage: one job per chunk of samples (scatter), then J as one virtual dataset over
+# the chunk files (gather): each Jacobian is written once.
 
 
 rule jacobian_chunk:
@@ -6,9 +7,11 @@ rule jacobian_chunk:
         subset=f"{R}/data/subset.h5",
         checkpoint=checkpoint_input,
     output:
-        temp(f"{R}/{{owner}}/jacobian/chunks/{{split}}_epoch{{epoch}}.chunk{{chunk}}.h5"),
+        jacobian_output(f"{R}/{{owner}}/jacobian/chunks/{{split}}_epoch{{epoch}}.chunk{{chunk}}.h5"),
     log:
         f"{R}/logs/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.chunk{{chunk}}.log",
+    benchmark:
+        f"{R}/benchmarks/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.chunk{{chunk}}.tsv"
     conda:
         "../workflow/envs/jacobian-spectrum.yaml"
     threads: 1
@@ -27,14 +30,15 @@ rule jacobian_chunk:
 
 rule jacobian_gather:
     input:
-        lambda w: expand(
-            f"{R}/{w.owner}/jacobian/chunks/{w.split}_epoch{w.epoch}.chunk{{chunk}}.h5",
-            chunk=range(n_chunks(w.split)),
-        ),
+        jacobian_chunks,
     output:
         jacobian_output(f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5"),
     log:
         f"{R}/logs/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.gather.log",
+    benchmark:
+        f"{R}/benchmarks/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.gather.tsv"
+    # a gathered J goes to its spectrum before new chunk jobs start: few J's on disk at once
+    priority: 1
     conda:
         "../workflow/envs/jacobian-spectrum.yaml"
     params:

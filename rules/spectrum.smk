@@ -12,6 +12,9 @@ if config["spectrum"]["method"] == "matrix_free":
             f"{R}/{{owner}}/spectrum/{{split}}_epoch{{epoch}}.h5",
         log:
             f"{R}/logs/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.log",
+        benchmark:
+            f"{R}/benchmarks/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.tsv"
+        priority: 2
         conda:
             "../workflow/envs/jacobian-spectrum.yaml"
         threads: config["spectrum"]["threads"]
@@ -30,10 +33,15 @@ else:
     rule spectrum:
         input:
             f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5",
+            # the chunks store J (a virtual dataset over them): they must outlive the spectrum
+            chunks=jacobian_chunks,
         output:
             f"{R}/{{owner}}/spectrum/{{split}}_epoch{{epoch}}.h5",
         log:
             f"{R}/logs/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.log",
+        benchmark:
+            f"{R}/benchmarks/spectrum/{{owner}}/{{split}}_epoch{{epoch}}.tsv"
+        priority: 2
         conda:
             "../workflow/envs/jacobian-spectrum.yaml"
         threads: config["spectrum"]["threads"]

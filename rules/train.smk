@@ -27,6 +27,8 @@ rule train:
         checkpoints=directory(f"{R}/runs/{{run}}/checkpoints"),
     log:
         f"{R}/logs/train/{{run}}.log",
+    benchmark:
+        f"{R}/benchmarks/train/{{run}}.tsv"
     conda:
         "../workflow/envs/jacobian-spectrum.yaml"
     threads: config["training"]["threads"]

@@ -4,6 +4,7 @@ import re
 import h5py
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from jacobian_spectrum.data import (
     DataError,
@@ -458,3 +459,16 @@ def test_a_hostile_cifar10_pickle_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(DataError, match="batches.meta"):
         dataset_info(ds)
     assert not victim.exists()
+
+
+def test_schema_enum_lists_exactly_the_registered_data_sets():
+    """Adding a data set means one registry entry; the schema's enum must follow it."""
+    import yaml
+
+    from jacobian_spectrum.data import DATASETS, open_source
+
+    schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["dataset"]["properties"]["name"]["enum"] == list(DATASETS)
+    for reader in (open_source, dataset_info):
+        with pytest.raises(DataError, match=r"dataset.name: unknown data set 'svhn'; allowed: digits, cifar10"):
+            reader({"name": "svhn"})

@@ -1,10 +1,15 @@
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
 import torch
 
 from jacobian_spectrum.data import build_subset, write_subset
-from jacobian_spectrum.jacobian import compute_chunk, gather, jacobian, layer_norms, parameter_table, probe_errors
+from jacobian_spectrum.h5io import open_checked
+from jacobian_spectrum.jacobian import jacobian, parameter_table
+from jacobian_spectrum.jacobian_probe import probe_errors
+from jacobian_spectrum.jacobian_store import compute_chunk, gather, layer_norms
 from jacobian_spectrum.models import ModelSpec, build_model, save_checkpoint
 
 
@@ -99,6 +104,57 @@ def test_chunked_equals_single_chunk(subset_and_checkpoint):
     assert np.isclose(np.sqrt(sum(v**2 for v in norms.values())), total)
 
 
+def test_gathered_J_is_a_virtual_dataset_over_the_chunks_written_once(subset_and_checkpoint):
+    root = subset_and_checkpoint
+    (root / "chunks").mkdir()
+    paths = [root / "chunks" / p.name for p in chunks(root, 5)]
+    for p in paths:
+        (root / p.name).rename(p)
+    gather(paths, root / "J.h5")
+    with h5py.File(root / "J.h5") as f:
+        assert f["J"].is_virtual
+        assert all(not Path(vs.file_name).is_absolute() for vs in f["J"].virtual_sources())
+        J = f["J"][...]
+    parts = []
+    for p in paths:
+        with h5py.File(p) as c:
+            parts.append(c["J"][...])
+    np.testing.assert_array_equal(J, np.concatenate(parts))
+    # the gathered file holds no copy of J: the chunks are its storage
+    assert (root / "J.h5").stat().st_size < 0.05 * sum(p.stat().st_size for p in paths)
+    # the sources are relative to J's folder: the folder can move
+    moved = root.parent / (root.name + "-moved")
+    root.rename(moved)
+    with open_checked(moved / "J.h5", ["J"], artifact="jacobian") as f:
+        np.testing.assert_array_equal(f["J"][...], J)
+
+
+def test_a_chunk_deleted_or_replaced_after_the_gather_is_named_when_J_is_read(subset_and_checkpoint):
+    from jacobian_spectrum.spectrum import compute_spectrum, gram, read_slab
+
+    root = subset_and_checkpoint
+    paths = chunks(root, 11)
+    gather(paths, root / "J.h5")
+    # a chunk of another checkpoint under the same name
+    spec = ModelSpec("resnet20", 1, 8, 3, width=0.125)
+    save_checkpoint(root / "epoch5.pt", build_model(spec, seed=1), spec, 5)
+    compute_chunk(root / "epoch5.pt", root / "subset.h5", "train", 1, 11, root / "other.h5")
+    paths[1].rename(root / "kept.h5")
+    (root / "other.h5").rename(paths[1])
+    with pytest.raises(ValueError, match=r"J.h5: J is stored in .*c1.h5, whose checkpoint is .*epoch5.pt"):
+        open_checked(root / "J.h5", ["J"], artifact="jacobian")
+    # a missing chunk is named, not read as fill values
+    paths[1].unlink()
+    settings = {"info_dim": 5, "method": "full", "memory_budget_mb": 100, "threads": 1}
+    with pytest.raises(FileNotFoundError, match=r"J.h5: J is stored in .*c1.h5, which does not exist"):
+        compute_spectrum(root / "J.h5", settings)
+    with pytest.raises(FileNotFoundError, match=r"c1.h5, which does not exist"):
+        gram(root / "J.h5", 100, 1)
+    # a reader that skips the check reads NaN (the fill value) there, which every check of J refuses
+    slab = read_slab(root / "J.h5", 0, 5)
+    assert np.isnan(slab[33:66]).all() and np.isfinite(slab[:33]).all()
+
+
 def test_deleted_chunk_makes_the_gather_fail_naming_it(subset_and_checkpoint):
     root = subset_and_checkpoint
     paths = chunks(root, 5)
@@ -133,14 +189,14 @@ def test_nan_in_a_chunk_is_refused(subset_and_checkpoint):
 
 
 def test_layer_path_equals_the_torch_func_path():
-    from jacobian_spectrum.jacobian import _layers, jacobian_by_layers, jacobian_vmap
+    from jacobian_spectrum.jacobian import jacobian_by_layers, jacobian_vmap, plain_layers
 
     for spec in (ModelSpec("resnet20", 1, 8, 3, width=0.25), ModelSpec("resnet20", 3, 12, 4, width=0.125)):
         model = build_model(spec, seed=1).double()
         x = torch.randn(5, spec.in_channels, spec.image_size, spec.image_size, dtype=torch.float64)
-        assert torch.allclose(jacobian_by_layers(model, x, _layers(model)), jacobian_vmap(model, x), atol=1e-12)
+        assert torch.allclose(jacobian_by_layers(model, x, plain_layers(model)), jacobian_vmap(model, x), atol=1e-12)
     # a network with a parameter outside Linear/Conv2d takes the torch.func path
-    assert _layers(build_model(ModelSpec("one_hidden", 1, 4, 3, hidden=8))) is None
+    assert plain_layers(build_model(ModelSpec("one_hidden", 1, 4, 3, hidden=8))) is None
 
 
 def per_sample_conv_grads(conv, a, backprops):
@@ -194,12 +250,12 @@ def test_conv_grads_equal_per_sample_autograd(method, c_in, c_out, hw, kernel, s
 
 
 def test_larger_images_take_the_grouped_path_and_agree_with_torch_func():
-    from jacobian_spectrum.jacobian import _layers, grouped_conv_is_faster, jacobian_vmap
+    from jacobian_spectrum.jacobian import grouped_conv_is_faster, jacobian_vmap, plain_layers
 
     spec = ModelSpec("resnet20", 3, 16, 3, width=0.5)  # 8 channels on 16x16 maps: grouped on CPU
     model = build_model(spec, seed=2).double()
     x = torch.randn(4, 3, 16, 16, dtype=torch.float64)
-    convs = [m for _, m in _layers(model) if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for _, m in plain_layers(model) if isinstance(m, torch.nn.Conv2d)]
     assert grouped_conv_is_faster(convs[1].in_channels, 16 * 16, torch.device("cpu"))
     assert not grouped_conv_is_faster(convs[0].in_channels, 16 * 16, torch.device("cpu"))  # 3-channel input
     assert torch.allclose(jacobian(model, x, batch_size=3), jacobian_vmap(model, x), atol=1e-12)
@@ -225,12 +281,18 @@ def test_workspace_views_are_disjoint_and_grow():
 
 
 def test_batch_size_keeps_the_batch_memory_under_the_budget():
-    from jacobian_spectrum.jacobian import BATCH_MEMORY_BYTES, MAX_BATCH, _layers, _per_sample_sizes, batch_size_for
+    from jacobian_spectrum.jacobian import (
+        BATCH_MEMORY_BYTES,
+        MAX_BATCH,
+        _per_sample_sizes,
+        batch_size_for,
+        plain_layers,
+    )
 
     sizes = []
     for spec in (ModelSpec("resnet20", 1, 8, 3, width=0.25), ModelSpec("resnet20", 3, 32, 3, width=1.0)):
         model = build_model(spec, seed=0)
-        layers = _layers(model)
+        layers = plain_layers(model)
         k, activations = _per_sample_sizes(
             model, layers, torch.randn(1, spec.in_channels, spec.image_size, spec.image_size)
         )
@@ -289,7 +351,8 @@ def test_streamed_chunk_equals_the_jacobian_in_memory(subset_and_checkpoint, mon
 
 
 def test_probe_check_catches_a_wrong_or_missing_batch():
-    from jacobian_spectrum.jacobian import ProbeCheck, batch_slices
+    from jacobian_spectrum.jacobian import batch_slices
+    from jacobian_spectrum.jacobian_probe import ProbeCheck
 
     model = small_resnet()
     x = torch.randn(9, 1, 8, 8)
@@ -331,13 +394,13 @@ def test_nan_in_a_batch_stops_the_chunk_job_naming_the_rows(subset_and_checkpoin
 
 
 def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkpoint, monkeypatch):
-    from jacobian_spectrum import jacobian as jac
+    from jacobian_spectrum import jacobian_store
 
     root = subset_and_checkpoint
     paths = chunks(root, 5)
     gather(paths, root / "whole.h5")
     p = parameter_table(small_resnet())[-1]
-    monkeypatch.setattr(jac, "GATHER_READ_BYTES", 4 * 4 * (p.offset + p.size))  # 4 rows per read
+    monkeypatch.setattr(jacobian_store, "GATHER_READ_BYTES", 4 * 4 * (p.offset + p.size))  # 4 rows per read
     gather(paths, root / "blocks.h5")
     with h5py.File(root / "whole.h5") as a, h5py.File(root / "blocks.h5") as b:
         np.testing.assert_array_equal(a["J"][...], b["J"][...])

@@ -96,23 +96,23 @@ KILL_CONFIG = {
 }
 
 
+def workflow_args(results, config_file, target) -> list[str]:
+    return [target, "--cores", "1", "--configfile", str(TINY), str(config_file), "--config", f"results={results}"]
+
+
 def start(results, config_file, target):
-    # --nolock: a SIGKILLed snakemake leaves its lock behind, as on a cluster node that died
-    cmd = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        target,
-        "--cores",
-        "1",
-        "--nolock",
-        "--configfile",
-        str(TINY),
-        str(config_file),
-        "--config",
-        f"results={results}",
-    ]
+    """The workflow as a user starts it, in its own process group (so the whole of it can be killed)."""
+    cmd = [sys.executable, "-m", "snakemake", *workflow_args(results, config_file, target)]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def recover(results, config_file, target) -> None:
+    """The README's recovery from a killed workflow: a plain rerun is refused (the killed
+    snakemake left its lock), ``--unlock`` removes the lock, ``--rerun-incomplete`` goes on."""
+    args = workflow_args(results, config_file, target)
+    refused = snakemake(*args, check=False)
+    assert refused.returncode != 0 and "Directory cannot be locked" in refused.stdout + refused.stderr
+    snakemake(*args, "--unlock")
 
 
 def kill_when(proc, condition, timeout=300):
@@ -138,14 +138,15 @@ def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp
         target.format(r=clean), "--cores", "1", "--configfile", str(TINY), str(config), "--config", f"results={clean}"
     )
 
-    # 1. SIGKILL the training job after its resume state at epoch 20 was written
+    # 1. SIGKILL the whole workflow (snakemake and its jobs) after training wrote its resume state at epoch 20
     log = killed / "logs/train/sgd_clean.log"
     proc = start(killed, config, target.format(r=killed))
     kill_when(proc, lambda: log.exists() and "epoch 22/40" in log.read_text())
     assert (killed / "runs/sgd_clean/resume/state.pt").exists()
     assert not (killed / "runs/sgd_clean/trajectory.h5").exists()
+    recover(killed, config, target.format(r=killed))
 
-    # 2. rerun; SIGKILL a Jacobian chunk job while it runs
+    # 2. rerun; SIGKILL the whole workflow while a Jacobian chunk job runs
     chunk_log = killed / "logs/jacobian/runs/sgd_clean/train_epoch40.chunk0.log"
     proc = start(killed, config, target.format(r=killed))
     kill_when(proc, lambda: chunk_log.exists())
@@ -153,20 +154,10 @@ def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp
     for chunk in (killed / "runs/sgd_clean/jacobian/chunks").glob("*.h5"):
         with h5py.File(chunk) as f:  # a chunk file under its final name is complete
             assert f["J"].shape[0] == f.attrs["row_stop"] - f.attrs["row_start"]
+    recover(killed, config, target.format(r=killed))
 
     # 3. rerun to the end: equal to the uninterrupted run
-    snakemake(
-        target.format(r=killed),
-        "--cores",
-        "1",
-        "--nolock",
-        "--rerun-incomplete",
-        "--configfile",
-        str(TINY),
-        str(config),
-        "--config",
-        f"results={killed}",
-    )
+    snakemake(*workflow_args(killed, config, target.format(r=killed)), "--rerun-incomplete")
     assert_h5_trees_equal(clean, killed, rtol=0, atol=0, csv_files=False)
     for epoch in (0, 40):
         a = torch.load(clean / f"runs/sgd_clean/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]

@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -6,11 +7,14 @@ import textwrap
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from jacobian_spectrum.data import one_hot
 from jacobian_spectrum.h5io import write_provenance
-from jacobian_spectrum.measure import flatten_rows, one_hot_vector, projection_ratios, residual_energies
+from jacobian_spectrum.measure import flatten_rows, projection_ratios, residual_energies
 from jacobian_spectrum.spectrum import (
     compute_spectrum,
+    eigh_descending,
     gram,
     read_spectrum,
     slab_width,
@@ -163,7 +167,7 @@ def test_vectors_are_ordered_as_J_rows():
     assert all(v[i * 3 + k] == P[i, k] for i in range(4) for k in range(3))
     # a J whose only column is y: the information space is exactly span(y) in that order
     labels = np.random.default_rng(1).integers(0, 3, 40)
-    y = one_hot_vector(labels, 3)
+    y = flatten_rows(one_hot(labels, 3))
     U = (y / np.linalg.norm(y))[:, None]
     assert projection_ratios(y, U, np.array([np.linalg.norm(y)]))[0] == pytest.approx(1.0)
     class_major = np.eye(3)[labels].T.reshape(-1)
@@ -201,3 +205,73 @@ def test_gram_on_a_dask_distributed_cluster(tmp_path):
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         G = gram(path, memory_budget_mb=0.1, threads=2, scheduler=cluster.scheduler_address)
     assert np.allclose(G, J.astype(np.float64) @ J.astype(np.float64).T, rtol=1e-12, atol=1e-9)
+
+
+# ---------------------------------------------------------------- the Gram step and eigh on a torch device
+NO_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gram_on_device_equals_the_cpu_gram(tmp_path, device, dtype):
+    from jacobian_spectrum.spectrum_device import gram_on_device
+
+    J = random_J("low_rank", np.random.default_rng(1)).astype(dtype)
+    path = write_J(tmp_path / "J.h5", J)
+    expected = gram(path, 2, 1)
+    for budget in (0.05, 0.3, 50):  # many slabs with a short last one, a few, one
+        G = gram_on_device(path, device, budget).cpu().numpy()
+        assert np.abs(G - expected).max() <= 1e-12 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gram_on_device_names_the_columns_holding_nan(tmp_path, device):
+    from jacobian_spectrum.spectrum_device import gram_on_device
+
+    J = random_J("random", np.random.default_rng(2)).astype(np.float32)
+    J[7, 650] = np.inf
+    path = write_J(tmp_path / "J.h5", J)
+    with pytest.raises(ValueError, match=r"J.h5: J holds NaN or Inf in columns (\d+)\.\.(\d+)") as err:
+        gram_on_device(path, device, 0.05)
+    start, stop = (int(v) for v in re.search(r"columns (\d+)\.\.(\d+)", str(err.value)).groups())
+    assert start <= 650 < stop and stop - start < 700  # the slab that holds it, not all of J
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_eigh_checked_equals_lapack_and_falls_back_when_the_solver_fails(device, monkeypatch, caplog):
+    from jacobian_spectrum.spectrum_device import eigh_checked
+
+    J = random_J("low_rank", np.random.default_rng(3))
+    G = J @ J.T
+    w_ref, V_ref = eigh_descending(G)
+    w, V = eigh_checked(torch.from_numpy(G).to(device))
+    assert np.abs(w - w_ref).max() <= 1e-12 * w_ref[0]
+    assert np.allclose(np.abs(np.sum(V[:, :15] * V_ref[:, :15], axis=0)), 1, atol=1e-8)
+    # a solver that returns wrong vectors (as cuSOLVER's syevd has at some sizes), or fails outright
+    real = torch.linalg.eigh
+    for broken in (lambda A: (real(A)[0], torch.eye(len(A), dtype=A.dtype, device=A.device)), None):
+
+        def fake(A, broken=broken):
+            if broken is None:
+                raise RuntimeError("cusolver error: CUSOLVER_STATUS_EXECUTION_FAILED")
+            return broken(A)
+
+        monkeypatch.setattr(torch.linalg, "eigh", fake)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="jacobian_spectrum"):
+            w, V = eigh_checked(torch.from_numpy(G).to(device))
+        assert "using the CPU solver (LAPACK) instead" in caplog.text
+        assert np.abs(w - w_ref).max() <= 1e-12 * w_ref[0]
+        monkeypatch.setattr(torch.linalg, "eigh", real)
+
+
+@NO_CUDA
+def test_full_spectrum_on_the_gpu_equals_the_cpu_path(tmp_path):
+    J = random_J("low_rank", np.random.default_rng(4)).astype(np.float32)
+    path = write_J(tmp_path / "J.h5", J)
+    cpu = compute_spectrum(path, SETTINGS, "cpu")
+    gpu = compute_spectrum(path, SETTINGS, "cuda")
+    floor = 1e-8 * cpu.singular_values[0]  # the float64 floor of the Gram route
+    assert np.abs(gpu.singular_values - cpu.singular_values).max() <= floor
+    assert np.allclose(np.abs(np.sum(gpu.U * cpu.U, axis=0)), 1, atol=1e-6)

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from jacobian_spectrum import theory as T
+from jacobian_spectrum import theory_figures as TF
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -277,9 +278,9 @@ def test_linear_outputs(tmp_path, linear_instance):
     """(h) fig2 PNG/PDF are non-empty images; fig2.csv has the documented columns."""
     _, result = linear_instance
     paths = [tmp_path / "fig2.png", tmp_path / "fig2.pdf"]
-    T.plot_linear_model(result, paths)
+    TF.plot_linear_model(result, paths)
     _check_figure_files(paths)
-    T.write_linear_csv(result, tmp_path / "fig2.csv")
+    TF.write_linear_csv(result, tmp_path / "fig2.csv")
     with open(tmp_path / "fig2.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0].keys()) == ("iteration", "loss", "loss_information", "loss_nuisance")
@@ -292,9 +293,9 @@ def test_mixture_outputs(tmp_path, mixture_default):
     """(h) fig4 PNG/PDF are non-empty images; fig4.csv has the documented columns."""
     r = mixture_default
     paths = [tmp_path / "fig4.png", tmp_path / "fig4.pdf"]
-    T.plot_mixture_spectra(r, paths)
+    TF.plot_mixture_spectra(r, paths)
     _check_figure_files(paths)
-    T.write_mixture_csv(r, tmp_path / "fig4.csv")
+    TF.write_mixture_csv(r, tmp_path / "fig4.csv")
     with open(tmp_path / "fig4.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert tuple(rows[0].keys()) == ("n", "index", "singular_value_normalised", "expected_singular_value_normalised")

@@ -12,16 +12,8 @@ from jacobian_spectrum.models import (
     read_checkpoint,
     save_checkpoint,
 )
-from jacobian_spectrum.train import (
-    TrainSettings,
-    augment,
-    errors,
-    least_squares_loss,
-    predict,
-    read_trajectory,
-    train,
-    write_trajectory,
-)
+from jacobian_spectrum.train import TrainSettings, augment, least_squares_loss, predict, train
+from jacobian_spectrum.trajectory import errors, read_trajectory, write_trajectory
 
 
 def test_resnet20_has_the_papers_parameter_count():

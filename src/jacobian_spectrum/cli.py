@@ -1,7 +1,9 @@
-"""Command line: ``python -m jacobian_spectrum inspect FILE`` (or ``jacobian-spectrum inspect``).
+"""Command line (``python -m jacobian_spectrum`` or ``jacobian-spectrum``).
 
-Prints any of the workflow's HDF5 files as a tree with shapes, dtypes and attrs; for a
-Jacobian also the Frobenius norm of each parameter tensor's column block.
+``inspect FILE...`` prints any of the workflow's HDF5 files as a tree with shapes, dtypes and
+attrs; for a Jacobian also the Frobenius norm of each parameter tensor's column block.
+``plan [--configfile FILE] [--device cpu|cuda] [--cores N]`` prints each step's expected
+time, memory, GPU memory and disk before a run (:mod:`jacobian_spectrum.plan`).
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ def describe(path: str | Path, out=sys.stdout) -> None:
         f.visititems(visit)
         is_jacobian = f.attrs.get("artifact") in ("jacobian", "jacobian_chunk")
     if is_jacobian:
-        from .jacobian import layer_norms
+        from .jacobian_store import layer_norms
 
         norms = layer_norms(path)
         total = float(np.sqrt(sum(v**2 for _, v in norms)))
@@ -63,7 +65,23 @@ def main(argv: list[str] | None = None) -> int:
         "inspect", help="print an HDF5 artifact as a tree (shapes, dtypes, attrs; J: per-layer norms)"
     )
     p_inspect.add_argument("files", nargs="+")
+    p_plan = sub.add_parser(
+        "plan", help="expected time, memory, GPU memory and disk of each step of a config, before running it"
+    )
+    p_plan.add_argument("--configfile", default=None, help="the config to plan (default: config.yaml)")
+    p_plan.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the heavy steps will run")
+    p_plan.add_argument("--cores", type=int, default=0, help="cores Snakemake will use (default: this machine's)")
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        from snakemake.exceptions import WorkflowError
+
+        from .plan import main_plan
+
+        try:
+            return main_plan(args.configfile, args.device, args.cores)
+        except (OSError, ValueError, RuntimeError, WorkflowError) as exc:  # a missing or invalid config, no CUDA
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     status = 0
     for path in args.files:
         try:

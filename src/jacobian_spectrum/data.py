@@ -20,7 +20,7 @@ import pickle
 import shutil
 import tarfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -270,22 +270,6 @@ def _read_image(path: Path, shape: tuple[int, int, int] | None) -> np.ndarray:
     return a
 
 
-def open_source(dataset: Mapping) -> Source:
-    """Open the data set named in the ``dataset`` config section."""
-    name = dataset["name"]
-    if name == "digits":
-        return _digits()
-    if name == "cifar10":
-        return _cifar10(dataset.get("root"), dataset.get("download", False))
-    if name == "imagefolder":
-        return _imagefolder(dataset.get("root"))
-    if name in ("mnist", "fashion_mnist"):
-        return _mnist_like(name, dataset.get("root"), dataset.get("download", False))
-    raise DataError(
-        f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist"
-    )
-
-
 # ---------------------------------------------------------------- image archives
 ARCHIVE_MANIFEST = "ARCHIVE.json"  # written last by extract_archive: the folder is complete
 
@@ -437,56 +421,94 @@ def _idx_labels(path: Path) -> np.ndarray:
     return np.frombuffer(_check_idx(path, 1), dtype=np.uint8, offset=8).astype(np.int64)
 
 
+def _digits_info(dataset: Mapping) -> DatasetInfo:
+    src = _digits()
+    counts = np.bincount(src.labels["train"], minlength=10)
+    return DatasetInfo(src.class_names, {"train": counts, "test": counts}, False)
+
+
+def _cifar10_info(dataset: Mapping) -> DatasetInfo:
+    root = dataset.get("root")
+    if root is not None and (cifar10_folder(root) / "batches.meta").is_file():
+        names = list(_unpickle(cifar10_folder(root) / "batches.meta")["label_names"])
+    elif dataset.get("download") and root is not None:
+        names = list(CIFAR10_CLASSES)
+    else:
+        raise DataError(
+            f"dataset.root: no CIFAR-10 at {None if root is None else cifar10_folder(root)} "
+            "(the official cifar-10-batches-py release: batches.meta, data_batch_1..5, test_batch); "
+            "put it there or set dataset.download: true where a network is reachable"
+        )
+    return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True)
+
+
+def _mnist_like_info(dataset: Mapping) -> DatasetInfo:
+    name, root = dataset["name"], dataset.get("root")
+    raw = None if root is None else Path(root) / _tv_class(name) / "raw"
+    names = [str(c) for c in range(10)] if name == "mnist" else list(FASHION_CLASSES)
+    files = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
+    if raw is None or not all((raw / f).is_file() for f in files.values()):
+        if dataset.get("download") and root is not None:
+            return DatasetInfo(names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True)
+        raise DataError(
+            f"dataset.root: no {name} idx files in {raw} ({', '.join(files.values())} and the image files); "
+            "put them there or set dataset.download: true where a network is reachable"
+        )
+    return DatasetInfo(names, {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}, True)
+
+
+def _imagefolder_info(dataset: Mapping) -> DatasetInfo:
+    root = dataset.get("root")
+    if dataset.get("archive") and (root is None or not (Path(root) / ARCHIVE_MANIFEST).is_file()):
+        return archive_info(dataset["archive"])  # not unpacked yet: the workflow's first job does it
+    if root is None or not (Path(root) / "train").is_dir():
+        raise DataError(
+            f"dataset.root: no image folder at {root} (expected {root}/train/<class>/ and {root}/test/<class>/); "
+            "or set dataset.archive to an archive of that layout for the workflow to unpack"
+        )
+    names = sorted(d.name for d in (Path(root) / "train").iterdir() if d.is_dir())
+    per_class = {}
+    for split in SPLITS:
+        folder = Path(root) / split
+        per_class[split] = np.array([len(_image_files(folder / c)) if (folder / c).is_dir() else 0 for c in names])
+    return DatasetInfo(names, per_class, True)
+
+
+# ---------------------------------------------------------------- the registry
+@dataclass(frozen=True)
+class DatasetReader:
+    """How the workflow reads one data set: its images and labels, and cheaply its classes and counts."""
+
+    open: Callable[[Mapping], Source]
+    info: Callable[[Mapping], DatasetInfo]
+
+
+# The schema's dataset.name enum lists exactly these names (tests/test_data.py checks it).
+DATASETS: dict[str, DatasetReader] = {
+    "digits": DatasetReader(lambda d: _digits(), _digits_info),
+    "cifar10": DatasetReader(lambda d: _cifar10(d.get("root"), d.get("download", False)), _cifar10_info),
+    "imagefolder": DatasetReader(lambda d: _imagefolder(d.get("root")), _imagefolder_info),
+    "mnist": DatasetReader(lambda d: _mnist_like("mnist", d.get("root"), d.get("download", False)), _mnist_like_info),
+    "fashion_mnist": DatasetReader(
+        lambda d: _mnist_like("fashion_mnist", d.get("root"), d.get("download", False)), _mnist_like_info
+    ),
+}
+
+
+def _reader(name: str) -> DatasetReader:
+    if name not in DATASETS:
+        raise DataError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+    return DATASETS[name]
+
+
+def open_source(dataset: Mapping) -> Source:
+    """Open the data set named in the ``dataset`` config section."""
+    return _reader(dataset["name"]).open(dataset)
+
+
 def dataset_info(dataset: Mapping) -> DatasetInfo:
     """Class names and per-class counts, read cheaply (no image decoding) to check a config."""
-    name, root = dataset["name"], dataset.get("root")
-    if name == "digits":
-        src = _digits()
-        counts = np.bincount(src.labels["train"], minlength=10)
-        return DatasetInfo(src.class_names, {"train": counts, "test": counts}, False)
-    if name == "cifar10":
-        if root is None or not (cifar10_folder(root) / "batches.meta").is_file():
-            if dataset.get("download") and root is not None:
-                names = list(CIFAR10_CLASSES)
-            else:
-                raise DataError(
-                    f"dataset.root: no CIFAR-10 at {None if root is None else cifar10_folder(root)} "
-                    "(the official cifar-10-batches-py release: batches.meta, data_batch_1..5, test_batch); "
-                    "put it there or set dataset.download: true where a network is reachable"
-                )
-        else:
-            names = list(_unpickle(cifar10_folder(root) / "batches.meta")["label_names"])
-        return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True)
-    if name in ("mnist", "fashion_mnist"):
-        raw = None if root is None else Path(root) / _tv_class(name) / "raw"
-        names = [str(c) for c in range(10)] if name == "mnist" else list(FASHION_CLASSES)
-        files = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
-        if raw is None or not all((raw / f).is_file() for f in files.values()):
-            if dataset.get("download") and root is not None:
-                return DatasetInfo(names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True)
-            raise DataError(
-                f"dataset.root: no {name} idx files in {raw} ({', '.join(files.values())} and the image files); "
-                "put them there or set dataset.download: true where a network is reachable"
-            )
-        return DatasetInfo(names, {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}, True)
-    if name == "imagefolder":
-        if dataset.get("archive") and (root is None or not (Path(root) / ARCHIVE_MANIFEST).is_file()):
-            return archive_info(dataset["archive"])  # not unpacked yet: the workflow's first job does it
-        if root is None or not (Path(root) / "train").is_dir():
-            raise DataError(
-                f"dataset.root: no image folder at {root} (expected {root}/train/<class>/ and {root}/test/<class>/); "
-                "or set dataset.archive to an archive of that layout for the workflow to unpack"
-            )
-        names = sorted(d.name for d in (Path(root) / "train").iterdir() if d.is_dir())
-        per_class = {}
-        for split in SPLITS:
-            per_class[split] = np.array(
-                [len(_image_files(Path(root) / split / c)) if (Path(root) / split / c).is_dir() else 0 for c in names]
-            )
-        return DatasetInfo(names, per_class, True)
-    raise DataError(
-        f"dataset.name: unknown data set {name!r}; allowed: digits, cifar10, imagefolder, mnist, fashion_mnist"
-    )
+    return _reader(dataset["name"]).info(dataset)
 
 
 def resolve_classes(requested: list, class_names: list[str]) -> list[int]:
@@ -628,6 +650,11 @@ def read_split(path: str | os.PathLike, split: str) -> SplitData:
 
 
 # ---------------------------------------------------------------- label corruption
+def one_hot(labels: np.ndarray, num_classes: int, dtype: type = np.float64) -> np.ndarray:
+    """One-hot rows (n, K) of int labels: the least-squares targets y of the paper."""
+    return np.eye(num_classes, dtype=dtype)[np.asarray(labels)]
+
+
 def corrupt_labels(y: np.ndarray, num_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Replace exactly round(fraction * n) labels by a label drawn uniformly from the K - 1 others.
 

@@ -18,7 +18,7 @@ import numpy as np  # noqa: E402
 
 from .h5io import atomic_path, open_checked  # noqa: E402
 from .measure import TABLE_COLUMNS, TABLE_ROWS  # noqa: E402
-from .train import TrajectoryData, read_trajectory  # noqa: E402
+from .trajectory import TrajectoryData, read_trajectory  # noqa: E402
 
 # The paper's printed Tables 1-3 (CIFAR-10, 3 classes, n = 9999, ResNet20, r = 50):
 # rows J_init, J_final; columns as TABLE_COLUMNS.
@@ -50,6 +50,14 @@ def window_min(values: np.ndarray, window: int) -> np.ndarray:
     for t in range(len(values)):
         out[t] = values[max(0, t - window + 1) : t + 1].min()
     return out
+
+
+def write_csv(path: str | Path, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A CSV file with a header row, written atomically (every figure's data file)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        writer.writerows(rows)
 
 
 def save_figure(fig: plt.Figure, paths: Sequence[str | Path]) -> None:
@@ -144,14 +152,6 @@ def _error_panel(ax, traj: TrajectoryData, window: int, title: str, mark_epoch: 
     ax.legend(fontsize=7)
 
 
-MEAS_NAMES = (
-    "residual/train/information",
-    "residual/train/nuisance",
-    "residual/test/information",
-    "residual/test/nuisance",
-)
-
-
 def _read_run(measurements: str | Path, trajectory: str | Path) -> tuple[dict, TrajectoryData]:
     from .measure import read_measurements
 
@@ -199,14 +199,10 @@ def residual_figure(
 
 
 # ---------------------------------------------------------------- Figure 9
-def figure9(
-    runs: Mapping[str, tuple[str | Path, str | Path]],
-    corruption: Mapping[str, float],
-    window: int,
-    paths: Sequence[str | Path],
-    csv_path: str | Path | None = None,
+def figure9_rows(
+    runs: Mapping[str, tuple[str | Path, str | Path]], corruption: Mapping[str, float], window: int
 ) -> list[dict]:
-    """Label energy on N of J_init and J_final, and test error, versus corruption level."""
+    """Figure 9's values per run (measurements and trajectory files), by corruption level."""
     rows = []
     for run, (meas_path, traj_path) in runs.items():
         m, traj = _read_run(meas_path, traj_path)
@@ -219,7 +215,18 @@ def figure9(
                 "final_test_error": float(window_min(traj.test_error, window)[-1]),
             }
         )
-    rows.sort(key=lambda r: r["corruption"])
+    return sorted(rows, key=lambda r: r["corruption"])
+
+
+def figure9(
+    runs: Mapping[str, tuple[str | Path, str | Path]],
+    corruption: Mapping[str, float],
+    window: int,
+    paths: Sequence[str | Path],
+    csv_path: str | Path | None = None,
+) -> list[dict]:
+    """Label energy on N of J_init and J_final, and test error, versus corruption level."""
+    rows = figure9_rows(runs, corruption, window)
     x = 100 * np.array([r["corruption"] for r in rows])
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(
@@ -250,10 +257,7 @@ def figure9(
     ax.legend(fontsize=7)
     save_figure(fig, paths)
     if csv_path is not None:
-        with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
+        write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
     return rows
 
 
@@ -273,11 +277,11 @@ def write_table(number: int, measurements: str | Path, out: Mapping[str, str | P
         values = f["alignment/values"][...]
         run = f.attrs["run"]
     title = f"{PAPER_TABLE_TITLES[number]} (run {run}; {scale})"
-    with atomic_path(out["csv"]) as tmp, open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["jacobian", *TABLE_COLUMNS])
-        for name, row in zip(TABLE_ROWS, values):
-            w.writerow([name, *(repr(float(v)) for v in row)])
+    write_csv(
+        out["csv"],
+        ["jacobian", *TABLE_COLUMNS],
+        [[name, *(repr(float(v)) for v in row)] for name, row in zip(TABLE_ROWS, values)],
+    )
     md = [f"**{title}**", "", "| | " + " | ".join(markdown_columns()) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
     md += [f"| {name} | " + " | ".join(format_value(v) for v in row) + " |" for name, row in zip(TABLE_ROWS, values)]
     with atomic_path(out["md"]) as tmp:

@@ -134,7 +134,45 @@ def open_checked(path: str | Path, datasets: Sequence[str] = (), artifact: str |
         found = f.attrs.get("artifact")
         f.close()
         raise ValueError(f"{path}: expected a {artifact!r} file, found artifact={found!r}")
+    try:
+        for name in datasets:
+            check_virtual_sources(f, name, path)
+    except Exception:
+        f.close()
+        raise
     return f
+
+
+def check_virtual_sources(f: h5py.File, name: str, path: str | Path) -> None:
+    """For a virtual dataset (a Jacobian over its chunk files): every source file exists, holds
+    the source dataset in the mapped shape, and comes from the same checkpoint, split and rows,
+    so that a missing or replaced source is named instead of read as fill values."""
+    dset = f[name]
+    if not isinstance(dset, h5py.Dataset) or not dset.is_virtual:
+        return
+    folder = Path(path).resolve().parent
+    for vs in dset.virtual_sources():
+        source = Path(vs.file_name) if Path(vs.file_name).is_absolute() else folder / vs.file_name
+        what = f"{path}: {name} is stored in {source}"
+        if not source.is_file():
+            raise FileNotFoundError(f"{what}, which does not exist; delete {path} and rerun to rebuild both")
+        try:
+            g = h5py.File(source, "r")
+        except OSError as exc:
+            raise ValueError(f"{what}, which is not a readable HDF5 file (truncated or corrupted?): {exc}") from exc
+        # the part of the virtual dataset this source fills: its shape is the source's
+        lo, hi = vs.vspace.get_select_bounds()
+        shape = tuple(b - a + 1 for a, b in zip(lo, hi))
+        with g:
+            if vs.dset_name not in g or g[vs.dset_name].shape != shape:
+                found = g[vs.dset_name].shape if vs.dset_name in g else "no dataset"
+                raise ValueError(f"{what}, which holds {found} where {vs.dset_name} {shape} is expected")
+            row_start = lo[0]
+            expected = {k: f.attrs[k] for k in ("checkpoint", "checkpoint_epoch", "split") if k in f.attrs}
+            expected["row_start"] = row_start
+            for key, value in expected.items():
+                if key in g.attrs and g.attrs[key] != value:
+                    raise ValueError(f"{what}, whose {key} is {g.attrs[key]!r}, not {value!r}: it is from another J")
 
 
 def require_finite(array: np.ndarray, what: str, row_offset: int = 0) -> None:

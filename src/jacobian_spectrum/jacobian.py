@@ -1,43 +1,24 @@
-"""Jacobian stage: J = d f(W) / d W of all K outputs on all n samples, chunked, stored in HDF5.
+"""Jacobian stage, the computation: J = d f(W) / d W of all K outputs on n samples.
 
-Layout of J (nK x p): rows sample-major (row = i*K + k: sample i of the split, output k),
-columns in the order of the parameter table stored beside it (name, offset, size, shape of
-every trained tensor), so ``J[:, offset:offset + size]`` is one layer.
-
-Memory of one chunk job (b samples per batch, s = itemsize, 4 for float32, p_max = the
-largest layer's parameter count, A = layer-output values per sample; b is chosen by
-:func:`batch_size_for` to keep all but the first term under 512 MiB). The job computes J
-batch by batch and writes each batch's rows to its file before the next (:func:`compute_chunk`),
-so nothing scales with the chunk size:
-  b K p s                 one batch's rows of J (one buffer, reused)
-  + b K p_max s (x2)      one layer's per-sample weight gradients (workspace; x2 while a
-                          grouped-convolution result is copied out)
-  + ~ (K + 4) b A s       the batch's activations, autograd's saved tensors and the K
-                          backprops to every layer (the probe check's jvp/vjp of the batch
-                          need about as much)
-  + 4 MiB                 the probe check's float64 row blocks
-Measured (peak RSS, ``python bench/jacobian_chunk.py``): 1.5 GiB for the width-1 ResNet20
-at 3x32x32 (p = 268,579, A = 188,419, b = 85-86) with chunks of 256, 512 and 600 samples,
-of which 0.5 GiB is the Python process with torch imported.
+Rows sample-major (row = i*K + k: sample i, output k), columns in the order of
+:func:`parameter_table` (every trained tensor in ``named_parameters`` order), so
+``J[:, offset:offset + size]`` is one layer. Plain Conv2d/Linear networks take the per-layer
+path (:func:`jacobian_by_layers`: one backward per output, per-sample weight gradients from
+the saved activations); any other network the ``torch.func`` path (:func:`jacobian_vmap`).
+:mod:`jacobian_probe` checks the result, :mod:`jacobian_store` writes it to chunk files and
+gathers them.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
-import h5py
-import numpy as np
 import torch
 from torch import nn
-from torch.func import functional_call, jacrev, jvp, vmap
+from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
-
-from .h5io import atomic_h5, open_checked, require_finite, write_provenance
-from .logs import logger
 
 ROW_ORDER = "sample-major: row = i*K + k (sample i of the split, output k)"
 
@@ -60,13 +41,13 @@ def parameter_table(model: nn.Module) -> list[ParameterEntry]:
     return table
 
 
-def _split_params(model: nn.Module) -> tuple[dict, dict]:
+def split_params(model: nn.Module) -> tuple[dict, dict]:
     params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
     buffers = {n: b.detach() for n, b in model.named_buffers()}
     return params, buffers
 
 
-def _layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
+def plain_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
     """Modules holding the trained parameters, if all are plain Linear / Conv2d layers."""
     layers = []
     for name, module in model.named_modules():
@@ -89,12 +70,8 @@ def _layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
 def grouped_conv_is_faster(in_channels: int, output_pixels: int, device: torch.device) -> bool:
     """Whether oneDNN's grouped-convolution backward beats unfold + bmm for this layer on CPU.
 
-    Measured by ``python bench/conv_weight_grads.py`` (1 and 2 threads, 2-core x86-64): with
-    8 or more input channels the grouped call wins by 1.2-2.1x for feature maps of 8x8 and
-    more; it loses on 2x2 maps (0.1-0.9x) and is a toss-up with 3-4 input channels. For 8x8
-    maps with 64 channels the grid varies between runs (0.1-1.5x), and in a whole width-1
-    ResNet20 Jacobian either choice there gives the same time within 5%, so the rule keeps
-    the matmul. A fixed rule rather than a timing picks the method, so that J is bit-for-bit
+    The rule comes from ``bench/conv_weight_grads.py`` (its grid and ratios: docs/benchmarks.md).
+    A fixed rule rather than a timing picks the method, so that J is bit-for-bit
     reproducible. On CUDA the batched matmul is used throughout.
     """
     if device.type != "cpu" or in_channels < 8:
@@ -291,7 +268,7 @@ def jacobian_blocks(
     to disk never holds, nor page-faults in, the whole J.
     """
     model.eval()
-    layers = _layers(model)
+    layers = plain_layers(model)
     if layers is None:
         for batch in batch_slices(len(x), batch_size or VMAP_BATCH):
             block = jacobian_vmap(model, x[batch], batch.stop - batch.start)
@@ -373,7 +350,7 @@ def _per_sample_sizes(model: nn.Module, layers: list[tuple[str, nn.Module]], x1:
 def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = VMAP_BATCH) -> torch.Tensor:
     """J by ``vmap`` over samples of ``jacrev`` over the K outputs (torch.func)."""
     model.eval()
-    params, buffers = _split_params(model)
+    params, buffers = split_params(model)
     names = list(params)
 
     def f(p: dict, xi: torch.Tensor) -> torch.Tensor:
@@ -387,298 +364,3 @@ def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = VMAP_BATC
         b, k = len(xb), jac[names[0]].shape[1]
         blocks.append(torch.cat([jac[n].reshape(b, k, -1) for n in names], dim=2).reshape(b * k, -1))
     return torch.cat(blocks)
-
-
-class ProbeCheck:
-    """Random-probe check of J, fed batch by batch: J v against ``torch.func.jvp`` and
-    u^T J against the vjp (reverse mode), one probe each (v over the columns, u over the rows).
-
-    :meth:`add` takes a batch's samples and its rows of J; the jvp/vjp run on that batch
-    only and the products by J use float64 row blocks of at most 4 MiB, so the check
-    needs no more memory than computing the batch's rows.
-    """
-
-    def __init__(self, model: nn.Module, num_rows: int, num_parameters: int, seed: int = 0) -> None:
-        model.eval()
-        self.model = model
-        self.params, self.buffers = _split_params(model)
-        gen = torch.Generator().manual_seed(seed)
-        self.v = torch.randn(num_parameters, generator=gen, dtype=torch.float64)
-        self.u = torch.randn(num_rows, generator=gen, dtype=torch.float64)
-        self.tangents, off = {}, 0
-        for n, p in self.params.items():
-            self.tangents[n] = self.v[off : off + p.numel()].reshape(p.shape).to(p.dtype).to(p.device)
-            off += p.numel()
-        self.jv, self.Jv = torch.zeros(num_rows, dtype=torch.float64), torch.zeros(num_rows, dtype=torch.float64)
-        self.uj, self.uJ = (
-            torch.zeros(num_parameters, dtype=torch.float64),
-            torch.zeros(num_parameters, dtype=torch.float64),
-        )
-        self.rows_added = torch.zeros(num_rows, dtype=torch.bool)
-
-    def add(self, x: torch.Tensor, rows: slice, J_rows: torch.Tensor) -> None:
-        """The samples ``x`` and their rows ``rows`` of J (``J_rows``, len(x)*K x p)."""
-        if len(J_rows) != rows.stop - rows.start:
-            raise ValueError(f"ProbeCheck.add: {len(J_rows)} rows of J given for rows {rows.start}..{rows.stop}")
-
-        def f(p: dict) -> torch.Tensor:
-            return functional_call(self.model, (p, self.buffers), (x,))
-
-        _, jv = jvp(f, (self.params,), (self.tangents,))
-        # the vjp by reverse mode directly: torch.func.vjp computes the same through
-        # torch.autograd.grad but first imports torch._dynamo, 1.1 s of every chunk job
-        leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
-        out = f(leaves)
-        uj = torch.autograd.grad(
-            out, list(leaves.values()), self.u[rows].reshape(out.shape).to(out.dtype).to(out.device)
-        )
-        self.rows_added[rows] = True
-        self.jv[rows] = jv.reshape(-1).double().cpu()
-        self.uj += torch.cat([g.reshape(-1) for g in uj]).double().cpu()
-        # float64 copies of a few rows at a time, so that both products read them from cache
-        # (4x faster than 64 MiB blocks at CIFAR size)
-        block = max(1, (4 << 20) // (8 * J_rows.shape[1]))
-        for r in range(0, J_rows.shape[0], block):
-            Jd = J_rows[r : r + block].double().cpu()
-            self.Jv[rows.start + r : rows.start + r + len(Jd)] = Jd @ self.v
-            self.uJ.addmv_(Jd.T, self.u[rows.start + r : rows.start + r + len(Jd)])
-
-    def finite(self, rows: slice) -> bool:
-        """Whether the rows ``rows`` of J v are finite: v has no zero entries, so a NaN or Inf
-        in a row of J makes that row's product non-finite. For float32 J the converse holds
-        too (finite float32 values cannot overflow a float64 sum); a float64 J with values
-        near 1e308 could overflow, and then fails the probe check instead."""
-        return bool(torch.isfinite(self.Jv[rows]).all())
-
-    def errors(self) -> tuple[float, float]:
-        """|Jv - jvp| / |jvp| and |u^T J - vjp| / |vjp| (both NaN while rows are missing)."""
-        if not bool(self.rows_added.all()):
-            return math.nan, math.nan
-        err_jvp = float(torch.linalg.norm(self.Jv - self.jv) / torch.linalg.norm(self.jv))
-        err_vjp = float(torch.linalg.norm(self.uJ - self.uj) / torch.linalg.norm(self.uj))
-        return err_jvp, err_vjp
-
-
-def probe_errors(
-    model: nn.Module, x: torch.Tensor, J: torch.Tensor, seed: int = 0, batch_size: int | None = None
-) -> tuple[float, float]:
-    """:class:`ProbeCheck` of a J held in memory, over batches of ``batch_size`` samples
-    (by default as :func:`jacobian` picks them)."""
-    model.eval()
-    if batch_size is None:
-        layers = _layers(model)
-        batch_size = VMAP_BATCH if layers is None else outputs_and_batch_size(model, layers, x)[1]
-    k = J.shape[0] // len(x)
-    check = ProbeCheck(model, J.shape[0], J.shape[1], seed)
-    for batch in batch_slices(len(x), batch_size):
-        rows = slice(batch.start * k, batch.stop * k)
-        check.add(x[batch], rows, J[rows])
-    return check.errors()
-
-
-def _write_table(f: h5py.File, table: Sequence[ParameterEntry]) -> None:
-    g = f.create_group("parameters")
-    g.create_dataset("name", data=[e.name for e in table], dtype=h5py.string_dtype())
-    g.create_dataset("offset", data=np.array([e.offset for e in table], dtype=np.int64))
-    g.create_dataset("size", data=np.array([e.size for e in table], dtype=np.int64))
-    g.create_dataset("shape", data=["x".join(map(str, e.shape)) for e in table], dtype=h5py.string_dtype())
-    g.attrs["meaning"] = "column block of J for each trained tensor: J[:, offset:offset+size], reshaped to shape"
-
-
-def read_table(f: h5py.File) -> list[ParameterEntry]:
-    g = f["parameters"]
-    return [
-        ParameterEntry(
-            n.decode() if isinstance(n, bytes) else n,
-            int(o),
-            int(s),
-            tuple(int(v) for v in str(sh.decode() if isinstance(sh, bytes) else sh).split("x") if v),
-        )
-        for n, o, s, sh in zip(g["name"][...], g["offset"][...], g["size"][...], g["shape"][...])
-    ]
-
-
-@dataclass
-class ChunkSeconds:
-    """Where a chunk job's time went: J's rows, the probe check, writing the file."""
-
-    jacobian: float = 0.0
-    probe_check: float = 0.0
-    write: float = 0.0
-
-
-def compute_chunk(
-    checkpoint: str | Path,
-    subset_path: str | Path,
-    split: str,
-    chunk: int,
-    chunk_size: int,
-    out_path: str | Path,
-    dtype: str = "float32",
-    device: str = "auto",
-    tolerance: float = 1e-4,
-) -> ChunkSeconds:
-    """One job of the scatter: J for samples [chunk*chunk_size, (chunk+1)*chunk_size) of ``split``.
-
-    Each batch's rows are fed to the probe check, checked for NaN/Inf and written to the file
-    as they are computed, so the job holds one batch of J, not the chunk; the probe verdict
-    comes after the last batch, before the file gets its final name. Returns where its time
-    went.
-    """
-    from .data import read_split
-    from .models import load_checkpoint
-    from .train import select_device
-
-    dev = select_device(device)
-    model, payload = load_checkpoint(checkpoint, dev)
-    data = read_split(subset_path, split)
-    n = len(data.y)
-    start, stop = chunk * chunk_size, min(n, (chunk + 1) * chunk_size)
-    if start >= n:
-        raise ValueError(f"chunk {chunk} starts at sample {start} but {split} has only {n} samples")
-    torch_dtype = torch.float64 if dtype == "float64" else torch.float32
-    model = model.to(torch_dtype)
-    x = torch.from_numpy(data.x[start:stop]).to(dev, torch_dtype)
-    shape = jacobian_shape(model, x)
-    k = shape[0] // len(x)
-    check = ProbeCheck(model, *shape, seed=chunk)
-    seconds = ChunkSeconds()
-    # each batch's rows go to the file as they are computed: the job never holds the whole J
-    with atomic_h5(out_path) as f:
-        dset = f.create_dataset("J", shape=shape, dtype=np.float64 if dtype == "float64" else np.float32)
-        t = time.perf_counter()
-        for batch, block in jacobian_blocks(model, x):
-            rows = slice(batch.start * k, batch.stop * k)
-            block_np = block.cpu().numpy()
-            t_j = time.perf_counter()
-            check.add(x[batch], rows, torch.from_numpy(block_np))  # the host copy: no second transfer
-            if not check.finite(rows):  # name the first NaN/Inf (a full scan only then)
-                require_finite(block_np, f"{out_path}: J rows {rows.start}..{rows.stop}", row_offset=rows.start)
-            t_p = time.perf_counter()
-            dset[rows] = block_np
-            seconds.jacobian += t_j - t
-            seconds.probe_check += t_p - t_j
-            t = time.perf_counter()
-            seconds.write += t - t_p
-        err_jvp, err_vjp = check.errors()
-        if not (err_jvp <= tolerance and err_vjp <= tolerance):
-            raise ArithmeticError(
-                f"{out_path}: Jacobian probe check failed: |Jv - jvp|/|jvp| = {err_jvp:.2e}, "
-                f"|u^T J - vjp|/|vjp| = {err_vjp:.2e} "
-                f"(tolerance {tolerance:.0e})"
-            )
-        write_provenance(
-            f,
-            "jacobian_chunk",
-            None,
-            checkpoint=str(checkpoint),
-            checkpoint_epoch=int(payload["epoch"]),
-            split=split,
-            chunk=chunk,
-            sample_start=start,
-            sample_stop=stop,
-            row_start=start * k,
-            row_stop=stop * k,
-            num_classes=k,
-            row_order=ROW_ORDER,
-            dtype=dtype,
-            device=str(dev),
-            probe_error_jvp=err_jvp,
-            probe_error_vjp=err_vjp,
-        )
-        _write_table(f, parameter_table(model))
-    seconds.write += time.perf_counter() - t
-    logger.info(
-        "J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, "
-        "probe check %.1f, writing %.1f",
-        chunk,
-        split,
-        start,
-        stop,
-        *shape,
-        err_jvp,
-        err_vjp,
-        out_path,
-        seconds.jacobian,
-        seconds.probe_check,
-        seconds.write,
-    )
-    return seconds
-
-
-GATHER_READ_BYTES = 256 << 20  # the gather reads chunk files in row blocks of this size: its memory is fixed
-
-
-def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict | None = None) -> None:
-    """Consolidate the chunk files into one ``J``; every chunk is checked, none is filled in.
-
-    A missing, unreadable or foreign chunk (other checkpoint, split or parameter layout),
-    a gap in the rows, or NaN/Inf stops with a message naming the chunk file.
-    """
-    metas = []
-    for path in chunk_paths:
-        with open_checked(path, ["J", "parameters/name"], artifact="jacobian_chunk") as f:
-            metas.append((Path(path), dict(f.attrs), f["J"].shape, read_table(f)))
-    first = metas[0]
-    for path, a, shape, table in metas:
-        for key in ("checkpoint", "checkpoint_epoch", "split", "dtype", "num_classes"):
-            if a[key] != first[1][key]:
-                raise ValueError(
-                    f"{path}: {key} = {a[key]!r} but {first[0]} has {first[1][key]!r}; "
-                    "the chunk is from another Jacobian"
-                )
-        if table != first[3]:
-            raise ValueError(f"{path}: parameter table differs from {first[0]}; the chunk is from another model")
-        if shape[0] != a["row_stop"] - a["row_start"]:
-            raise ValueError(f"{path}: J has {shape[0]} rows, attrs say rows {a['row_start']}..{a['row_stop']}")
-    metas.sort(key=lambda m: int(m[1]["row_start"]))
-    expected = 0
-    for path, a, _, _ in metas:
-        if int(a["row_start"]) != expected:
-            raise ValueError(
-                f"{path}: starts at row {a['row_start']}, expected {expected}: a chunk is missing before it"
-            )
-        expected = int(a["row_stop"])
-    rows, p = expected, first[2][1]
-    k = int(first[1]["num_classes"])
-    np_dtype = np.float64 if first[1]["dtype"] == "float64" else np.float32
-    with atomic_h5(out_path) as f:
-        write_provenance(
-            f,
-            "jacobian",
-            None,
-            checkpoint=first[1]["checkpoint"],
-            checkpoint_epoch=int(first[1]["checkpoint_epoch"]),
-            split=first[1]["split"],
-            row_order=ROW_ORDER,
-            num_samples=rows // k,
-            num_classes=k,
-            num_parameters=p,
-            dtype=first[1]["dtype"],
-            chunks=[str(m[0].name) for m in metas],
-            probe_error_jvp_max=max(float(m[1]["probe_error_jvp"]) for m in metas),
-            probe_error_vjp_max=max(float(m[1]["probe_error_vjp"]) for m in metas),
-            **(attrs or {}),
-        )
-        col_chunk = min(p, max(1, (1 << 20) // max(1, min(rows, 1024))))
-        dset = f.create_dataset("J", shape=(rows, p), dtype=np_dtype, chunks=(min(rows, 1024), col_chunk))
-        step = max(1, GATHER_READ_BYTES // (p * np.dtype(np_dtype).itemsize))  # rows per read
-        for path, a, _, _ in metas:
-            offset = int(a["row_start"])
-            with h5py.File(path, "r") as src:
-                for r in range(0, int(a["row_stop"]) - offset, step):
-                    block = src["J"][r : r + step]
-                    require_finite(block, f"{path}: J rows {r}..{r + len(block)}", row_offset=r)
-                    dset[offset + r : offset + r + len(block)] = block
-        _write_table(f, first[3])
-    logger.info("gathered %d chunks into J (%d x %d) -> %s", len(metas), rows, p, out_path)
-
-
-def layer_norms(path: str | Path) -> list[tuple[str, float]]:
-    """Frobenius norm of each parameter tensor's column block of J (read block by block)."""
-    with open_checked(path, ["J", "parameters/name"]) as f:
-        out = []
-        for e in read_table(f):
-            block = f["J"][:, e.offset : e.offset + e.size].astype(np.float64)
-            out.append((e.name, float(math.sqrt((block**2).sum()))))
-    return out

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch.func import functional_call, jvp, vjp, vmap
 
-from .jacobian import batch_slices
+from .jacobian import ROW_ORDER, batch_slices, split_params
 from .logs import logger
-from .spectrum import Spectrum
+from .spectrum import Spectrum, spectrum_checks, write_spectrum
 
 
 @dataclass
@@ -36,8 +36,7 @@ class JacobianOperator:
     passes: int = 0
 
     def __post_init__(self) -> None:
-        self.params = {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
-        self.buffers = {n: b.detach() for n, b in self.model.named_buffers()}
+        self.params, self.buffers = split_params(self.model)
         self.names = list(self.params)
         self.sizes = [p.numel() for p in self.params.values()]
         self.k = int(self.model(self.x[:1]).shape[1])
@@ -157,16 +156,9 @@ def matrix_free_spectrum(
     t0 = time.perf_counter()
     s, U = randomized_svd(op, k, oversampling, power_iterations)
     t1 = time.perf_counter()
-    t = min(10, info_dim)
-    JtU = op.rmatmat(U[:, :t])
-    Z = op.matmat(JtU)
-    checks = {
-        "orthogonality_error": float(np.abs(U[:, :info_dim].T @ U[:, :info_dim] - np.eye(info_dim)).max()),
-        "eigen_residual": float(np.linalg.norm(Z - U[:, :t] * s[:t] ** 2, axis=0).max() / s[0] ** 2),
-        "norm_residual": float(np.abs(np.linalg.norm(JtU, axis=0) - s[:t]).max() / s[0]),
-        "checked_vectors": t,
-        "passes": op.passes,
-    }
+    JtU = op.rmatmat(U[:, : min(10, info_dim)])
+    checks = spectrum_checks(s, U[:, :info_dim], op.matmat(JtU), np.linalg.norm(JtU, axis=0))
+    checks["passes"] = op.passes
     logger.info(
         "matrix-free spectrum of %s on %s: %d x %d, %d passes, %.1fs", checkpoint, split, *op.shape, op.passes, t1 - t0
     )
@@ -180,7 +172,6 @@ def spectrum_matrix_free(
 ) -> Spectrum:
     """The matrix-free spectrum rule: compute and write ``spectrum/{split}_epoch{E}.h5``."""
     from .models import read_checkpoint
-    from .spectrum import write_spectrum
 
     spec = matrix_free_spectrum(
         checkpoint,
@@ -198,7 +189,7 @@ def spectrum_matrix_free(
         "checkpoint": str(checkpoint),
         "checkpoint_epoch": payload["epoch"],
         "dtype": "float64",
-        "row_order": "sample-major: row = i*K + k (sample i of the split, output k)",
+        "row_order": ROW_ORDER,
     }
     write_spectrum(out_path, spec, settings["info_dim"], f"matrix-free J of {checkpoint} on {split}", source, settings)
     return spec

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .data import one_hot
 from .h5io import atomic_h5, open_checked, write_provenance
 from .spectrum import SpectrumData, read_spectrum
-from .train import TrajectoryData, read_trajectory
+from .trajectory import TrajectoryData, read_trajectory
 
 TABLE_COLUMNS = (
     "||P_I y||/||y||",
@@ -34,11 +35,6 @@ TABLE_ROWS = ("J_init", "J_final")
 def flatten_rows(a: np.ndarray) -> np.ndarray:
     """(..., n, K) -> (..., n*K) in J's row order (row = i*K + k)."""
     return a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1]).astype(np.float64)
-
-
-def one_hot_vector(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """The concatenated one-hot label vector y in R^{nK}, sample-major."""
-    return flatten_rows(np.eye(num_classes)[labels])
 
 
 def projection_ratios(x: np.ndarray, U: np.ndarray, s: np.ndarray) -> tuple[float, float, float]:
@@ -73,7 +69,7 @@ class RunMeasurements:
 def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim: int) -> RunMeasurements:
     """All measurements of one run from its trajectory and its four spectra."""
     k = traj.train_predictions.shape[-1]
-    y = one_hot_vector(traj.train_y, k)
+    y = flatten_rows(one_hot(traj.train_y, k))
     r0 = flatten_rows(traj.train_predictions[0]) - y
     rows, fractions = [], []
     for key in ("init", "final"):
@@ -88,7 +84,7 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
         ("test", traj.test_predictions, traj.test_y),
     ):
         sp = spectra[f"ref_{split}"]
-        r = flatten_rows(preds) - one_hot_vector(labels, k)[None]
+        r = flatten_rows(preds) - flatten_rows(one_hot(labels, k))[None]
         _check_rows(sp, r.shape[1], f"ref_{split}")
         info, nuis = residual_energies(r, sp.U[:, :info_dim])
         residual[split] = {"information": info, "nuisance": nuis}

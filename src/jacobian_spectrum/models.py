@@ -8,12 +8,15 @@ Checkpoints are plain dicts of tensors and primitives so that
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .h5io import open_checked
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden")
@@ -171,3 +174,29 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     model = build_model(spec)
     model.load_state_dict(payload["state_dict"])
     return model.to(device), payload
+
+
+# ---------------------------------------------------------------- the initialise rule
+def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec:
+    """The network for this subset: input channels and size from the data, K outputs."""
+    with open_checked(subset_path, ["train/x"], artifact="subset") as f:
+        c, h, _ = (int(v) for v in f.attrs["image_shape"])
+        k = int(f.attrs["num_classes"])
+    return ModelSpec(
+        name=model_config["name"],
+        in_channels=c,
+        image_size=h,
+        num_classes=k,
+        width=float(model_config.get("width", 1.0)),
+        hidden=int(model_config.get("hidden", 256)),
+        activation=model_config.get("activation", "softplus"),
+        output_scale=float(model_config.get("output_scale", 1.0)),
+    )
+
+
+def initialise(subset_path: str | Path, model_config: Mapping, out_path: str | Path) -> tuple[nn.Module, ModelSpec]:
+    """Write the shared epoch-0 checkpoint: every run starts from (and J_init is taken at) it."""
+    spec = model_spec_from(subset_path, model_config)
+    model = build_model(spec, seed=int(model_config.get("init_seed", 0)))
+    save_checkpoint(out_path, model, spec, 0, run="init", init_seed=int(model_config.get("init_seed", 0)))
+    return model, spec

@@ -26,7 +26,6 @@ from .h5io import atomic_h5, open_checked, require_finite, write_provenance
 from .logs import logger
 
 GRAM_FLOOR = 1e-8  # relative to s_max: below it, Gram-based singular values are noise
-METHODS = ("auto", "full", "topk", "matrix_free")
 
 
 @dataclass
@@ -87,20 +86,7 @@ def gram(
         return dsyrk(1.0, slab.T, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
 
     if scheduler:
-        from dask.distributed import Client, as_completed
-
-        def partial_gram(a: int, b: int) -> np.ndarray:
-            slab = read_slab(path, a, b)
-            if not np.isfinite(slab).all():
-                raise ValueError(f"{path}: J holds NaN or Inf in columns {a}..{b}")
-            return slab @ slab.T
-
-        with Client(scheduler) as client:
-            futures = [client.submit(partial_gram, a, b, pure=False) for a, b in bounds]
-            for fut in as_completed(futures):
-                G += fut.result()
-                fut.release()
-        return G
+        return _gram_distributed(path, bounds, G, scheduler)
     from concurrent.futures import ThreadPoolExecutor
 
     # Dask reads and casts a batch of `threads` slabs while the previous batch is added into
@@ -124,6 +110,24 @@ def gram(
     return symmetrize_upper(G)
 
 
+def _gram_distributed(path: str | Path, bounds: list[tuple[int, int]], G: np.ndarray, scheduler: str) -> np.ndarray:
+    """G += slab slab^T for every column slab, each on a dask.distributed worker, summed as they arrive."""
+    from dask.distributed import Client, as_completed
+
+    def partial_gram(a: int, b: int) -> np.ndarray:
+        slab = read_slab(path, a, b)
+        if not np.isfinite(slab).all():
+            raise ValueError(f"{path}: J holds NaN or Inf in columns {a}..{b}")
+        return slab @ slab.T
+
+    with Client(scheduler) as client:
+        futures = [client.submit(partial_gram, a, b, pure=False) for a, b in bounds]
+        for fut in as_completed(futures):
+            G += fut.result()
+            fut.release()
+    return G
+
+
 def symmetrize_upper(G: np.ndarray, block: int = 1024) -> np.ndarray:
     """Copy the upper triangle (what dsyrk fills) into the lower one, in place, block by block."""
     n = G.shape[0]
@@ -134,19 +138,11 @@ def symmetrize_upper(G: np.ndarray, block: int = 1024) -> np.ndarray:
     return G
 
 
-def eigh_descending(G: np.ndarray, device: str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """Eigenvalues (descending) and eigenvectors of a symmetric float64 matrix.
-
-    CPU: LAPACK through numpy (32-bit LAPACK indices fail beyond n ~ 32,766); CUDA:
-    ``torch.linalg.eigh`` in float64.
-    """
-    if device == "cuda":
-        import torch
-
-        w, V = torch.linalg.eigh(torch.from_numpy(G).cuda())
-        w, V = w.cpu().numpy(), V.cpu().numpy()
-    else:
-        w, V = np.linalg.eigh(G)
+def eigh_descending(G: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and eigenvectors of a symmetric float64 matrix: LAPACK through
+    numpy (32-bit LAPACK indices fail beyond n ~ 32,766). On a GPU:
+    :func:`jacobian_spectrum.spectrum_device.eigh_checked`."""
+    w, V = np.linalg.eigh(G)
     return w[::-1].copy(), V[:, ::-1].copy()
 
 
@@ -170,16 +166,22 @@ def verify(path: str | Path, s: np.ndarray, U: np.ndarray, top: int, memory_budg
     import dask
 
     t = min(top, U.shape[1])
-    Ut = U[:, :t]
     f, Jd = _dask_J(path, memory_budget_mb, threads)
     with f, dask.config.set(scheduler="threads", num_workers=threads):
-        JtU = Jd.T @ Ut  # (p, t), columns blocked as J's slabs
+        JtU = Jd.T @ U[:, :t]  # (p, t), columns blocked as J's slabs
         Z, norms2 = dask.compute(Jd @ JtU, (JtU**2).sum(axis=0))
+    return spectrum_checks(s, U, Z, np.sqrt(norms2))
+
+
+def spectrum_checks(s: np.ndarray, U: np.ndarray, JJtU: np.ndarray, JtU_norms: np.ndarray) -> dict:
+    """The stored checks of a spectrum from J J^T U_t and ||J^T u_i|| of its top t vectors
+    (t = the columns of ``JJtU``): see :func:`verify`."""
+    t = JJtU.shape[1]
     s1 = s[0] if s[0] > 0 else 1.0
     return {
         "orthogonality_error": float(np.abs(U.T @ U - np.eye(U.shape[1])).max()),
-        "eigen_residual": float(np.linalg.norm(Z - Ut * s[:t] ** 2, axis=0).max() / s1**2),
-        "norm_residual": float(np.abs(np.sqrt(norms2) - s[:t]).max() / s1),
+        "eigen_residual": float(np.linalg.norm(JJtU - U[:, :t] * s[:t] ** 2, axis=0).max() / s1**2),
+        "norm_residual": float(np.abs(JtU_norms - s[:t]).max() / s1),
         "checked_vectors": t,
     }
 
@@ -193,9 +195,16 @@ def full_spectrum(
     device: str = "cpu",
 ) -> Spectrum:
     t0 = time.perf_counter()
-    G = gram(path, memory_budget_mb, threads, scheduler)
-    t1 = time.perf_counter()
-    w, V = eigh_descending(G, device)
+    if device == "cuda":  # G accumulates on the GPU, and eigh runs there (checked, CPU fallback)
+        from .spectrum_device import eigh_checked, gram_on_device
+
+        G = gram_on_device(path, device, memory_budget_mb)
+        t1 = time.perf_counter()
+        w, V = eigh_checked(G)
+    else:
+        G = gram(path, memory_budget_mb, threads, scheduler)
+        t1 = time.perf_counter()
+        w, V = eigh_descending(G)
     del G
     t2 = time.perf_counter()
     s = np.sqrt(np.maximum(w, 0.0))
@@ -310,9 +319,9 @@ def read_spectrum(path: str | Path) -> SpectrumData:
 
 def spectrum_of_file(jacobian_path: str | Path, out_path: str | Path, settings: dict, device: str = "auto") -> Spectrum:
     """The spectrum rule: compute, check and write the spectrum of one stored J."""
-    import torch
+    from .device import select_device
 
-    dev = "cuda" if device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    dev = select_device(device).type
     with open_checked(jacobian_path, ["J"], artifact="jacobian") as f:
         source_attrs = dict(f.attrs)
     spec = compute_spectrum(jacobian_path, settings, dev)

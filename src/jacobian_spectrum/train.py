@@ -20,24 +20,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import SplitData
-from .h5io import atomic_h5, atomic_path, open_checked, require_finite, write_provenance
+from .data import SplitData, one_hot
+from .device import select_device
+from .h5io import atomic_path
 from .logs import logger
 from .models import ModelSpec, save_checkpoint
+from .trajectory import Trajectory, errors, write_trajectory
 
 OPTIMIZERS = ("sgd", "adam")
-
-
-def select_device(name: str = "auto") -> torch.device:
-    """``auto`` = CUDA when present; TF32 off everywhere (numerical rules)."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("config key 'device': cuda requested but torch sees no CUDA device; use auto or cpu")
-    return torch.device(name)
 
 
 @dataclass
@@ -78,10 +68,6 @@ class TrainSettings:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
 
 
-def one_hot(y: torch.Tensor, num_classes: int) -> torch.Tensor:
-    return torch.nn.functional.one_hot(y, num_classes).to(torch.float32)
-
-
 def least_squares_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """1/2 ||f(x) - y||^2 per sample, averaged over the batch (the paper's loss / batch size)."""
     return 0.5 * ((out - target) ** 2).sum(dim=1).mean()
@@ -113,11 +99,6 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     return out.float().cpu()
 
 
-def errors(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """Misclassification rate per epoch: predictions (..., n, K) against int labels (n,)."""
-    return (predictions.argmax(axis=-1) != labels).mean(axis=-1)
-
-
 def make_optimizer(
     model: nn.Module, s: TrainSettings
 ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.MultiStepLR]:
@@ -129,34 +110,25 @@ def make_optimizer(
     return opt, torch.optim.lr_scheduler.MultiStepLR(opt, milestones=s.milestones, gamma=s.gamma)
 
 
-@dataclass
-class Trajectory:
-    """Per-epoch record; index t = after t epochs (t = 0 is the initialisation)."""
+def _trajectory_state(traj: Trajectory) -> dict:
+    """The record as tensors, for the resume state (``torch.load(weights_only=True)`` reads tensors only)."""
+    return {
+        "train_predictions": torch.from_numpy(np.stack(traj.train_predictions)),
+        "test_predictions": torch.from_numpy(np.stack(traj.test_predictions)),
+        "lr": torch.tensor(traj.lr, dtype=torch.float64),
+        "batch_loss": torch.tensor(traj.batch_loss, dtype=torch.float64),
+        "seconds": torch.tensor(traj.seconds, dtype=torch.float64),
+    }
 
-    train_predictions: list[np.ndarray] = field(default_factory=list)
-    test_predictions: list[np.ndarray] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-    batch_loss: list[float] = field(default_factory=list)
-    seconds: list[float] = field(default_factory=list)
 
-    def to_state(self) -> dict:
-        return {
-            "train_predictions": torch.from_numpy(np.stack(self.train_predictions)),
-            "test_predictions": torch.from_numpy(np.stack(self.test_predictions)),
-            "lr": torch.tensor(self.lr, dtype=torch.float64),
-            "batch_loss": torch.tensor(self.batch_loss, dtype=torch.float64),
-            "seconds": torch.tensor(self.seconds, dtype=torch.float64),
-        }
-
-    @classmethod
-    def from_state(cls, state: Mapping) -> "Trajectory":
-        return cls(
-            list(state["train_predictions"].numpy()),
-            list(state["test_predictions"].numpy()),
-            state["lr"].tolist(),
-            state["batch_loss"].tolist(),
-            state["seconds"].tolist(),
-        )
+def _trajectory_from_state(state: Mapping) -> Trajectory:
+    return Trajectory(
+        list(state["train_predictions"].numpy()),
+        list(state["test_predictions"].numpy()),
+        state["lr"].tolist(),
+        state["batch_loss"].tolist(),
+        state["seconds"].tolist(),
+    )
 
 
 def _save_resume(
@@ -169,7 +141,7 @@ def _save_resume(
         "optimizer": opt.state_dict(),
         "scheduler": sched.state_dict(),
         "generator": gen.get_state(),
-        "trajectory": traj.to_state(),
+        "trajectory": _trajectory_state(traj),
         "checkpoints": {str(e): sd for e, sd in ckpts.items()},
     }
     with atomic_path(path) as tmp:
@@ -190,6 +162,54 @@ def _load_resume(path: Path, fingerprint: str) -> dict | None:
     return state
 
 
+def _restore(state: Mapping, model: nn.Module, opt, sched, gen: torch.Generator) -> tuple[Trajectory, dict, int]:
+    """Load a resume state into the training objects; returns the record, checkpoints and next epoch."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    gen.set_state(state["generator"])
+    ckpts = {int(e): sd for e, sd in state["checkpoints"].items()}
+    return _trajectory_from_state(state["trajectory"]), ckpts, int(state["epoch"]) + 1
+
+
+def _state_copy(model: nn.Module) -> dict:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def _train_epoch(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    s: TrainSettings,
+    gen: torch.Generator,
+) -> float:
+    """One pass over the training set in a random order; returns the mean batch loss."""
+    n = len(x_train)
+    perm = torch.randperm(n, generator=gen, device=x_train.device)
+    total = 0.0
+    for i in range(0, n, s.batch_size):
+        idx = perm[i : i + s.batch_size]
+        xb = augment(x_train[idx], s.augment_crop, s.augment_flip, gen)
+        loss = least_squares_loss(model(xb), y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += float(loss.detach()) * len(idx)
+    return total / n
+
+
+def _record_epoch(
+    traj: Trajectory, model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, lr: float, loss: float, sec: float
+) -> None:
+    """Append the unaugmented predictions on both splits after an epoch (or at initialisation)."""
+    traj.train_predictions.append(predict(model, x_train).numpy())
+    traj.test_predictions.append(predict(model, x_test).numpy())
+    traj.lr.append(lr)
+    traj.batch_loss.append(loss)
+    traj.seconds.append(sec)
+
+
 def train(
     model: nn.Module,
     spec: ModelSpec,
@@ -208,68 +228,39 @@ def train(
     s = settings
     k = train_data.num_classes
     x_train = torch.from_numpy(train_data.x).to(device)
-    y_train = one_hot(torch.from_numpy(train_labels).to(device), k)
+    y_train = torch.from_numpy(one_hot(train_labels, k, np.float32)).to(device)
     x_test = torch.from_numpy(test_data.x).to(device)
     model.to(device).train()
     opt, sched = make_optimizer(model, s)
     gen = torch.Generator(device=device)
     gen.manual_seed(s.seed)
-    traj = Trajectory()
-    ckpts: dict[int, dict] = {}
-    start = 1
     resume_path = Path(resume_path) if resume_path else None
     state = _load_resume(resume_path, s.fingerprint()) if resume_path else None
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        traj = Trajectory.from_state(state["trajectory"])
-        ckpts = {int(e): sd for e, sd in state["checkpoints"].items()}
-        start = int(state["epoch"]) + 1
+        traj, ckpts, start = _restore(state, model, opt, sched, gen)
         logger.info("resumed from %s after epoch %d", resume_path, start - 1)
     else:
-        traj.train_predictions.append(predict(model, x_train).numpy())
-        traj.test_predictions.append(predict(model, x_test).numpy())
-        traj.lr.append(float("nan"))
-        traj.batch_loss.append(float("nan"))
-        traj.seconds.append(0.0)
+        traj, ckpts, start = Trajectory(), {}, 1
+        _record_epoch(traj, model, x_train, x_test, float("nan"), float("nan"), 0.0)
         if 0 in s.checkpoint_epochs:
-            ckpts[0] = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
-    n = len(x_train)
+            ckpts[0] = _state_copy(model)
     for epoch in range(start, s.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        perm = torch.randperm(n, generator=gen, device=device)
-        total, seen = 0.0, 0
-        for i in range(0, n, s.batch_size):
-            idx = perm[i : i + s.batch_size]
-            xb = augment(x_train[idx], s.augment_crop, s.augment_flip, gen)
-            loss = least_squares_loss(model(xb), y_train[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
+        loss = _train_epoch(model, opt, x_train, y_train, s, gen)
         sched.step()
-        traj.train_predictions.append(predict(model, x_train).numpy())
-        traj.test_predictions.append(predict(model, x_test).numpy())
-        traj.lr.append(lr)
-        traj.batch_loss.append(total / seen)
-        traj.seconds.append(time.perf_counter() - t0)
-        if not math.isfinite(total):
-            raise FloatingPointError(
-                f"training diverged at epoch {epoch} (loss {total / seen}); lower the learning rate"
-            )
+        _record_epoch(traj, model, x_train, x_test, lr, loss, time.perf_counter() - t0)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss}); lower the learning rate")
         if epoch in s.checkpoint_epochs:
-            ckpts[epoch] = {k_: v.detach().cpu().clone() for k_, v in model.state_dict().items()}
+            ckpts[epoch] = _state_copy(model)
         train_err = errors(traj.train_predictions[-1], train_labels)
         test_err = errors(traj.test_predictions[-1], test_data.y)
         logger.info(
             "epoch %d/%d  loss %.4f  train error %.3f  test error %.3f  lr %.2g  %.2fs",
             epoch,
             s.epochs,
-            total / seen,
+            loss,
             train_err,
             test_err,
             lr,
@@ -280,100 +271,6 @@ def train(
         if stop_after is not None and epoch >= stop_after:
             break
     return traj, ckpts
-
-
-def write_trajectory(
-    path: str | Path,
-    traj: Trajectory,
-    train_labels: np.ndarray,
-    train_clean: np.ndarray,
-    test_labels: np.ndarray,
-    num_classes: int,
-    attrs: Mapping[str, object],
-) -> None:
-    """Write ``trajectory.h5``: per-epoch predictions, losses, errors and learning rate."""
-    train_pred = np.stack(traj.train_predictions).astype(np.float32)
-    test_pred = np.stack(traj.test_predictions).astype(np.float32)
-    require_finite(train_pred, f"{path}: training predictions")
-    y_train = np.eye(num_classes, dtype=np.float32)[train_labels]
-    y_test = np.eye(num_classes, dtype=np.float32)[test_labels]
-    with atomic_h5(path) as f:
-        write_provenance(
-            f,
-            "trajectory",
-            None,
-            loss="1/2 ||f(x) - y||^2 averaged over samples, unaugmented, against the training labels",
-            row_index="epoch t = after t epochs of training; t = 0 is the initialisation",
-            **attrs,
-        )
-        f.create_dataset("epoch", data=np.arange(len(train_pred)))
-        f.create_dataset("lr", data=np.asarray(traj.lr))
-        f.create_dataset("batch_loss", data=np.asarray(traj.batch_loss))
-        f.create_dataset("epoch_seconds", data=np.asarray(traj.seconds))
-        for split, pred, y, labels in (
-            ("train", train_pred, y_train, train_labels),
-            ("test", test_pred, y_test, test_labels),
-        ):
-            g = f.create_group(split)
-            g.create_dataset("predictions", data=pred, compression="gzip", chunks=(1,) + pred.shape[1:])
-            g.create_dataset("y", data=labels)
-            g.create_dataset("loss", data=0.5 * ((pred - y) ** 2).sum(axis=2).mean(axis=1))
-            g.create_dataset("error", data=errors(pred, labels))
-        f["train"].create_dataset("y_clean", data=train_clean)
-        f["train"].create_dataset("error_clean", data=errors(train_pred, train_clean))
-        f["train/y"].attrs["meaning"] = "labels used for training (corrupted where the run is)"
-        f["test/y"].attrs["meaning"] = "clean test labels"
-
-
-@dataclass
-class TrajectoryData:
-    epoch: np.ndarray
-    train_predictions: np.ndarray  # (epochs + 1, n, K)
-    test_predictions: np.ndarray
-    train_y: np.ndarray
-    train_y_clean: np.ndarray
-    test_y: np.ndarray
-    train_error: np.ndarray
-    train_error_clean: np.ndarray
-    test_error: np.ndarray
-    train_loss: np.ndarray
-    test_loss: np.ndarray
-    lr: np.ndarray
-
-
-def read_trajectory(path: str | Path) -> TrajectoryData:
-    names = [
-        "train/predictions",
-        "test/predictions",
-        "train/y",
-        "train/y_clean",
-        "test/y",
-        "train/error",
-        "train/error_clean",
-        "test/error",
-        "train/loss",
-        "test/loss",
-        "lr",
-        "epoch",
-    ]
-    with open_checked(path, names, artifact="trajectory") as f:
-        d = {n: f[n][...] for n in names}
-    require_finite(d["train/predictions"], f"{path}: train/predictions")
-    require_finite(d["test/predictions"], f"{path}: test/predictions")
-    return TrajectoryData(
-        d["epoch"],
-        d["train/predictions"],
-        d["test/predictions"],
-        d["train/y"],
-        d["train/y_clean"],
-        d["test/y"],
-        d["train/error"],
-        d["train/error_clean"],
-        d["test/error"],
-        d["train/loss"],
-        d["test/loss"],
-        d["lr"],
-    )
 
 
 def write_checkpoints(
@@ -389,34 +286,7 @@ def write_checkpoints(
     model.load_state_dict(current)
 
 
-# ---------------------------------------------------------------- the workflow's entry points
-def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec:
-    """The network for this subset: input channels and size from the data, K outputs."""
-    with open_checked(subset_path, ["train/x"], artifact="subset") as f:
-        c, h, _ = (int(v) for v in f.attrs["image_shape"])
-        k = int(f.attrs["num_classes"])
-    return ModelSpec(
-        name=model_config["name"],
-        in_channels=c,
-        image_size=h,
-        num_classes=k,
-        width=float(model_config.get("width", 1.0)),
-        hidden=int(model_config.get("hidden", 256)),
-        activation=model_config.get("activation", "softplus"),
-        output_scale=float(model_config.get("output_scale", 1.0)),
-    )
-
-
-def initialise(subset_path: str | Path, model_config: Mapping, out_path: str | Path) -> tuple[nn.Module, ModelSpec]:
-    """Write the shared epoch-0 checkpoint: every run starts from (and J_init is taken at) it."""
-    from .models import build_model
-
-    spec = model_spec_from(subset_path, model_config)
-    model = build_model(spec, seed=int(model_config.get("init_seed", 0)))
-    save_checkpoint(out_path, model, spec, 0, run="init", init_seed=int(model_config.get("init_seed", 0)))
-    return model, spec
-
-
+# ---------------------------------------------------------------- the workflow's entry point
 def train_run(
     run: str,
     subset_path: str | Path,

@@ -1,0 +1,533 @@
+"""A plan before the run: each step's time, memory, GPU memory and disk, from the config.
+
+``python -m jacobian_spectrum plan [--configfile FILE] [--device cpu|cuda] [--cores N]``
+measures a few seconds of this machine's speed (:func:`measure_rates`: training steps and
+evaluation of the configured model, a Jacobian with its probe check, the Gram step's BLAS
+update, eigh, HDF5 writes and reads, a job's start-up) and scales it by each step's
+arithmetic: epochs x images for training, rows for a Jacobian, rows^2 x columns for the Gram
+matrix, n^3 for eigh. Where an earlier run left Snakemake ``benchmark:`` files (under
+``{results}/benchmarks/``) for a step, their measured seconds and peak memory replace the
+estimate. It warns, before anything runs, when the disk, the memory or the GPU memory will
+not hold. ``bench/plan_check.py`` compares the estimates with measured runs.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import level_tag, reference_epoch
+
+IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}  # others: 3x32x32
+GiB = 1 << 30
+
+
+@dataclass
+class Rates:
+    """This machine's speed and memory for the configured model, from :func:`measure_rates`."""
+
+    device: str
+    train_image_seconds: float  # forward + backward + step, per image, at the configured batch size
+    eval_image_seconds: float  # forward only, per image
+    jacobian_sample_seconds: float  # K rows of J with the probe check, per sample
+    gram_flops: float  # the Gram step's update (dsyrk / addmm): (rows^2 x columns) per second
+    eigh_seconds_per_n3: float
+    write_bytes_per_second: float
+    read_bytes_per_second: float
+    job_start_seconds: float  # a Python process importing torch and the package
+    base_bytes: float  # resident memory of such a process
+    train_bytes: float  # ... after training steps of the model (optimizer state, activations)
+    train_gpu_bytes: float = 0.0
+    parameters: int = 0
+    activations: int = 0  # layer-output values per sample
+    jacobian_batch: int = 1  # samples per batch of the chunk job
+    largest_layer: int = 0
+
+
+@dataclass
+class Step:
+    key: str  # rule:what, as other steps' ``after`` and the benchmark files name it
+    name: str
+    rule: str
+    jobs: int
+    seconds: float  # all its jobs, one after the other
+    memory_bytes: float  # peak of one job
+    disk_bytes: float  # what it writes
+    threads: int = 1
+    gpu_bytes: float = 0.0
+    temporary: bool = False  # deleted once read (jacobian.temporary)
+    source: str = "estimate"
+    after: list[str] = field(default_factory=list)  # names of the steps it waits for
+
+
+@dataclass
+class Plan:
+    steps: list[Step]
+    cores: int
+    rates: Rates
+    disk_peak_bytes: float
+    wall_seconds: float
+    warnings: list[str]
+
+
+# ---------------------------------------------------------------- the workflow's jobs, from the config
+def _model_spec(config: Mapping):
+    from .models import ModelSpec
+
+    c, h, _ = IMAGE_SHAPES.get(config["dataset"]["name"], (3, 32, 32))
+    m = config["model"]
+    return ModelSpec(
+        name=m["name"],
+        in_channels=c,
+        image_size=h,
+        num_classes=len(config["dataset"]["classes"]),
+        width=float(m.get("width", 1.0)),
+        hidden=int(m.get("hidden", 256)),
+        activation=m.get("activation", "softplus"),
+        output_scale=float(m.get("output_scale", 1.0)),
+    )
+
+
+def jacobians(config: Mapping) -> dict[tuple[str, str, int], list[str]]:
+    """Every Jacobian the workflow computes, (owner, split, epoch), and the runs that read it
+    (the spectra that the measurements read: J_init, J_final, J_ref on train and test)."""
+    out: dict[tuple[str, str, int], list[str]] = {}
+    for run, r in config["runs"].items():
+        final, ref = int(r["epochs"]), reference_epoch(r)
+        for split, epoch in (("train", 0), ("train", final), ("train", ref), ("test", ref)):
+            owner = "init" if epoch == 0 else f"runs/{run}"
+            out.setdefault((owner, split, epoch), []).append(run)
+    return out
+
+
+def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
+    ds, k = config["dataset"], len(config["dataset"]["classes"])
+    n = {"train": ds["train_per_class"] * k, "test": ds["test_per_class"] * k}
+    shape = IMAGE_SHAPES.get(ds["name"], (3, 32, 32))
+    pixels = int(np.prod(shape))
+    p = rates.parameters
+    start = rates.job_start_seconds
+    data_jobs = 1 + len(config["corruption"]["levels"])
+    data_disk = sum(n.values()) * pixels + data_jobs * n["train"] * 8
+    steps = [Step("data", "subsample + labels", "subsample", data_jobs, data_jobs * start, rates.base_bytes, data_disk)]
+    steps.append(Step("initialise", "initialise", "initialise", 1, start, rates.base_bytes, p * 4, after=["data"]))
+    threads = int(config["training"].get("threads", 2))
+    for run, r in config["runs"].items():
+        epochs = int(r["epochs"])
+        per_epoch = n["train"] * rates.train_image_seconds + sum(n.values()) * rates.eval_image_seconds
+        kept = len({int(r["epochs"]), reference_epoch(r), *map(int, r.get("checkpoints", []))} - {0})
+        trajectory = (epochs + 1) * sum(n.values()) * k * 4
+        on_device = sum(n.values()) * pixels * 4
+        steps.append(
+            Step(
+                f"train:{run}",
+                f"train {run} ({epochs} epochs)",
+                "train",
+                1,
+                start + epochs * per_epoch,
+                rates.train_bytes + trajectory + kept * p * 4 + (0 if device == "cuda" else on_device),
+                trajectory + kept * p * 4,
+                threads=threads,
+                gpu_bytes=rates.train_gpu_bytes + on_device if device == "cuda" else 0.0,
+                after=["initialise"],
+            )
+        )
+    steps += _jacobian_steps(config, rates, device, n, k)
+    runs = list(config["runs"])
+    small = 4 * len(runs) + 8  # measure per run, figures, tables, comparison, theory
+    steps.append(
+        Step("report", "measure, figures, tables", "measure", small, small * start, rates.base_bytes, 0, after=["*"])
+    )
+    return steps
+
+
+def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int) -> list[Step]:
+    jac, spec = config["jacobian"], config["spectrum"]
+    itemsize = 8 if jac["dtype"] == "float64" else 4
+    p, start = rates.parameters, rates.job_start_seconds
+    steps = []
+    for (owner, split, epoch), runs in jacobians(config).items():
+        rows = n[split] * k
+        chunks = math.ceil(n[split] / jac["chunk_size"])
+        J = rows * p * itemsize
+        tag = f"{owner}/{split}_epoch{epoch}"
+        waits = ["initialise"] if owner == "init" else [f"train:{runs[0]}"]
+        b = min(rates.jacobian_batch, jac["chunk_size"])
+        chunk_memory = (
+            rates.base_bytes
+            + b * k * p * itemsize
+            + 2 * b * k * rates.largest_layer * itemsize
+            + (k + 4) * b * rates.activations * itemsize
+        )
+        steps.append(
+            Step(
+                f"jacobian:{tag}",
+                f"jacobian {tag} ({rows} x {p:,})",
+                "jacobian_chunk",
+                chunks + 1,  # the chunk jobs and the gather
+                chunks * start
+                + n[split] * rates.jacobian_sample_seconds
+                + J / rates.write_bytes_per_second
+                + start
+                + J / rates.read_bytes_per_second,
+                chunk_memory if device != "cuda" else rates.base_bytes + b * k * p * itemsize,
+                J,
+                gpu_bytes=chunk_memory - rates.base_bytes if device == "cuda" else 0.0,
+                temporary=bool(jac["temporary"]),
+                after=waits,
+            )
+        )
+        G = rows * rows * 8
+        gram = rows * rows * p / rates.gram_flops + J / rates.read_bytes_per_second
+        verify = 2 * rows * p * min(10, spec["info_dim"]) / rates.gram_flops + J / rates.read_bytes_per_second
+        steps.append(
+            Step(
+                f"spectrum:{tag}",
+                f"spectrum {tag}",
+                "spectrum",
+                1,
+                start + gram + rates.eigh_seconds_per_n3 * rows**3 + verify,
+                rates.base_bytes
+                + (0 if device == "cuda" else 3 * G)
+                + min(spec["memory_budget_mb"] * 1e6, rows * p * 12),
+                rows * (spec["info_dim"] + 1) * 8,
+                threads=int(spec["threads"]),
+                gpu_bytes=3 * G + 2 * rows * 4 * 1e6 if device == "cuda" else 0.0,
+                after=[f"jacobian:{tag}"],
+            )
+        )
+    return steps
+
+
+# ---------------------------------------------------------------- measured runs
+def benchmark_file(results: str | Path, step: Step) -> list[Path]:
+    """The ``benchmark:`` files an earlier run left for this step (empty if none)."""
+    results = Path(results) / "benchmarks"
+    kind, _, what = step.key.partition(":")
+    if kind == "train":
+        return [results / "train" / f"{what}.tsv"]
+    if kind == "jacobian":  # its chunk jobs and its gather
+        return sorted((results / "jacobian").glob(f"{what}.*.tsv"))
+    if kind == "spectrum":
+        return [results / "spectrum" / f"{what}.tsv"]
+    return []
+
+
+def read_benchmark(paths: list[Path]) -> tuple[float, float] | None:
+    """(seconds summed over the jobs, largest max_rss in bytes) from Snakemake benchmark files."""
+    if not paths or not all(p.is_file() for p in paths):
+        return None
+    seconds, rss = 0.0, 0.0
+    for path in paths:
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh, delimiter="\t"))
+        if not rows:
+            return None
+        seconds += min(float(r["s"]) for r in rows)
+        rss = max(rss, max(float(r["max_rss"]) if r["max_rss"] not in ("", "NA", "-") else 0.0 for r in rows) * 1e6)
+    return seconds, rss
+
+
+# ---------------------------------------------------------------- this machine
+def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | None = None) -> Rates:
+    """A few seconds of micro-benchmarks of the configured model on ``device``."""
+    import torch
+
+    from .device import select_device
+    from .jacobian import jacobian, plain_layers
+    from .jacobian_probe import probe_errors
+    from .models import build_model, count_parameters
+    from .train import least_squares_loss
+
+    dev = select_device(device)
+    threads = int(config["training"].get("threads", 2))
+    torch.set_num_threads(threads)
+    spec = _model_spec(config)
+    model = build_model(spec, seed=0).to(dev)
+    batch = int(config["training"]["batch_size"])
+    x = torch.randn(batch, spec.in_channels, spec.image_size, spec.image_size, device=dev)
+    y = torch.nn.functional.one_hot(torch.randint(0, spec.num_classes, (batch,), device=dev), spec.num_classes).float()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+    def train_step() -> None:
+        loss = least_squares_loss(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    train_s = _best_seconds(train_step, dev) / batch
+    with torch.no_grad():
+        eval_s = _best_seconds(lambda: model.eval()(x), dev) / batch
+    model.train()
+    gpu = float(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else 0.0
+    train_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    layers = plain_layers(model) or []
+    from .jacobian import _per_sample_sizes, batch_size_for
+
+    k, activations = _per_sample_sizes(model.eval(), layers, x[:1]) if layers else (spec.num_classes, 0)
+    jb = batch_size_for(k, activations, layers, 4) if layers else 64
+    xs = x[: min(batch, 32)]
+    J = jacobian(model, xs)
+    jac_s = _best_seconds(lambda: probe_errors(model, xs, jacobian(model, xs)), dev, repeats=1) / len(xs)
+    del J
+    gram_flops, eigh_c = _linear_algebra_rates(int(config["spectrum"]["threads"]), dev)
+    write_bps, read_bps = _disk_rates(scratch)
+    start_s, base = _job_start()
+    return Rates(
+        device=dev.type,
+        train_image_seconds=train_s,
+        eval_image_seconds=eval_s,
+        jacobian_sample_seconds=jac_s,
+        gram_flops=gram_flops,
+        eigh_seconds_per_n3=eigh_c,
+        write_bytes_per_second=write_bps,
+        read_bytes_per_second=read_bps,
+        job_start_seconds=start_s,
+        base_bytes=base,
+        train_bytes=max(train_bytes, base),
+        train_gpu_bytes=gpu,
+        parameters=count_parameters(model),
+        activations=activations,
+        jacobian_batch=jb,
+        largest_layer=max((m.weight.numel() for _, m in layers), default=0),
+    )
+
+
+def _best_seconds(fn, dev, repeats: int = 3) -> float:
+    import torch
+
+    fn()  # warm-up: allocator, kernels
+    best = math.inf
+    for _ in range(repeats):
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        t0 = time.perf_counter()
+        fn()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _linear_algebra_rates(threads: int, dev) -> tuple[float, float]:
+    """Multiply-adds per second of the Gram update, and eigh's seconds per n^3, at ``threads``."""
+    rng = np.random.default_rng(0)
+    m, w, e = 600, 20000, 600
+    if dev.type == "cuda":
+        import torch
+
+        slab = torch.from_numpy(rng.standard_normal((m, w))).to(dev)
+        G = torch.zeros((m, m), dtype=torch.float64, device=dev)
+        t = _best_seconds(lambda: G.addmm_(slab, slab.T), dev)
+        A = torch.from_numpy(rng.standard_normal((e, e))).to(dev)
+        A = A @ A.T
+        te = _best_seconds(lambda: torch.linalg.eigh(A), dev, repeats=1)
+        return m * m * w / t, te / e**3
+    from scipy.linalg.blas import dsyrk
+    from threadpoolctl import threadpool_limits
+
+    slab = np.asfortranarray(rng.standard_normal((w, m)))
+    A = rng.standard_normal((e, e))
+    A = A @ A.T
+    with threadpool_limits(limits=threads):
+        t = _best_seconds(lambda: dsyrk(1.0, slab, trans=1), _CPU)
+        te = _best_seconds(lambda: np.linalg.eigh(A), _CPU, repeats=1)
+    return m * m * w / t, te / e**3
+
+
+class _Cpu:
+    type = "cpu"
+
+
+_CPU = _Cpu()
+
+
+def _disk_rates(scratch: str | Path | None) -> tuple[float, float]:
+    """HDF5 write and read speed of 64 MiB in ``scratch`` (the results folder's file system)."""
+    import h5py
+
+    data = np.random.default_rng(0).standard_normal((4096, 2048)).astype(np.float32)
+    Path(scratch or ".").mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=scratch) as tmp:
+        path = Path(tmp) / "rate.h5"
+        t0 = time.perf_counter()
+        with h5py.File(path, "w") as f:
+            f.create_dataset("J", data=data)
+        t1 = time.perf_counter()
+        with h5py.File(path, "r") as f:
+            f["J"][...]
+        t2 = time.perf_counter()
+    return data.nbytes / (t1 - t0), data.nbytes / (t2 - t1)
+
+
+def _job_start() -> tuple[float, float]:
+    """Seconds and resident bytes of a fresh process that imports torch and the package."""
+    code = (
+        "import resource, torch, h5py, jacobian_spectrum.jacobian_store; "
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return time.perf_counter() - t0, float(out.stdout.split()[-1]) * 1024.0
+
+
+# ---------------------------------------------------------------- the plan
+def make_plan(config: Mapping, rates: Rates, cores: int, device: str = "cpu", use_benchmarks: bool = True) -> Plan:
+    """The plan of ``config`` at these rates; ``use_benchmarks``: measured seconds and memory of
+    an earlier run's benchmark files replace the estimates where they exist."""
+    steps = _steps(config, rates, device)
+    results = Path(config["results"])
+    for step in steps if use_benchmarks else []:
+        measured = read_benchmark(benchmark_file(results, step))
+        if measured is not None:
+            step.seconds, step.memory_bytes = measured[0], max(measured[1], 1.0)
+            step.source = "measured"
+    persistent = sum(s.disk_bytes for s in steps if not s.temporary)
+    temporary = sorted((s.disk_bytes for s in steps if s.temporary), reverse=True)
+    # spectra run before new chunk jobs (rule priorities), so the J's on disk at once are those
+    # whose chunk jobs share the cores, plus one waiting for its spectrum
+    per_j = max(1, min(s.jobs for s in steps if s.rule == "jacobian_chunk") - 1)
+    in_flight = min(len(temporary), 1 + math.ceil(cores / per_j))
+    disk_peak = persistent + sum(temporary[:in_flight])
+    wall = _wall_seconds(steps, cores)
+    plan = Plan(steps, cores, rates, disk_peak, wall, [])
+    plan.warnings = _warnings(plan, results, device)
+    return plan
+
+
+def _wall_seconds(steps: list[Step], cores: int) -> float:
+    """The larger of the core-seconds spread over the cores and the longest chain of steps."""
+    work = sum(s.seconds * min(s.threads, cores) for s in steps) / cores
+    finish: dict[str, float] = {}
+    for s in steps:  # steps are listed after what they wait for
+        waits = finish.values() if "*" in s.after else [finish.get(a, 0.0) for a in s.after]
+        finish[s.key] = max(waits, default=0.0) + s.seconds / max(1, min(s.jobs, cores // max(1, s.threads)))
+    return max(work, max(finish.values()))
+
+
+def _warnings(plan: Plan, results: Path, device: str) -> list[str]:
+    import psutil
+
+    out = []
+    folder = results if results.exists() else next(p for p in [results, *results.parents] if p.exists())
+    free = shutil.disk_usage(folder).free
+    if plan.disk_peak_bytes > free:
+        out.append(
+            f"disk: the run needs about {_size(plan.disk_peak_bytes)} at its peak, {folder} has {_size(free)} free; "
+            "set jacobian.temporary: true, a smaller n, or results on a larger disk"
+        )
+    available = psutil.virtual_memory().available
+    concurrent = max(s.memory_bytes * max(1, plan.cores // max(1, s.threads)) for s in plan.steps if s.jobs)
+    biggest = max(plan.steps, key=lambda s: s.memory_bytes)
+    if biggest.memory_bytes > available:
+        out.append(
+            f"memory: {biggest.name} needs about {_size(biggest.memory_bytes)}, {_size(available)} is available; "
+            "lower spectrum.memory_budget_mb or use spectrum.method: topk"
+        )
+    elif concurrent > available:
+        out.append(
+            f"memory: {plan.cores} jobs at once may need {_size(concurrent)}, {_size(available)} is available; "
+            "run with fewer --cores or give the rules mem_mb resources (--resources mem_mb=...)"
+        )
+    if device == "cuda":
+        import torch
+
+        total = torch.cuda.get_device_properties(0).total_memory
+        need = max(plan.steps, key=lambda s: s.gpu_bytes)
+        if need.gpu_bytes > total:
+            out.append(f"GPU memory: {need.name} needs about {_size(need.gpu_bytes)}, the GPU has {_size(total)}")
+    return out
+
+
+def _size(b: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if b >= scale:
+            return f"{b / scale:.1f} {unit}"
+    return f"{b / 1e3:.0f} kB"
+
+
+def _duration(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    return f"{s:.0f} s"
+
+
+def format_plan(plan: Plan) -> str:
+    r = plan.rates
+    head = ["step", "jobs", "time", "peak memory (a job)", "GPU memory", "disk", "from"]
+    rows = [
+        [
+            s.name,
+            str(s.jobs),
+            _duration(s.seconds),
+            _size(s.memory_bytes),
+            _size(s.gpu_bytes) if s.gpu_bytes else "-",
+            _size(s.disk_bytes) + (" (temporary)" if s.temporary else ""),
+            s.source,
+        ]
+        for s in plan.steps
+    ]
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head, *rows]]
+    total = sum(s.seconds * s.threads for s in plan.steps)
+    lines += [
+        "",
+        f"on {r.device} (p = {r.parameters:,}); measured here: training {1 / r.train_image_seconds:,.0f} images/s, "
+        f"Jacobian {1 / r.jacobian_sample_seconds:,.0f} samples/s with its check, Gram update "
+        f"{r.gram_flops / 1e9:.1f} G multiply-adds/s, a job's start {r.job_start_seconds:.1f} s",
+        f"total: {_duration(total)} of core time; about {_duration(plan.wall_seconds)} on {plan.cores} cores; "
+        f"disk at its peak {_size(plan.disk_peak_bytes)}",
+    ]
+    lines += [f"WARNING {w}" for w in plan.warnings] or ["no warnings: disk and memory hold"]
+    return "\n".join(lines)
+
+
+def load_config(configfile: str | Path | None) -> dict:
+    """The config as the workflow sees it: the schema fills defaults, then the parse-time checks."""
+    import yaml
+    from snakemake.utils import validate
+
+    from .config import check_config
+
+    # the workflow folder: where the plan runs, or the checkout this package is installed from
+    here, checkout = Path.cwd(), Path(__file__).resolve().parents[2]
+    root = here if (here / "workflow" / "schemas").is_dir() else checkout
+    path = Path(configfile) if configfile else root / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--configfile: {path} does not exist")
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
+    check_config(config)
+    return config
+
+
+def run_plan(configfile: str | Path | None, device: str, cores: int) -> Plan:
+    config = load_config(configfile)
+    print(
+        f"measuring this machine for {configfile or 'config.yaml'} "
+        f"(corruption levels {[level_tag(x) for x in config['corruption']['levels']]})...",
+        file=sys.stderr,
+    )
+    rates = measure_rates(config, device, config["results"])
+    return make_plan(config, rates, cores, device)
+
+
+def main_plan(configfile: str | None, device: str, cores: int) -> int:
+    plan = run_plan(configfile, device, cores or os.cpu_count() or 1)
+    print(format_plan(plan))
+    return 0

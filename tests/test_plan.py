@@ -1,0 +1,118 @@
+"""``python -m jacobian_spectrum plan``: the jobs it lists, the sizes it computes, the files and
+warnings it reads and gives. Its speed estimates against measured runs: bench/plan_check.py."""
+
+import collections
+import csv
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT, TINY, snakemake
+
+from jacobian_spectrum import plan as P
+from jacobian_spectrum.models import build_model, count_parameters
+
+RATES = P.Rates(
+    device="cpu",
+    train_image_seconds=1e-3,
+    eval_image_seconds=3e-4,
+    jacobian_sample_seconds=1e-2,
+    gram_flops=1e10,
+    eigh_seconds_per_n3=1e-9,
+    write_bytes_per_second=1e9,
+    read_bytes_per_second=2e9,
+    job_start_seconds=2.0,
+    base_bytes=0.5e9,
+    train_bytes=0.6e9,
+    parameters=0,
+    activations=1000,
+    jacobian_batch=64,
+    largest_layer=500,
+)
+
+
+def tiny_config(results):
+    config = P.load_config(TINY)
+    config["results"] = str(results)
+    rates = P.Rates(**{**RATES.__dict__, "parameters": count_parameters(build_model(P._model_spec(config)))})
+    return config, rates
+
+
+def test_plan_lists_the_workflows_jobs_and_their_sizes(tmp_path):
+    config, rates = tiny_config(tmp_path / "results")
+    plan = P.make_plan(config, rates, cores=2)
+    dry = snakemake("-n", "--configfile", str(TINY), "--config", f"results={tmp_path / 'results'}")
+    counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M)}
+    by_rule = collections.Counter()
+    for s in plan.steps:
+        by_rule[s.rule] += s.jobs
+    assert by_rule["train"] == counts["train"]
+    assert by_rule["jacobian_chunk"] == counts["jacobian_chunk"] + counts["jacobian_gather"]
+    assert by_rule["spectrum"] == counts["spectrum"]
+    # J's disk is its rows x p float32 values, written once
+    j = next(s for s in plan.steps if s.key == "jacobian:init/train_epoch0")
+    assert j.disk_bytes == 60 * 3 * rates.parameters * 4
+    assert plan.disk_peak_bytes >= sum(s.disk_bytes for s in plan.steps if not s.temporary)
+    # the wall time is at least the core time spread over the cores, and at most the core time
+    core_time = sum(s.seconds * s.threads for s in plan.steps)
+    assert core_time / 2 <= plan.wall_seconds <= core_time
+    text = P.format_plan(plan)
+    assert "jacobian init/train_epoch0" in text and "total:" in text and "no warnings" in text
+
+
+def test_temporary_jacobians_lower_the_disk_peak(tmp_path):
+    config, rates = tiny_config(tmp_path / "results")
+    kept = P.make_plan(config, rates, cores=2).disk_peak_bytes
+    config["jacobian"]["temporary"] = True
+    temporary = P.make_plan(config, rates, cores=2).disk_peak_bytes
+    assert temporary < kept
+
+
+def test_plan_warns_before_the_run_when_disk_or_memory_will_not_hold(tmp_path, monkeypatch):
+    import psutil
+
+    config, rates = tiny_config(tmp_path / "results")
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(P.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
+    plan = P.make_plan(config, rates, cores=2)
+    assert any(w.startswith("disk: the run needs about") and str(tmp_path) in w for w in plan.warnings)
+    memory = collections.namedtuple("memory", "available")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(10**8))
+    plan = P.make_plan(config, rates, cores=2)
+    assert any(w.startswith("memory: ") for w in plan.warnings)
+    assert "WARNING disk" in P.format_plan(plan)
+
+
+def test_plan_takes_measured_seconds_from_an_earlier_runs_benchmark_files(tiny_results):
+    config, rates = tiny_config(tiny_results)
+    plan = P.make_plan(config, rates, cores=2)
+    train = next(s for s in plan.steps if s.key == "train:sgd_clean")
+    with open(tiny_results / "benchmarks" / "train" / "sgd_clean.tsv", newline="") as fh:
+        row = next(csv.DictReader(fh, delimiter="\t"))
+    assert train.source == "measured" and train.seconds == pytest.approx(float(row["s"]))
+    spectra = [s for s in plan.steps if s.rule == "spectrum"]
+    assert spectra and all(s.source == "measured" for s in spectra)
+    jac = next(s for s in plan.steps if s.key == "jacobian:init/train_epoch0")
+    assert jac.source == "measured"  # its chunk jobs and gather summed
+    assert len(P.benchmark_file(tiny_results, jac)) == 3 + 1  # 60 samples in chunks of 25, and the gather
+
+
+def test_plan_command_on_a_config(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "jacobian_spectrum", "plan", "--configfile", str(TINY), "--cores", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    assert re.search(r"total: .* of core time; about .* on 2 cores; disk at its peak", out.stdout)
+    missing = subprocess.run(
+        [sys.executable, "-m", "jacobian_spectrum", "plan", "--configfile", str(tmp_path / "none.yaml")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert missing.returncode != 0 and "none.yaml does not exist" in missing.stderr
