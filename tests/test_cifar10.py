@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 
-from jacobian_spectrum.figures import PAPER_TABLES, window_min
+from jacobian_spectrum.figures import PAPER_TABLES
 
 pytestmark = pytest.mark.cifar10
 
@@ -65,12 +65,20 @@ def test_every_run_fits_the_labels_it_trains_on(cifar):
         assert final_train_error <= limit, (run, final_train_error)
 
 
+def centred_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """out[t] = mean of values[t - window//2 .. t + window//2 - 1] (shorter at the ends)."""
+    h = window // 2
+    return np.array([values[max(0, t - h) : t + h].mean() for t in range(len(values))])
+
+
 def test_the_50_percent_run_dips_early_and_its_reference_sits_near_the_minimum(cifar):
     cfg, results = cifar
     run = cfg["figures"]["table3"]
     test = run_errors(results, run)["test"]
-    # Figure 8c's curve: the minimum over the last min_window epochs, as the paper plots it
-    curve = window_min(test, cfg["figures"]["min_window"])
+    # Figure 8c's curve averaged over min_window epochs: at this step size and 300 test images
+    # the error jumps by up to 10 points from one epoch to the next, so a minimum of the raw
+    # (or windowed-minimum) curve is one lucky epoch, not the early-stopping regime
+    curve = centred_mean(test, cfg["figures"]["min_window"])
     best = int(np.argmin(curve))
     assert best < len(curve) // 2, (best, len(curve))  # an early minimum
     assert curve[-1] - curve[best] >= 0.05, (curve[best], curve[-1])  # then the network fits the noise
