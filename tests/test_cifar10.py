@@ -100,15 +100,27 @@ def test_table3_final_jacobian_aligns_more_than_the_initial_one(cifar):
     assert a[1, 0] > a[0, 0], a[:, 0]
 
 
-def test_figure9_label_energy_and_test_error_rise_with_corruption(cifar):
+def runs_by_level(cfg: dict) -> dict[float, str]:
+    return {float(s["corruption"]): run for run, s in cfg["runs"].items() if run in cfg["figures"]["corruption_runs"]}
+
+
+def test_figure9_test_error_rises_with_corruption(cifar):
     cfg, results = cifar
-    by_level = {
-        float(s["corruption"]): run for run, s in cfg["runs"].items() if run in cfg["figures"]["corruption_runs"]
-    }
-    energy = [label_energy_final(results, by_level[level]) for level in LEVELS]
+    by_level = runs_by_level(cfg)
     test_error = [run_errors(results, by_level[level])["test"][-1] for level in LEVELS]
-    assert all(b > a for a, b in zip(energy, energy[1:])), energy
     assert all(b > a for a, b in zip(test_error, test_error[1:])), test_error
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="measured 0.077, 0.080, 0.078, 0.050 from 0% to 75%: every run fits its labels and J_final takes "
+    "them up in its top 50 directions (docs/cifar10.md); strict, so a configuration where it holds reports it",
+)
+def test_figure9_final_label_energy_on_the_nuisance_space_rises_with_corruption(cifar):
+    cfg, results = cifar
+    by_level = runs_by_level(cfg)
+    energy = [label_energy_final(results, by_level[level]) for level in LEVELS]
+    assert all(b > a for a, b in zip(energy, energy[1:])), energy
 
 
 @pytest.mark.parametrize("table", [1, 2, 3])

@@ -116,3 +116,18 @@ def test_plan_command_on_a_config(tmp_path):
         timeout=300,
     )
     assert missing.returncode != 0 and "none.yaml does not exist" in missing.stderr
+
+
+def test_plan_of_a_config_whose_data_is_not_there_yet_notes_it(tmp_path):
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    config["dataset"].update({"name": "cifar10", "root": str(tmp_path / "cifar"), "classes": ["airplane", "bird"]})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    notes = []
+    loaded = P.load_config(path, notes)
+    assert loaded["dataset"]["name"] == "cifar10"
+    assert len(notes) == 1 and notes[0].startswith("data: not checked (dataset.root: no CIFAR-10 at")
+    with pytest.raises(ValueError, match="no CIFAR-10"):  # without notes, as Snakemake stops
+        P.load_config(path)

@@ -496,12 +496,17 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def load_config(configfile: str | Path | None) -> dict:
-    """The config as the workflow sees it: the schema fills defaults, then the parse-time checks."""
+def load_config(configfile: str | Path | None, notes: list[str] | None = None) -> dict:
+    """The config as the workflow sees it: the schema fills defaults, then the parse-time checks.
+
+    A data set that is not there yet (the plan may come before the download) is added to
+    ``notes`` instead of stopping the plan; any other mistake stops it as it stops Snakemake.
+    """
     import yaml
     from snakemake.utils import validate
 
-    from .config import check_config
+    from .config import ConfigError, check_config
+    from .data import DataError
 
     # the workflow folder: where the plan runs, or the checkout this package is installed from
     here, checkout = Path.cwd(), Path(__file__).resolve().parents[2]
@@ -512,19 +517,27 @@ def load_config(configfile: str | Path | None) -> dict:
     with open(path) as fh:
         config = yaml.safe_load(fh)
     validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
-    check_config(config)
+    try:
+        check_config(config)
+    except ConfigError as exc:  # the data set's own problems come as a ConfigError caused by a DataError
+        if notes is None or not isinstance(exc.__cause__, DataError):
+            raise
+        notes.append(f"data: not checked ({exc.__cause__})")
     return config
 
 
 def run_plan(configfile: str | Path | None, device: str, cores: int) -> Plan:
-    config = load_config(configfile)
+    notes: list[str] = []
+    config = load_config(configfile, notes)
     print(
         f"measuring this machine for {configfile or 'config.yaml'} "
         f"(corruption levels {[level_tag(x) for x in config['corruption']['levels']]})...",
         file=sys.stderr,
     )
     rates = measure_rates(config, device, config["results"])
-    return make_plan(config, rates, cores, device)
+    plan = make_plan(config, rates, cores, device)
+    plan.warnings += notes
+    return plan
 
 
 def main_plan(configfile: str | None, device: str, cores: int) -> int:
