@@ -415,6 +415,7 @@ def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkp
 
 def test_a_failed_probe_check_stops_the_chunk_job_and_leaves_no_file(subset_and_checkpoint, monkeypatch):
     from jacobian_spectrum import jacobian as jac
+    from jacobian_spectrum import jacobian_probe
 
     root = subset_and_checkpoint
     real = jac.jacobian_by_layers
@@ -429,7 +430,7 @@ def test_a_failed_probe_check_stops_the_chunk_job_and_leaves_no_file(subset_and_
         compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
     assert not list(root.glob("*c.h5*"))
     monkeypatch.setattr(jac, "jacobian_by_layers", real)
-    monkeypatch.setattr(jac.ProbeCheck, "errors", lambda self: (float("nan"), 0.0))  # NaN never passes
+    monkeypatch.setattr(jacobian_probe.ProbeCheck, "errors", lambda self: (float("nan"), 0.0))  # NaN never passes
     with pytest.raises(ArithmeticError, match=r"jvp\|/\|jvp\| = nan"):
         compute_chunk(root / "epoch0.pt", root / "subset.h5", "train", 0, 21, root / "c.h5")
     assert not list(root.glob("*c.h5*"))
