@@ -200,14 +200,21 @@ def _train_epoch(
 
 
 def _record_epoch(
-    traj: Trajectory, model: nn.Module, x_train: torch.Tensor, x_test: torch.Tensor, lr: float, loss: float, sec: float
+    traj: Trajectory,
+    model: nn.Module,
+    x_train: torch.Tensor,
+    x_test: torch.Tensor,
+    lr: float,
+    loss: float,
+    started: float | None,
 ) -> None:
-    """Append the unaugmented predictions on both splits after an epoch (or at initialisation)."""
+    """Append the unaugmented predictions on both splits after an epoch (or at initialisation,
+    ``started`` None); the epoch's seconds count from ``started`` to the end of the predictions."""
     traj.train_predictions.append(predict(model, x_train).numpy())
     traj.test_predictions.append(predict(model, x_test).numpy())
     traj.lr.append(lr)
     traj.batch_loss.append(loss)
-    traj.seconds.append(sec)
+    traj.seconds.append(0.0 if started is None else time.perf_counter() - started)
 
 
 def train(
@@ -241,7 +248,7 @@ def train(
         logger.info("resumed from %s after epoch %d", resume_path, start - 1)
     else:
         traj, ckpts, start = Trajectory(), {}, 1
-        _record_epoch(traj, model, x_train, x_test, float("nan"), float("nan"), 0.0)
+        _record_epoch(traj, model, x_train, x_test, float("nan"), float("nan"), None)
         if 0 in s.checkpoint_epochs:
             ckpts[0] = _state_copy(model)
     for epoch in range(start, s.epochs + 1):
@@ -249,7 +256,7 @@ def train(
         lr = opt.param_groups[0]["lr"]
         loss = _train_epoch(model, opt, x_train, y_train, s, gen)
         sched.step()
-        _record_epoch(traj, model, x_train, x_test, lr, loss, time.perf_counter() - t0)
+        _record_epoch(traj, model, x_train, x_test, lr, loss, t0)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss}); lower the learning rate")
         if epoch in s.checkpoint_epochs:
