@@ -110,7 +110,8 @@ def main() -> None:
         chunk_bytes = sum(p.stat().st_size for p in paths)
         out.update(
             {
-                "gram_equal": bool(np.array_equal(G_virtual, G_copy)),
+                # slab widths follow each layout's HDF5 chunks, so the sums' order (not the values) differs
+                "gram_max_relative_difference": float(np.abs(G_virtual - G_copy).max() / np.abs(G_copy).max()),
                 "ratio_gather_virtual_over_copy": out["gather_virtual"] / out["gather_copy"],
                 "ratio_gram_virtual_over_copy": out["gram_virtual"] / out["gram_copy"],
                 "bytes_chunks": chunk_bytes,

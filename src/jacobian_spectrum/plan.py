@@ -282,7 +282,8 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     J = jacobian(model, xs)
     jac_s = _best_seconds(lambda: probe_errors(model, xs, jacobian(model, xs)), dev, repeats=1) / len(xs)
     del J
-    gram_flops, eigh_c = _linear_algebra_rates(int(config["spectrum"]["threads"]), dev)
+    # more BLAS threads than cores would measure the oversubscription, not the machine
+    gram_flops, eigh_c = _linear_algebra_rates(min(int(config["spectrum"]["threads"]), os.cpu_count() or 1), dev)
     write_bps, read_bps = _disk_rates(scratch)
     start_s, base = _job_start()
     return Rates(
@@ -324,7 +325,7 @@ def _best_seconds(fn, dev, repeats: int = 3) -> float:
 def _linear_algebra_rates(threads: int, dev) -> tuple[float, float]:
     """Multiply-adds per second of the Gram update, and eigh's seconds per n^3, at ``threads``."""
     rng = np.random.default_rng(0)
-    m, w, e = 600, 20000, 600
+    m, w, e = 1500, 20000, 1500  # blocked BLAS and LAPACK reach their speed only at sizes like these
     if dev.type == "cuda":
         import torch
 
@@ -375,7 +376,7 @@ def _disk_rates(scratch: str | Path | None) -> tuple[float, float]:
 def _job_start() -> tuple[float, float]:
     """Seconds and resident bytes of a fresh process that imports torch and the package."""
     code = (
-        "import resource, torch, h5py, jacobian_spectrum.jacobian_store; "
+        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian_store; "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     t0 = time.perf_counter()
