@@ -343,16 +343,9 @@ def _linear_algebra_rates(threads: int, dev) -> tuple[float, float]:
     A = rng.standard_normal((e, e))
     A = A @ A.T
     with threadpool_limits(limits=threads):
-        t = _best_seconds(lambda: dsyrk(1.0, slab, trans=1), _CPU)
-        te = _best_seconds(lambda: np.linalg.eigh(A), _CPU, repeats=1)
+        t = _best_seconds(lambda: dsyrk(1.0, slab, trans=1), dev)
+        te = _best_seconds(lambda: np.linalg.eigh(A), dev, repeats=1)
     return m * m * w / t, te / e**3
-
-
-class _Cpu:
-    type = "cpu"
-
-
-_CPU = _Cpu()
 
 
 def _disk_rates(scratch: str | Path | None) -> tuple[float, float]:
