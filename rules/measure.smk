@@ -1,9 +1,16 @@
-# Measurement stage: labels, initial residual and per-epoch residuals on I and N.
+# Measurement stage: labels, initial residual and per-epoch residuals on I and N; the cut-off
+# curves, and for tracked runs the alignment over training and Theorem 3.2's terms.
 
 
 rule measure:
     input:
-        unpack(lambda w: {"trajectory": f"{R}/runs/{w.run}/trajectory.h5", **spectra_of_run(w.run)}),
+        unpack(
+            lambda w: {
+                "trajectory": f"{R}/runs/{w.run}/trajectory.h5",
+                **spectra_of_run(w.run),
+                "tracked": tracked_spectra(w.run),
+            }
+        ),
     output:
         f"{R}/runs/{{run}}/measurements.h5",
     log:
@@ -13,6 +20,8 @@ rule measure:
     params:
         info_dim=config["spectrum"]["info_dim"],
         reference_epoch=lambda w: reference_epoch(w.run),
+        tracked_epochs=lambda w: TRACKED.get(w.run, []),
+        theorem=config["analysis"]["theorem"],
         code=code_version("measure.py"),
     script:
         "../workflow/scripts/measure.py"

@@ -38,7 +38,7 @@ rule train:
     params:
         settings=lambda w: RUNS[w.run],
         training=config["training"],
-        checkpoint_epochs=lambda w: run_epochs_needed(RUNS[w.run]),
+        checkpoint_epochs=lambda w: checkpoint_epochs(w.run),
         device=config["device"],
         resume=lambda w: f"{R}/runs/{w.run}/resume/state.pt",
         code=code_version("train.py"),

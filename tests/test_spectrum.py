@@ -58,7 +58,8 @@ def test_full_spectrum_equals_numpy_svd(tmp_path, kind):
     assert len(spec.singular_values) == 120
     assert np.abs(spec.singular_values - s).max() <= 1e-10 * s[0]
     # same information space (singular vectors up to sign)
-    assert np.allclose(np.abs(np.sum(spec.U * U[:, :10], axis=0)), 1, atol=1e-8)
+    assert spec.U.shape == (120, 120)  # spectrum.stored_vectors "all": every vector of the full method
+    assert np.allclose(np.abs(np.sum(spec.U[:, :10] * U[:, :10], axis=0)), 1, atol=1e-8)
     assert spec.checks["orthogonality_error"] < 1e-12 and spec.checks["eigen_residual"] < 1e-12
     assert spec.checks["norm_residual"] < 1e-12
 
@@ -85,15 +86,17 @@ def test_topk_agrees_with_full_on_the_leading_values(tmp_path):
     topk = compute_spectrum(path, {**SETTINGS, "method": "topk"})
     assert len(topk.singular_values) == 40
     assert np.abs(topk.singular_values[:15] - full.singular_values[:15]).max() <= 1e-8 * full.singular_values[0]
-    assert np.allclose(np.abs(np.sum(topk.U * full.U, axis=0)), 1, atol=1e-6)
+    assert topk.U.shape == (120, 40)  # all that topk computes
+    assert np.allclose(np.abs(np.sum(topk.U[:, :15] * full.U[:, :15], axis=0)), 1, atol=1e-6)
 
 
 def test_spectrum_file_contract(tmp_path):
     J = random_J("low_rank", np.random.default_rng(3)).astype(np.float32)
     write_J(tmp_path / "J.h5", J)
-    spectrum_of_file(tmp_path / "J.h5", tmp_path / "s.h5", {**SETTINGS, "method": "auto"}, "cpu")
+    settings = {**SETTINGS, "method": "auto", "stored_vectors": 12}
+    spectrum_of_file(tmp_path / "J.h5", tmp_path / "s.h5", settings, "cpu")
     sp = read_spectrum(tmp_path / "s.h5")
-    assert sp.U.shape == (120, 10) and np.all(np.diff(sp.singular_values) <= 0)
+    assert sp.U.shape == (120, 12) and np.all(np.diff(sp.singular_values) <= 0)
     assert sp.attrs["method"] == "full" and sp.attrs["info_dim"] == 10
     assert sp.attrs["numerical_floor"] == pytest.approx(1e-8 * sp.singular_values[0])
 
@@ -274,4 +277,4 @@ def test_full_spectrum_on_the_gpu_equals_the_cpu_path(tmp_path):
     gpu = compute_spectrum(path, SETTINGS, "cuda")
     floor = 1e-8 * cpu.singular_values[0]  # the float64 floor of the Gram route
     assert np.abs(gpu.singular_values - cpu.singular_values).max() <= floor
-    assert np.allclose(np.abs(np.sum(gpu.U * cpu.U, axis=0)), 1, atol=1e-6)
+    assert np.allclose(np.abs(np.sum(gpu.U[:, :10] * cpu.U[:, :10], axis=0)), 1, atol=1e-6)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
+import numpy as np
+
 from .data import DataError, dataset_info, resolve_classes
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
@@ -29,9 +31,44 @@ def reference_epoch(run: Mapping) -> int:
     return int(run["epochs"]) if ref is None else int(ref)
 
 
-def run_epochs_needed(run: Mapping) -> list[int]:
-    """Checkpointed epochs of a run: 0 (the shared initialisation), final, reference and extras."""
-    return sorted({0, int(run["epochs"]), reference_epoch(run), *map(int, run.get("checkpoints", []))})
+def run_epochs_needed(run: Mapping, checkpoint_every: int) -> list[int]:
+    """Checkpointed epochs of a run: 0 (the shared initialisation), final, reference, extras,
+    and the kept grid: every epoch up to ``checkpoint_every`` and its multiples after. The grid
+    does not depend on the tracked epochs, so a new tracking grid never retrains."""
+    final = int(run["epochs"])
+    grid = set(range(0, min(final, checkpoint_every) + 1)) | set(range(0, final + 1, checkpoint_every))
+    return sorted(grid | {final, reference_epoch(run), *map(int, run.get("checkpoints", []))})
+
+
+def log_uniform_epochs(final: int, count: int) -> list[int]:
+    """0, then ``count`` - 1 epochs spread log-uniformly from 1 to ``final`` (fewer where they round alike)."""
+    if count <= 2 or final <= 1:
+        return sorted({0, final})
+    spread = np.geomspace(1, final, count - 1)  # from 1 to final, both included
+    return sorted({0, *(int(round(e)) for e in spread)})
+
+
+def tracked_runs(config: Mapping) -> list[str]:
+    """Runs whose alignment is measured over training (analysis.track_runs; null = all)."""
+    runs = config["analysis"].get("track_runs")
+    return list(config["runs"]) if runs is None else list(runs)
+
+
+def tracked_epochs(run: Mapping, config: Mapping) -> list[int]:
+    """The epochs of ``run`` whose training Jacobian and spectrum the analysis measures.
+
+    A count is spread log-uniformly and each epoch moved to the nearest kept checkpoint (ties:
+    the earlier); a list is taken as it is, without its entries beyond the run's last epoch.
+    0 and the final epoch are always tracked."""
+    final = int(run["epochs"])
+    kept = np.array(run_epochs_needed(run, int(config["training"]["checkpoint_every"])))
+    grid = config["analysis"]["track_epochs"]
+    if isinstance(grid, int):
+        wanted = log_uniform_epochs(final, grid)
+        epochs = {int(kept[np.argmin(np.abs(kept - e))]) for e in wanted}
+    else:
+        epochs = {int(e) for e in grid if int(e) <= final}
+    return sorted(epochs | {0, final})
 
 
 def check_config(config: Mapping) -> None:
@@ -40,6 +77,7 @@ def check_config(config: Mapping) -> None:
     _check_spectrum(config["spectrum"], config["dataset"], k)
     _check_runs(config["runs"], [float(x) for x in config["corruption"]["levels"]])
     _check_figures(config["figures"], config["runs"])
+    _check_analysis(config)
 
 
 def _check_dataset(ds: Mapping) -> int:
@@ -82,6 +120,12 @@ def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
             f"config key 'spectrum.info_dim': {spec['info_dim']} exceeds nK = {rows} "
             f"(rows of the smaller Jacobian); allowed: 1..{rows}"
         )
+    stored = spec.get("stored_vectors", "all")
+    if stored != "all" and stored < spec["info_dim"]:
+        raise ConfigError(
+            f"config key 'spectrum.stored_vectors': {stored} is below spectrum.info_dim = {spec['info_dim']}; "
+            f"allowed: all or {spec['info_dim']}..{rows}"
+        )
     if spec["method"] in ("topk", "matrix_free") and spec["topk"] < spec["info_dim"]:
         raise ConfigError(f"config key 'spectrum.topk': {spec['topk']} is below spectrum.info_dim = {spec['info_dim']}")
 
@@ -118,4 +162,31 @@ def _check_figures(figs: Mapping, runs: Mapping) -> None:
         if run not in runs:
             raise ConfigError(
                 f"config key 'figures.corruption_runs': run {run!r} is not in runs; allowed: {sorted(runs)}"
+            )
+
+
+def _check_analysis(config: Mapping) -> None:
+    analysis, runs = config["analysis"], config["runs"]
+    for run in analysis.get("track_runs") or []:
+        if run not in runs:
+            raise ConfigError(f"config key 'analysis.track_runs': run {run!r} is not in runs; allowed: {sorted(runs)}")
+    grid = analysis["track_epochs"]
+    if isinstance(grid, int):
+        return
+    every = int(config["training"]["checkpoint_every"])
+    longest = max(int(r["epochs"]) for r in runs.values())
+    for e in grid:
+        if int(e) > longest:
+            raise ConfigError(
+                f"config key 'analysis.track_epochs': epoch {e} is beyond every run (the longest has {longest} "
+                f"epochs); allowed: 0..{longest}"
+            )
+    for name in tracked_runs(config):
+        kept = set(run_epochs_needed(runs[name], every))
+        missing = [int(e) for e in grid if int(e) <= int(runs[name]["epochs"]) and int(e) not in kept]
+        if missing:
+            raise ConfigError(
+                f"config key 'analysis.track_epochs': epochs {missing} of run {name!r} have no checkpoint; allowed: "
+                f"0..{every} and multiples of training.checkpoint_every = {every} (or add them to "
+                f"runs.{name}.checkpoints, which retrains the run)"
             )

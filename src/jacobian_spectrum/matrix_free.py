@@ -23,7 +23,7 @@ from torch.func import functional_call, jvp, vjp, vmap
 
 from .jacobian import ROW_ORDER, batch_slices, split_params
 from .logs import logger
-from .spectrum import Spectrum, spectrum_checks, write_spectrum
+from .spectrum import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 
 @dataclass
@@ -143,6 +143,7 @@ def matrix_free_spectrum(
     power_iterations: int,
     threads: int = 1,
     batch_size: int = 256,
+    keep: int | None = None,
 ) -> Spectrum:
     """Spectrum of J(checkpoint) on ``split`` without storing J; checked by two more passes."""
     from .data import read_split
@@ -159,11 +160,12 @@ def matrix_free_spectrum(
     JtU = op.rmatmat(U[:, : min(10, info_dim)])
     checks = spectrum_checks(s, U[:, :info_dim], op.matmat(JtU), np.linalg.norm(JtU, axis=0))
     checks["passes"] = op.passes
+    keep = info_dim if keep is None else min(keep, U.shape[1])  # the stored vectors (spectrum.stored_vectors)
     logger.info(
         "matrix-free spectrum of %s on %s: %d x %d, %d passes, %.1fs", checkpoint, split, *op.shape, op.passes, t1 - t0
     )
     return Spectrum(
-        s, U[:, :info_dim].copy(), "matrix_free", checks, {"matrix_free": t1 - t0, "verify": time.perf_counter() - t1}
+        s, U[:, :keep].copy(), "matrix_free", checks, {"matrix_free": t1 - t0, "verify": time.perf_counter() - t1}
     )
 
 
@@ -182,6 +184,7 @@ def spectrum_matrix_free(
         settings["oversampling"],
         settings["power_iterations"],
         threads,
+        keep=stored_vector_count(settings, settings["topk"]),
     )
     payload = read_checkpoint(checkpoint)
     source = {

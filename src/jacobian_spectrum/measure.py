@@ -11,11 +11,12 @@ All reductions in float64.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from .analysis import CUTOFF_COLUMNS, best_cutoff, energy_share, principal_cosines, projection_curves, theorem_terms
 from .data import one_hot
 from .h5io import atomic_h5, open_checked, write_provenance
 from .spectrum import SpectrumData, read_spectrum
@@ -30,6 +31,7 @@ TABLE_COLUMNS = (
     "||J_I^+ r0||/||r0||",
 )
 TABLE_ROWS = ("J_init", "J_final")
+LABEL_SYMBOLS = {"labels": "y", "clean_labels": "y_clean", "label_noise": "(y - y_clean)"}
 
 
 def flatten_rows(a: np.ndarray) -> np.ndarray:
@@ -39,15 +41,7 @@ def flatten_rows(a: np.ndarray) -> np.ndarray:
 
 def projection_ratios(x: np.ndarray, U: np.ndarray, s: np.ndarray) -> tuple[float, float, float]:
     """(||P_I x||, ||P_N x||, ||J_I^+ x||), each divided by ||x||, for I = span(U)."""
-    x = np.asarray(x, dtype=np.float64)
-    norm = np.linalg.norm(x)
-    if norm == 0:
-        raise ValueError("cannot measure a zero vector (||x|| = 0)")
-    c = U.T @ x
-    p_info = np.linalg.norm(c)
-    p_nuis = np.linalg.norm(x - U @ c)
-    pinv = np.linalg.norm(c / s[: U.shape[1]])
-    return p_info / norm, p_nuis / norm, pinv / norm
+    return tuple(float(v) for v in projection_curves(x, U, s)[-1])
 
 
 def residual_energies(residuals: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -59,11 +53,98 @@ def residual_energies(residuals: np.ndarray, U: np.ndarray) -> tuple[np.ndarray,
 
 
 @dataclass
+class Tracking:
+    """The alignment at each tracked epoch (beyond the paper: its two moments become a curve)."""
+
+    epochs: np.ndarray  # (T,)
+    labels: dict[str, np.ndarray]  # labels, clean_labels, label_noise -> (T, 3) at r = info_dim
+    cosines: dict[
+        str, np.ndarray
+    ]  # init, final -> (T, info_dim): principal angles' cosines with J_init's / J_final's I
+    theorem: dict[str, np.ndarray]  # bias, pinv, nuisance -> (T, R); {paper,unit}_{r,bound} -> (T,)
+
+
+@dataclass
 class RunMeasurements:
     alignment: np.ndarray  # (2, 6): rows J_init, J_final; columns TABLE_COLUMNS
     label_energy_nuisance: np.ndarray  # (2,): ||P_N y||^2 / ||y||^2 for J_init, J_final
     residual: dict[str, dict[str, np.ndarray]]  # split -> {information, nuisance}: per epoch, squared
     residual0: dict[str, float]  # split -> ||r_0||^2
+    cutoff: dict[str, np.ndarray] = field(default_factory=dict)  # J_init, J_final -> (R, 6): TABLE_COLUMNS over r
+    energy_share: dict[str, np.ndarray] = field(default_factory=dict)  # J_init, J_final -> share of ||J||_F^2 in top r
+    tracking: Tracking | None = None
+
+
+def resolved_floor(sp: SpectrumData) -> float:
+    """Singular values at or below this are not resolved (Gram route or J's stored precision)."""
+    return max(float(sp.attrs.get("numerical_floor", 0.0)), float(sp.attrs.get("storage_floor", 0.0)))
+
+
+def label_vectors(traj: TrajectoryData) -> dict[str, np.ndarray]:
+    """y (the trained labels) and, for a corrupted run, y_clean and the label noise y - y_clean."""
+    k = traj.train_predictions.shape[-1]
+    y = flatten_rows(one_hot(traj.train_y, k))
+    out = {"labels": y}
+    if np.any(traj.train_y != traj.train_y_clean):
+        clean = flatten_rows(one_hot(traj.train_y_clean, k))
+        out.update(clean_labels=clean, label_noise=y - clean)
+    return out
+
+
+def measure_cutoff(traj: TrajectoryData, spectra: Mapping[str, SpectrumData]) -> tuple[dict, dict]:
+    """Every column of Tables 1-3 for every cut-off r up to the stored vectors, and the share of
+    ||J||_F^2 in the top r, for J_init and J_final."""
+    k = traj.train_predictions.shape[-1]
+    y = flatten_rows(one_hot(traj.train_y, k))
+    r0 = flatten_rows(traj.train_predictions[0]) - y
+    cutoff, share = {}, {}
+    for key, row in zip(("init", "final"), TABLE_ROWS):
+        sp = spectra[key]
+        floor = resolved_floor(sp)
+        curves = [projection_curves(v, sp.U, sp.singular_values, floor) for v in (y, r0)]
+        cutoff[row] = np.concatenate(curves, axis=1)
+        share[row] = energy_share(sp.singular_values)
+    return cutoff, share
+
+
+def measure_tracking(
+    traj: TrajectoryData,
+    tracked: Mapping[int, SpectrumData],
+    spectra: Mapping[str, SpectrumData],
+    info_dim: int,
+    theorem: Mapping[str, float],
+) -> Tracking:
+    """At each tracked epoch: the label alignment (y, and y_clean and y - y_clean for corrupted
+    runs), the principal angles of its I with J_init's and J_final's, and Theorem 3.2's terms over r."""
+    k = traj.train_predictions.shape[-1]
+    vectors = label_vectors(traj)
+    epochs = np.array(sorted(tracked))
+    R = min(sp.U.shape[1] for sp in tracked.values())
+    labels = {name: np.zeros((len(epochs), 3)) for name in vectors}
+    cosines = {key: np.zeros((len(epochs), info_dim)) for key in ("init", "final")}
+    terms = []
+    for i, e in enumerate(epochs):
+        sp = tracked[int(e)]
+        _check_rows(sp, len(vectors["labels"]), f"epoch {e}")
+        U, s = sp.U[:, :info_dim], sp.singular_values
+        for name, v in vectors.items():
+            labels[name][i] = projection_ratios(v, U, s)
+        for key in cosines:
+            cosines[key][i] = principal_cosines(U, spectra[key].U[:, :info_dim])
+        terms.append(theorem_terms(vectors["labels"], sp.U[:, :R], s, k, resolved_floor(sp)))
+    out = {name: np.array([getattr(t, name) for t in terms]) for name in ("bias", "pinv", "nuisance")}
+    for tag, (factor, gamma) in theorem_constants(theorem).items():
+        best = [best_cutoff(t.bound(factor, gamma)) for t in terms]
+        out[f"{tag}_r"] = np.array([r for r, _ in best])
+        out[f"{tag}_bound"] = np.array([b for _, b in best])
+        out[f"{tag}_bias"] = np.array([t.bias[r - 1] for t, (r, _) in zip(terms, best)])
+        out[f"{tag}_variance"] = out[f"{tag}_bound"] - out[f"{tag}_bias"]
+    return Tracking(epochs, labels, cosines, out)
+
+
+def theorem_constants(theorem: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+    """(factor, Gamma) of the variance term: the paper's printed 12 B and Gamma, and both set to 1."""
+    return {"paper": (12 * float(theorem["B"]), float(theorem["gamma"])), "unit": (1.0, 1.0)}
 
 
 def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim: int) -> RunMeasurements:
@@ -124,6 +205,37 @@ def write_measurements(path: str | Path, m: RunMeasurements, attrs: Mapping[str,
             for name, values in parts.items():
                 g.create_dataset(name, data=values)
                 g.create_dataset(f"{name}_normalised", data=values / m.residual0[split])
+        for row, values in m.cutoff.items():
+            d = f.create_dataset(f"cutoff/{row}", data=values)
+            d.attrs["columns"] = list(TABLE_COLUMNS)
+            d.attrs["meaning"] = f"Tables 1-3's columns for {row} at every cut-off r = 1..{len(values)} (row r - 1)"
+            e = f.create_dataset(f"cutoff/energy_share_{row}", data=m.energy_share[row])
+            e.attrs["meaning"] = f"share of ||{row}||_F^2 in the top r singular values, r = 1..{len(e)}"
+        if m.tracking is not None:
+            _write_tracking(f, m.tracking)
+
+
+def _write_tracking(f, t: Tracking) -> None:
+    g = f.create_group("tracking")
+    g.create_dataset("epochs", data=t.epochs)
+    g.attrs["meaning"] = "the alignment at each tracked epoch's training Jacobian, I = its top info_dim"
+    for name, values in t.labels.items():
+        d = g.create_dataset(name, data=values)
+        d.attrs["columns"] = [c.replace("x", LABEL_SYMBOLS[name]) for c in CUTOFF_COLUMNS]
+    for key, values in t.cosines.items():
+        d = g.create_dataset(f"cosines_{key}", data=values)
+        d.attrs["meaning"] = f"cosines of the principal angles between this epoch's I and J_{key}'s I, descending"
+        g.create_dataset(f"overlap_{key}", data=(values**2).mean(axis=1)).attrs["meaning"] = (
+            f"mean squared cosine with J_{key}'s I (1 = the same subspace)"
+        )
+    h = f.create_group("theorem")
+    h.attrs["meaning"] = (
+        "Theorem 3.2 per tracked epoch (rows, as tracking/epochs) and cut-off r (columns, r = 1..R): "
+        "bias = 2 ||P_N y|| / sqrt(n); variance = factor (pinv + Gamma nuisance) with pinv = sqrt(K/n) ||J_I^+ y||, "
+        "nuisance = sqrt(K/n) ||P_N y|| / s_r; NaN where s_r is below the spectrum's floor"
+    )
+    for name, values in t.theorem.items():
+        h.create_dataset(name, data=values)
 
 
 def read_measurements(path: str | Path) -> dict:
@@ -135,8 +247,12 @@ def read_measurements(path: str | Path) -> dict:
         "residual/test/information",
         "residual/test/nuisance",
     ]
+    names += ["cutoff/J_init", "cutoff/J_final", "cutoff/energy_share_J_init", "cutoff/energy_share_J_final"]
     with open_checked(path, names, artifact="measurements") as f:
         out = {n: f[n][...] for n in names}
+        for group in ("tracking", "theorem"):  # only in tracked runs (analysis.track_runs)
+            if group in f:
+                out.update({f"{group}/{k}": v[...] for k, v in f[group].items()})
         for split in ("train", "test"):
             out[f"residual/{split}/r0_energy"] = float(f[f"residual/{split}"].attrs["r0_energy"])
         out["attrs"] = dict(f.attrs)
@@ -149,17 +265,29 @@ def measure_run(
     out_path: str | Path,
     info_dim: int,
     attrs: Mapping[str, object],
+    tracked: Mapping[int, str | Path] | None = None,
+    theorem: Mapping[str, float] | None = None,
 ) -> RunMeasurements:
+    """The measure rule: Tables 1-3, the residuals, the cut-off curves, and with ``tracked``
+    (epoch -> training spectrum) the alignment over training and Theorem 3.2's terms."""
     traj = read_trajectory(trajectory)
-    loaded = {key: read_spectrum(p) for key, p in spectra.items()}
+    paths = {**spectra, **{f"epoch{e}": p for e, p in (tracked or {}).items()}}
+    loaded = {key: read_spectrum(p) for key, p in paths.items()}
     for key, sp in loaded.items():
         if sp.U.shape[1] < info_dim:
             raise ValueError(
-                f"{spectra[key]}: stores {sp.U.shape[1]} singular vectors, info_dim is {info_dim}; "
+                f"{paths[key]}: stores {sp.U.shape[1]} singular vectors, info_dim is {info_dim}; "
                 "rerun the spectrum rule"
             )
     m = measure(traj, loaded, info_dim)
+    m.cutoff, m.energy_share = measure_cutoff(traj, loaded)
+    extra = {}
+    if tracked:
+        if theorem is None:
+            raise ValueError("tracked epochs need Theorem 3.2's constants (analysis.theorem: B, gamma)")
+        m.tracking = measure_tracking(traj, {e: loaded[f"epoch{e}"] for e in tracked}, loaded, info_dim, theorem)
+        extra = {"theorem_B": theorem["B"], "theorem_gamma": theorem["gamma"]}
     write_measurements(
-        out_path, m, {**attrs, "info_dim": info_dim, **{f"spectrum_{k}": str(v) for k, v in spectra.items()}}
+        out_path, m, {**attrs, "info_dim": info_dim, **extra, **{f"spectrum_{k}": str(v) for k, v in paths.items()}}
     )
     return m

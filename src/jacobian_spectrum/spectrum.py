@@ -31,7 +31,7 @@ GRAM_FLOOR = 1e-8  # relative to s_max: below it, Gram-based singular values are
 @dataclass
 class Spectrum:
     singular_values: np.ndarray  # descending; all nK for full, top-k otherwise
-    U: np.ndarray  # (nK, r) top-r left singular vectors
+    U: np.ndarray  # (nK, stored) top left singular vectors: the first info_dim span I
     method: str
     checks: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
@@ -188,7 +188,7 @@ def spectrum_checks(s: np.ndarray, U: np.ndarray, JJtU: np.ndarray, JtU_norms: n
 
 def full_spectrum(
     path: str | Path,
-    info_dim: int,
+    keep: int,
     memory_budget_mb: float,
     threads: int,
     scheduler: str | None = None,
@@ -208,12 +208,12 @@ def full_spectrum(
     del G
     t2 = time.perf_counter()
     s = np.sqrt(np.maximum(w, 0.0))
-    return Spectrum(s, V[:, :info_dim].copy(), "full", seconds={"gram": t1 - t0, "eigh": t2 - t1})
+    return Spectrum(s, V[:, :keep].copy(), "full", seconds={"gram": t1 - t0, "eigh": t2 - t1})
 
 
 def topk_spectrum(
     path: str | Path,
-    info_dim: int,
+    keep: int,
     k: int,
     oversampling: int,
     power_iterations: int,
@@ -231,8 +231,16 @@ def topk_spectrum(
         u, s, _ = da.linalg.svd_compressed(
             Jd, k=k, iterator="QR", n_power_iter=power_iterations, n_oversamples=oversampling, seed=seed, compute=True
         )
-        U, s = dask.compute(u[:, :info_dim], s)
+        U, s = dask.compute(u[:, :keep], s)
     return Spectrum(np.asarray(s), np.asarray(U), "topk", seconds={"topk": time.perf_counter() - t0})
+
+
+def stored_vector_count(settings: dict, available: int) -> int:
+    """How many left singular vectors a spectrum file keeps: spectrum.stored_vectors ("all" =
+    every one the method computes), never fewer than info_dim nor more than ``available``."""
+    stored = settings.get("stored_vectors", "all")
+    keep = available if stored == "all" else min(int(stored), available)
+    return max(keep, min(int(settings["info_dim"]), available))
 
 
 def choose_method(method: str, rows: int, memory_budget_mb: float) -> str:
@@ -252,10 +260,12 @@ def compute_spectrum(path: str | Path, settings: dict, device: str = "cpu") -> S
     method = choose_method(settings["method"], rows, settings["memory_budget_mb"])
     budget, threads = settings["memory_budget_mb"], settings["threads"]
     if method == "full":
-        spec = full_spectrum(path, r, budget, threads, settings.get("scheduler"), device)
+        keep = stored_vector_count(settings, rows)
+        spec = full_spectrum(path, keep, budget, threads, settings.get("scheduler"), device)
     elif method == "topk":
+        keep = stored_vector_count(settings, min(settings["topk"], rows, cols))
         spec = topk_spectrum(
-            path, r, settings["topk"], settings["oversampling"], settings["power_iterations"], budget, threads
+            path, keep, settings["topk"], settings["oversampling"], settings["power_iterations"], budget, threads
         )
     else:
         raise ValueError(f"spectrum.method {method!r} cannot read a stored J; allowed here: auto, full, topk")
@@ -268,7 +278,7 @@ def compute_spectrum(path: str | Path, settings: dict, device: str = "cpu") -> S
 def write_spectrum(
     path: str | Path, spec: Spectrum, info_dim: int, source: str | Path, source_attrs: dict, settings: dict
 ) -> None:
-    """``spectrum/{split}_epoch{epoch}.h5``: singular_values (descending), U (nK x r), attrs."""
+    """``spectrum/{split}_epoch{epoch}.h5``: singular_values (descending), U (nK x stored), attrs."""
     s = spec.singular_values
     require_finite(s, f"{path}: singular values")
     smax = float(s[0]) if len(s) else 0.0
@@ -298,7 +308,10 @@ def write_spectrum(
         )
         f.create_dataset("singular_values", data=s)
         f.create_dataset("U", data=spec.U)
-        f["U"].attrs["meaning"] = "top-r left singular vectors of J (columns), rows ordered as J's rows"
+        f["U"].attrs["meaning"] = (
+            "top left singular vectors of J (columns, descending), rows ordered as J's rows; "
+            "the first info_dim span the information space"
+        )
 
 
 @dataclass

@@ -1,0 +1,72 @@
+# Analysis beyond the paper: the alignment over training, the cut-off r as a knob, and
+# Theorem 3.2's terms against the observed test error (all from the measurement files).
+
+
+rule alignment_over_training:
+    input:
+        measurements=[f"{R}/runs/{run}/measurements.h5" for run in TRACKED],
+        trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in TRACKED],
+    output:
+        **figure_output("alignment_over_training", "alignment_over_training"),
+        data=report(
+            f"{R}/figures/alignment_over_training.csv",
+            caption="../workflow/report/alignment_over_training.rst",
+            category="Beyond the paper",
+        ),
+    log:
+        f"{R}/logs/figures/alignment_over_training.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        runs=list(TRACKED),
+        caption=CAPTION,
+        code=code_version("alignment_over_training.py"),
+    script:
+        "../workflow/scripts/alignment_over_training.py"
+
+
+rule cutoff:
+    input:
+        measurements=[f"{R}/runs/{run}/measurements.h5" for run in RUNS],
+    output:
+        **figure_output("cutoff", "cutoff"),
+        data=report(f"{R}/figures/cutoff.csv", caption="../workflow/report/cutoff.rst", category="Beyond the paper"),
+    log:
+        f"{R}/logs/figures/cutoff.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        runs=list(RUNS),
+        corruption={run: RUNS[run]["corruption"] for run in RUNS},
+        table_runs=TABLE_RUNS,
+        corruption_runs=config["figures"]["corruption_runs"],
+        info_dim=config["spectrum"]["info_dim"],
+        caption=CAPTION,
+        code=code_version("cutoff.py"),
+    script:
+        "../workflow/scripts/cutoff.py"
+
+
+rule theorem_terms:
+    input:
+        measurements=[f"{R}/runs/{run}/measurements.h5" for run in THEOREM_RUNS],
+        trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in THEOREM_RUNS],
+    output:
+        **figure_output("theorem_terms", "theorem_terms"),
+        data=report(
+            f"{R}/figures/theorem_terms.csv",
+            caption="../workflow/report/theorem_terms.rst",
+            category="Beyond the paper",
+        ),
+    log:
+        f"{R}/logs/figures/theorem_terms.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        runs=THEOREM_RUNS,
+        corruption={run: RUNS[run]["corruption"] for run in THEOREM_RUNS},
+        plot=PLOT,
+        caption=CAPTION,
+        code=code_version("theorem_terms.py"),
+    script:
+        "../workflow/scripts/theorem_terms.py"

@@ -1,0 +1,219 @@
+"""Figures and CSVs of the analysis beyond the paper, from the measurement files.
+
+alignment_over_training  the alignment of y (and of y_clean and the label noise y - y_clean for
+                         corrupted runs) with each tracked epoch's information space, the overlap
+                         of that space with J_init's and J_final's, and the errors per epoch
+cutoff                   every column of Tables 1-3 and the share of ||J||_F^2 over the cut-off
+                         r, and Figure 9's label energy on N over r
+theorem_terms            Theorem 3.2's bias + variance, minimised over r, against the observed
+                         final test error over the corruption levels
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import rank_correlation
+from .figures import plt, save_figure, window_min, write_csv
+from .measure import LABEL_SYMBOLS, TABLE_COLUMNS, TABLE_ROWS, read_measurements
+from .trajectory import read_trajectory
+
+LABEL_COLOURS = {"labels": "k", "clean_labels": "tab:green", "label_noise": "tab:red"}
+LABEL_TEX = {"labels": "y", "clean_labels": r"y_{\rm clean}", "label_noise": r"(y - y_{\rm clean})"}
+CONSTANTS = {"paper": "paper's constants (12B, Gamma)", "unit": "constants set to 1"}
+
+
+def _epoch_axis(ax) -> None:
+    ax.set_xscale("symlog", linthresh=1)  # epoch 0 stays on a log-spread axis
+    ax.set_xlabel("epoch")
+
+
+# ---------------------------------------------------------------- alignment over training
+def alignment_rows(runs: Mapping[str, tuple[str | Path, str | Path]]) -> list[dict]:
+    """One row per run and tracked epoch: the alignment values, the overlaps and the errors."""
+    rows = []
+    for run, (meas_path, traj_path) in runs.items():
+        m, traj = read_measurements(meas_path), read_trajectory(traj_path)
+        for i, e in enumerate(m["tracking/epochs"]):
+            row = {"run": run, "epoch": int(e)}
+            for name, sym in LABEL_SYMBOLS.items():
+                values = m.get(f"tracking/{name}")
+                for j, part in enumerate(("P_I", "P_N", "J_I^+")):
+                    row[f"||{part} {sym}||/||{sym}||"] = float(values[i, j]) if values is not None else ""
+            row["overlap with J_init's I"] = float(m["tracking/overlap_init"][i])
+            row["overlap with J_final's I"] = float(m["tracking/overlap_final"][i])
+            row["train_error"] = float(traj.train_error[int(e)])
+            row["test_error"] = float(traj.test_error[int(e)])
+            rows.append(row)
+    return rows
+
+
+def alignment_figure(
+    runs: Mapping[str, tuple[str | Path, str | Path]],
+    paths: Sequence[str | Path],
+    csv_path: str | Path,
+    caption: str,
+) -> list[dict]:
+    rows = alignment_rows(runs)
+    fig, axes = plt.subplots(len(runs), 3, figsize=(14, 3.2 * len(runs)), squeeze=False)
+    for ax_row, (run, (meas_path, traj_path)) in zip(axes, runs.items()):
+        m, traj = read_measurements(meas_path), read_trajectory(traj_path)
+        epochs = m["tracking/epochs"]
+        for name, sym in LABEL_TEX.items():
+            if f"tracking/{name}" in m:
+                ax_row[0].plot(
+                    epochs,
+                    m[f"tracking/{name}"][:, 0],
+                    "o-",
+                    color=LABEL_COLOURS[name],
+                    label=rf"$\|P_I {sym}\|/\|{sym}\|$",
+                )
+        ax_row[0].set_ylim(0, 1.02)
+        ax_row[0].set_ylabel("fraction on I (top r)")
+        ax_row[0].set_title(f"{run}: alignment with this epoch's I", fontsize=9)
+        for key, style in (("init", "s--"), ("final", "D-")):
+            ax_row[1].plot(epochs, m[f"tracking/overlap_{key}"], style, label=f"overlap with J_{key}'s I")
+        ax_row[1].set_ylim(0, 1.02)
+        ax_row[1].set_ylabel(r"mean $\cos^2$ of principal angles")
+        ax_row[1].set_title(f"{run}: how I moves", fontsize=9)
+        all_epochs = np.arange(len(traj.test_error))
+        ax_row[2].plot(all_epochs, 100 * traj.train_error, label="training error")
+        ax_row[2].plot(all_epochs, 100 * traj.test_error, color="k", label="test error")
+        for e in epochs:
+            ax_row[2].axvline(e, color="0.85", linewidth=0.8, zorder=0)
+        ax_row[2].set_ylabel("error (%)")
+        ax_row[2].set_title(f"{run}: errors (grey: tracked epochs)", fontsize=9)
+        for ax in ax_row:
+            _epoch_axis(ax)
+            ax.legend(fontsize=7)
+    fig.suptitle(f"Alignment over training ({caption})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
+    return rows
+
+
+# ---------------------------------------------------------------- the cut-off as a knob
+def cutoff_rows(measurements: Mapping[str, str | Path], corruption: Mapping[str, float]) -> list[list]:
+    rows = []
+    for run, path in measurements.items():
+        m = read_measurements(path)
+        for jac in TABLE_ROWS:
+            curves, share = m[f"cutoff/{jac}"], m[f"cutoff/energy_share_{jac}"]
+            for r in range(len(curves)):
+                rows.append([run, corruption[run], jac, r + 1, *curves[r].tolist(), float(share[r])])
+    return rows
+
+
+def cutoff_figure(
+    measurements: Mapping[str, str | Path],
+    corruption: Mapping[str, float],
+    table_runs: Mapping[int, str],
+    corruption_runs: Sequence[str],
+    info_dim: int,
+    paths: Sequence[str | Path],
+    csv_path: str | Path,
+    caption: str,
+) -> dict:
+    """Tables 1-3's columns and ||J||_F^2's share over r; Figure 9's J_final energy on N over r."""
+    data = {run: read_measurements(path) for run, path in measurements.items()}
+    panels = [(0, "||P_I y||/||y||"), (2, "||J_I^+ y||/||y||"), (3, "||P_I r0||/||r0||"), (None, "share of ||J||_F^2")]
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8))
+    flat = axes.ravel()
+    for ax, (col, title) in zip(flat[:4], panels):
+        for number, run in table_runs.items():
+            for jac, style in (("J_init", "--"), ("J_final", "-")):
+                m = data[run]
+                y = m[f"cutoff/energy_share_{jac}"] if col is None else m[f"cutoff/{jac}"][:, col]
+                ax.plot(np.arange(1, len(y) + 1), y, style, label=f"Table {number} ({run}), {jac}")
+        ax.set_title(title, fontsize=9)
+    flat[1].set_yscale("log")  # ||J_I^+ y|| grows like 1/s_r
+    for ax, jac in zip(flat[4:], TABLE_ROWS):
+        for run in corruption_runs:
+            nuis = data[run][f"cutoff/{jac}"][:, 1] ** 2
+            ax.plot(np.arange(1, len(nuis) + 1), nuis, label=f"{100 * corruption[run]:g}% corrupted ({run})")
+        ax.set_title(f"Figure 9 over r: ||P_N y||^2/||y||^2, N of {jac}", fontsize=9)
+    for ax in flat:
+        ax.axvline(info_dim, color="0.5", linestyle=":", label=f"r = info_dim = {info_dim}")
+        ax.set_xscale("log")
+        ax.set_xlabel("cut-off r")
+        ax.legend(fontsize=6)
+    fig.suptitle(f"The cut-off r as a knob ({caption})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    columns = ["run", "corruption", "jacobian", "r", *TABLE_COLUMNS, "share of ||J||_F^2 in top r"]
+    write_csv(csv_path, columns, cutoff_rows(measurements, corruption))
+    return {
+        run: {jac: float(data[run][f"cutoff/{jac}"][info_dim - 1, 1] ** 2) for jac in TABLE_ROWS}
+        for run in corruption_runs
+    }
+
+
+# ---------------------------------------------------------------- Theorem 3.2's terms
+def theorem_rows(
+    runs: Mapping[str, tuple[str | Path, str | Path]], corruption: Mapping[str, float], window: int
+) -> list[dict]:
+    """Per run, tracked epoch and set of constants: the minimising r and the terms there."""
+    rows = []
+    for run, (meas_path, traj_path) in runs.items():
+        m, traj = read_measurements(meas_path), read_trajectory(traj_path)
+        final_error = float(window_min(traj.test_error, window)[-1])
+        for i, e in enumerate(m["tracking/epochs"]):
+            for tag in CONSTANTS:
+                rows.append(
+                    {
+                        "run": run,
+                        "corruption": float(corruption[run]),
+                        "epoch": int(e),
+                        "constants": tag,
+                        "best_r": int(m[f"theorem/{tag}_r"][i]),
+                        "bias": float(m[f"theorem/{tag}_bias"][i]),
+                        "variance": float(m[f"theorem/{tag}_variance"][i]),
+                        "bound": float(m[f"theorem/{tag}_bound"][i]),
+                        "final_test_error": final_error,
+                    }
+                )
+    return rows
+
+
+def theorem_figure(
+    runs: Mapping[str, tuple[str | Path, str | Path]],
+    corruption: Mapping[str, float],
+    window: int,
+    paths: Sequence[str | Path],
+    csv_path: str | Path,
+    caption: str,
+) -> dict:
+    """The bound minimised over r against the observed final test error, at J_init and J_final,
+    with Spearman's rank correlation over the corruption levels."""
+    rows = theorem_rows(runs, corruption, window)
+    finals = {run: max(r["epoch"] for r in rows if r["run"] == run) for run in runs}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    correlations = {}
+    for ax, (tag, label) in zip(axes, CONSTANTS.items()):
+        for which, marker in (("J_init", "o"), ("J_final", "s")):
+            pts = sorted(
+                (r["corruption"], r["final_test_error"], r["bound"])
+                for r in rows
+                if r["constants"] == tag and r["epoch"] == (0 if which == "J_init" else finals[r["run"]])
+            )
+            level, err, bound = (np.array(v) for v in zip(*pts))
+            rho = rank_correlation(err, bound)
+            correlations[f"{tag}/{which}"] = rho
+            shown = f"{rho:.2f}" if np.isfinite(rho) else "n/a (fewer than 3 levels)"
+            ax.plot(100 * err, bound, marker + "-", label=f"{which}: Spearman rho = {shown}")
+            for lv, x, yv in zip(level, err, bound):
+                ax.annotate(f"{100 * lv:g}%", (100 * x, yv), fontsize=6, textcoords="offset points", xytext=(3, 3))
+        ax.set_yscale("log")
+        ax.set_xlabel(f"observed final test error (%, min over the last {window} epochs)")
+        ax.set_ylabel("bias + variance, minimised over r")
+        ax.set_title(f"Theorem 3.2's terms, {label}", fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Theorem 3.2's terms against the test error over label corruption ({caption})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
+    return correlations
