@@ -4,8 +4,8 @@
 
 rule alignment_over_training:
     input:
-        measurements=[f"{R}/runs/{run}/measurements.h5" for run in TRACKED],
-        trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in TRACKED],
+        measurements=[f"{R}/runs/{run}/measurements.h5" for run in TRACK_RUNS],
+        trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in TRACK_RUNS],
     output:
         **figure_output("alignment_over_training", "alignment_over_training"),
         data=report(
@@ -18,7 +18,7 @@ rule alignment_over_training:
     conda:
         "../workflow/envs/jacobian-spectrum.yaml"
     params:
-        runs=list(TRACKED),
+        runs=TRACK_RUNS,
         caption=CAPTION,
         code=code_version("alignment_over_training.py"),
     script:

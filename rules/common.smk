@@ -5,7 +5,7 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from jacobian_spectrum.codeversion import code_version as script_code_version
-from jacobian_spectrum.config import check_config, level_tag, run_epochs_needed, tracked_epochs, tracked_runs
+from jacobian_spectrum.config import check_config, level_tag, measured_epochs, run_epochs_needed, tracked_runs
 from jacobian_spectrum.config import reference_epoch as run_reference_epoch
 
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
@@ -24,8 +24,10 @@ N_SPLIT = {
 RUNS = config["runs"]
 ARCHIVE = config["dataset"]["archive"]  # unpacked into dataset.root by rule extract_archive
 LEVELS = [level_tag(x) for x in config["corruption"]["levels"]]
-# run -> the epochs whose training Jacobian the analysis measures (analysis.track_epochs)
-TRACKED = {run: tracked_epochs(RUNS[run], config) for run in tracked_runs(config)}
+# run -> the epochs whose training spectrum the analysis reads: the tracking grid for the runs
+# in analysis.track_runs (they get the alignment-over-training figure), J_init and J_final else
+TRACKED = measured_epochs(config)
+TRACK_RUNS = tracked_runs(config)
 
 
 def code_version(script):
@@ -80,8 +82,8 @@ def spectra_of_run(run):
 
 
 def tracked_spectra(run):
-    """The training spectra of a run's tracked epochs (none for an untracked run)."""
-    return [spectrum_path(run, "train", e) for e in TRACKED.get(run, [])]
+    """The training spectra of the epochs whose alignment and Theorem 3.2 terms a run measures."""
+    return [spectrum_path(run, "train", e) for e in TRACKED[run]]
 
 
 def checkpoint_epochs(run):
@@ -136,7 +138,7 @@ def all_targets():
     if config["figures"]["corruption_runs"]:
         targets += figure_files("fig9")
     targets += figure_files("cutoff") + [f"{R}/figures/cutoff.csv"]
-    if TRACKED:
+    if TRACK_RUNS:
         targets += figure_files("alignment_over_training") + [f"{R}/figures/alignment_over_training.csv"]
     if THEOREM_RUNS:
         targets += figure_files("theorem_terms") + [f"{R}/figures/theorem_terms.csv"]
@@ -169,8 +171,7 @@ def run_files(run):
 
 
 TABLE_RUNS = paper_tables()
-# the corruption runs whose Theorem 3.2 terms are measured (they must be tracked)
-THEOREM_RUNS = [run for run in config["figures"]["corruption_runs"] if run in TRACKED]
+THEOREM_RUNS = config["figures"]["corruption_runs"]
 # names the config on every figure of the analysis (results folder, data set, n, r)
 CAPTION = (
     f"{R}: {config['dataset']['name']}, n = {N_SPLIT['train']}, K = {K}, "

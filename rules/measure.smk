@@ -1,5 +1,5 @@
 # Measurement stage: labels, initial residual and per-epoch residuals on I and N; the cut-off
-# curves, and for tracked runs the alignment over training and Theorem 3.2's terms.
+# curves, the alignment at the tracked epochs and Theorem 3.2's terms.
 
 
 rule measure:
@@ -20,7 +20,7 @@ rule measure:
     params:
         info_dim=config["spectrum"]["info_dim"],
         reference_epoch=lambda w: reference_epoch(w.run),
-        tracked_epochs=lambda w: TRACKED.get(w.run, []),
+        tracked_epochs=lambda w: TRACKED[w.run],
         theorem=config["analysis"]["theorem"],
         code=code_version("measure.py"),
     script:

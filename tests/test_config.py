@@ -80,6 +80,17 @@ BAD = [
         "spectrum.topk",
     ),
     (lambda: with_("dataset.classes", [1]), WorkflowError, "classes"),
+    (lambda: with_("spectrum.stored_vectors", 4), ConfigError, "spectrum.stored_vectors': 4 is below"),
+    (lambda: with_("spectrum.stored_vectors", "some"), WorkflowError, "some"),
+    (lambda: with_("analysis.track_epochs", 1), WorkflowError, "track_epochs"),
+    (lambda: with_("analysis.track_epochs", [0, 50]), ConfigError, "analysis.track_epochs': epoch 50 is beyond"),
+    (lambda: with_("analysis.track_runs", ["sgd_x"]), ConfigError, "analysis.track_runs': run 'sgd_x'"),
+    (lambda: with_("analysis.theorem.gamma", 0.5), WorkflowError, "0.5"),
+    (
+        lambda: {**with_("analysis.track_epochs", [0, 3]), "training": {"checkpoint_every": 2}},
+        ConfigError,
+        "epochs [3] of run 'sgd_clean' have no checkpoint",
+    ),
 ]
 
 

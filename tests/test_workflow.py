@@ -40,10 +40,9 @@ def test_every_artifact_of_the_contract(tiny_results):
         assert f["corrupted"][...].sum() == 30 and f.attrs["fraction"] == 0.5
     with h5py.File(r / "runs/sgd_clean/trajectory.h5") as f:
         assert f["train/predictions"].shape == (7, 60, 3) and f["test/predictions"].shape == (7, 30, 3)
+    # every epoch up to training.checkpoint_every (10) is kept: the epochs the tracking grid can pick
     assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").glob("*.pt")) == [
-        "epoch0.pt",
-        "epoch3.pt",
-        "epoch6.pt",
+        f"epoch{e}.pt" for e in range(7)
     ]
     with h5py.File(r / "init/jacobian/train_epoch0.h5") as f:
         assert f["J"].shape[0] == 180 and f.attrs["row_order"].startswith("sample-major")
@@ -52,17 +51,17 @@ def test_every_artifact_of_the_contract(tiny_results):
         assert f["parameters/offset"][-1] + f["parameters/size"][-1] == p
     # the shared initialisation: J_init is one file, and every run's epoch-0 checkpoint equals it
     assert not (r / "runs/sgd_clean/jacobian/train_epoch0.h5").exists()
-    for spectrum in ("init/spectrum/train_epoch0.h5", "runs/sgd_corrupt50/spectrum/test_epoch3.h5"):
+    for spectrum, rows in (("init/spectrum/train_epoch0.h5", 180), ("runs/sgd_corrupt50/spectrum/test_epoch3.h5", 90)):
         with h5py.File(r / spectrum) as f:
             s = f["singular_values"][...]
-            assert f["U"].shape[1] == 10 and np.all(np.diff(s) <= 0)
+            assert f["U"].shape == (rows, rows) and np.all(np.diff(s) <= 0)  # stored_vectors: all
             assert f.attrs["check_orthogonality_error"] < 1e-10
     with h5py.File(r / "runs/sgd_corrupt50/measurements.h5") as f:
         assert f["alignment/values"].shape == (2, 6)
         info, nuis = f["residual/train/information"][...], f["residual/train/nuisance"][...]
         assert info.shape == (7,) and np.all(info >= 0) and np.all(nuis >= 0)
         assert f.attrs["reference_epoch"] == 3
-    for name in ("fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9"):
+    for name in ("fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9", "cutoff", "alignment_over_training"):
         assert (r / "figures" / f"{name}.png").stat().st_size > 10_000
     for i in (1, 2, 3):
         for ext in ("csv", "md", "tex"):
@@ -77,12 +76,58 @@ def test_a_second_run_has_nothing_to_do(tiny_results):
 
 def test_a_plotting_option_reruns_only_figure_rules(tiny_results, tmp_path):
     jobs = dry_run_jobs(tiny_results, {"figures": {"min_window": 3}}, tmp_path)
-    assert set(jobs) == {"residual_figure", "figure9", "all"}
+    assert set(jobs) == {"residual_figure", "figure9", "theorem_terms", "all"}
 
 
 def test_a_new_corruption_level_reruns_only_what_depends_on_it(tiny_results, tmp_path):
     jobs = dry_run_jobs(tiny_results, {"corruption": {"levels": [0.0, 0.5, 0.75]}}, tmp_path)
     assert sorted(jobs) == ["all", "corrupt_labels"]
+
+
+def test_a_changed_tracking_grid_reruns_only_the_new_epochs_and_what_reads_them(tiny_results, tmp_path):
+    from jacobian_spectrum.config import tracked_epochs
+
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.setdefault("training", {})["checkpoint_every"] = 10
+    before = {run: set(tracked_epochs(r, {**cfg, "analysis": {"track_epochs": 5}})) for run, r in cfg["runs"].items()}
+    grid = [0, 1, 2, 3, 4, 5]
+    after = {run: set(tracked_epochs(r, {**cfg, "analysis": {"track_epochs": grid}})) for run, r in cfg["runs"].items()}
+    new = sum(len(after[run] - before[run]) for run in cfg["runs"])
+    assert new > 0
+    jobs = dry_run_jobs(tiny_results, {"analysis": {"track_epochs": grid}}, tmp_path)
+    assert "train" not in jobs and "initialise" not in jobs
+    # per new epoch: one training Jacobian (60 samples in chunks of 25: 3 chunk jobs) and its spectrum
+    assert jobs.count("spectrum") == new and jobs.count("jacobian_gather") == new
+    assert jobs.count("jacobian_chunk") == 3 * new
+    assert sorted(set(jobs) - {"jacobian_chunk", "jacobian_gather", "spectrum"}) == sorted(
+        {"measure", "alignment_over_training", "cutoff", "theorem_terms", "table", "comparison"}
+        | {"figure9", "residual_figure", "all"}
+    )
+
+
+def test_tracked_measurements_agree_with_the_tables_at_their_ends(tiny_results):
+    with h5py.File(tiny_results / "runs/sgd_corrupt50/measurements.h5") as f:
+        table = f["alignment/values"][...]
+        epochs = list(f["tracking/epochs"][...])
+        labels = f["tracking/labels"][...]
+        assert epochs[0] == 0 and epochs[-1] == 6
+        # the tracked alignment at epoch 0 and at the final epoch is Table 3's J_init and J_final row
+        assert np.allclose(labels[0], table[0, :3], atol=1e-12) and np.allclose(labels[-1], table[1, :3], atol=1e-12)
+        # the cut-off curves pass through the tables at r = info_dim
+        assert np.allclose(f["cutoff/J_init"][9], table[0], atol=1e-12)
+        assert np.allclose(f["cutoff/J_final"][9], table[1], atol=1e-12)
+        assert f["cutoff/J_init"].shape == (180, 6) and f["cutoff/J_init"][-1, 1] < 1e-6  # r = nK: N is empty
+        assert np.allclose(f["tracking/overlap_init"][0], 1) and np.allclose(f["tracking/overlap_final"][-1], 1)
+        # a corrupted run: the clean labels and the label noise are tracked too
+        assert f["tracking/clean_labels"].shape == f["tracking/label_noise"].shape == (len(epochs), 3)
+        r = f["theorem/paper_r"][...]
+        assert np.all((r >= 1) & (r <= 180))
+        bound = f["theorem/paper_bound"][...]
+        assert np.allclose(bound, f["theorem/paper_bias"][...] + f["theorem/paper_variance"][...])
+    with h5py.File(tiny_results / "runs/sgd_clean/measurements.h5") as f:
+        assert "clean_labels" not in f["tracking"]  # no noise in a clean run
+    rows = (tiny_results / "figures/theorem_terms.csv").read_text().splitlines()
+    assert rows[0].startswith("run,corruption,epoch,constants,best_r") and len(rows) == 1 + 2 * (5 + 5)
 
 
 def test_a_changed_run_reruns_that_run_only(tiny_results, tmp_path):
@@ -145,7 +190,7 @@ def test_matrix_free_option_matches_the_materialised_spectrum(tiny_results, tmp_
         s_mf, s_full = mf["singular_values"][...], full["singular_values"][...]
         assert mf.attrs["method"] == "matrix_free" and full.attrs["method"] == "full"
         assert np.abs(s_mf[:10] - s_full[:10]).max() <= 1e-6 * s_full[0]
-        overlap = np.abs(np.sum(mf["U"][...] * full["U"][...], axis=0))
+        overlap = np.abs(np.sum(mf["U"][:, :10] * full["U"][:, :10], axis=0))
         assert np.allclose(overlap, 1, atol=1e-4)
 
 

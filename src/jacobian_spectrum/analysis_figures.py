@@ -26,8 +26,9 @@ LABEL_TEX = {"labels": "y", "clean_labels": r"y_{\rm clean}", "label_noise": r"(
 CONSTANTS = {"paper": "paper's constants (12B, Gamma)", "unit": "constants set to 1"}
 
 
-def _epoch_axis(ax) -> None:
+def _epoch_axis(ax, last: int) -> None:
     ax.set_xscale("symlog", linthresh=1)  # epoch 0 stays on a log-spread axis
+    ax.set_xlim(0, last)
     ax.set_xlabel("epoch")
 
 
@@ -87,10 +88,10 @@ def alignment_figure(
         ax_row[2].set_ylabel("error (%)")
         ax_row[2].set_title(f"{run}: errors (grey: tracked epochs)", fontsize=9)
         for ax in ax_row:
-            _epoch_axis(ax)
+            _epoch_axis(ax, len(traj.test_error) - 1)
             ax.legend(fontsize=7)
     fig.suptitle(f"Alignment over training ({caption})", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))
     save_figure(fig, paths)
     write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
     return rows

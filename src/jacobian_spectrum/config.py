@@ -54,6 +54,16 @@ def tracked_runs(config: Mapping) -> list[str]:
     return list(config["runs"]) if runs is None else list(runs)
 
 
+def measured_epochs(config: Mapping) -> dict[str, list[int]]:
+    """Run -> the epochs whose training spectrum the analysis reads: the tracked epochs of the
+    runs in analysis.track_runs, 0 and the final epoch (J_init and J_final) of every other run."""
+    tracked = set(tracked_runs(config))
+    return {
+        name: tracked_epochs(run, config) if name in tracked else [0, int(run["epochs"])]
+        for name, run in config["runs"].items()
+    }
+
+
 def tracked_epochs(run: Mapping, config: Mapping) -> list[int]:
     """The epochs of ``run`` whose training Jacobian and spectrum the analysis measures.
 

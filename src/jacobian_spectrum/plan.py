@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import level_tag, reference_epoch
+from .config import level_tag, measured_epochs, reference_epoch, run_epochs_needed
 
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}  # others: 3x32x32
 GiB = 1 << 30
@@ -102,13 +102,17 @@ def _model_spec(config: Mapping):
 
 def jacobians(config: Mapping) -> dict[tuple[str, str, int], list[str]]:
     """Every Jacobian the workflow computes, (owner, split, epoch), and the runs that read it
-    (the spectra that the measurements read: J_init, J_final, J_ref on train and test)."""
+    (the spectra that the measurements read: J_init, J_final, J_ref on train and test, and the
+    training Jacobians of the tracked epochs)."""
     out: dict[tuple[str, str, int], list[str]] = {}
+    measured = measured_epochs(config)
     for run, r in config["runs"].items():
-        final, ref = int(r["epochs"]), reference_epoch(r)
-        for split, epoch in (("train", 0), ("train", final), ("train", ref), ("test", ref)):
+        ref = reference_epoch(r)
+        wanted = [("train", e) for e in measured[run]] + [("train", ref), ("test", ref)]
+        for split, epoch in dict.fromkeys(wanted):
             owner = "init" if epoch == 0 else f"runs/{run}"
-            out.setdefault((owner, split, epoch), []).append(run)
+            if run not in out.setdefault((owner, split, epoch), []):
+                out[(owner, split, epoch)].append(run)
     return out
 
 
@@ -127,7 +131,7 @@ def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
     for run, r in config["runs"].items():
         epochs = int(r["epochs"])
         per_epoch = n["train"] * rates.train_image_seconds + sum(n.values()) * rates.eval_image_seconds
-        kept = len({int(r["epochs"]), reference_epoch(r), *map(int, r.get("checkpoints", []))} - {0})
+        kept = len(run_epochs_needed(r, int(config["training"]["checkpoint_every"]))) - 1  # epoch 0 is init's
         trajectory = (epochs + 1) * sum(n.values()) * k * 4
         on_device = sum(n.values()) * pixels * 4
         steps.append(
@@ -154,6 +158,8 @@ def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
 
 
 def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int) -> list[Step]:
+    from .spectrum import stored_vector_count
+
     jac, spec = config["jacobian"], config["spectrum"]
     itemsize = 8 if jac["dtype"] == "float64" else 4
     p, start = rates.parameters, rates.job_start_seconds
@@ -202,13 +208,20 @@ def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int)
                 rates.base_bytes
                 + (0 if device == "cuda" else 3 * G)
                 + min(spec["memory_budget_mb"] * 1e6, rows * p * 12),
-                rows * (spec["info_dim"] + 1) * 8,
+                rows * (stored_vector_count(spec, _computed_vectors(spec, rows)) + 1) * 8,
                 threads=int(spec["threads"]),
                 gpu_bytes=3 * G + 2 * rows * 4 * 1e6 if device == "cuda" else 0.0,
                 after=[f"jacobian:{tag}"],
             )
         )
     return steps
+
+
+def _computed_vectors(spec: Mapping, rows: int) -> int:
+    """Left singular vectors the configured method computes for a J of ``rows`` rows."""
+    from .spectrum import choose_method
+
+    return rows if choose_method(spec["method"], rows, spec["memory_budget_mb"]) == "full" else min(spec["topk"], rows)
 
 
 # ---------------------------------------------------------------- measured runs

@@ -1,0 +1,117 @@
+"""The analysis beyond the paper on cases with a known answer: cut-off curves, principal
+angles, Theorem 3.2's terms, and the tracking grid."""
+
+import numpy as np
+import pytest
+
+from jacobian_spectrum.analysis import (
+    best_cutoff,
+    energy_share,
+    principal_cosines,
+    projection_curves,
+    subspace_overlap,
+    theorem_terms,
+)
+from jacobian_spectrum.config import log_uniform_epochs, run_epochs_needed, tracked_epochs
+from jacobian_spectrum.measure import projection_ratios
+
+
+def svd_of(rng, rows, cols):
+    J = rng.standard_normal((rows, cols))
+    U, s, _ = np.linalg.svd(J, full_matrices=False)
+    return J, U, s
+
+
+def test_a_vector_inside_the_top_k_span_has_no_nuisance_part_from_r_equal_k():
+    rng = np.random.default_rng(0)
+    _, U, s = svd_of(rng, 12, 20)
+    k = 4
+    y = U[:, :k] @ np.array([1.0, -2.0, 0.5, 3.0])
+    curves = projection_curves(y, U, s)
+    assert curves.shape == (12, 3)
+    assert np.all(curves[k - 1 :, 1] < 1e-12)  # ||P_N y|| = 0 for every r >= k
+    assert np.all(curves[: k - 1, 1] > 0.1)  # and not before: u_k carries weight 3
+    assert np.allclose(curves[k - 1 :, 0], 1.0, atol=1e-12)
+    # information and nuisance parts are orthogonal: squares add to 1 at every r
+    assert np.allclose(curves[:, 0] ** 2 + curves[:, 1] ** 2, 1.0, atol=1e-12)
+
+
+def test_curves_end_in_the_table_values_at_the_stored_cut_off():
+    rng = np.random.default_rng(1)
+    _, U, s = svd_of(rng, 30, 50)
+    x = rng.standard_normal(30)
+    curves = projection_curves(x, U, s)
+    for r in (1, 7, 30):
+        assert np.allclose(curves[r - 1], projection_ratios(x, U[:, :r], s), atol=1e-12)
+
+
+def test_pseudo_inverse_part_is_not_resolved_below_the_floor():
+    s = np.array([4.0, 2.0, 1e-9, 1e-10])
+    U = np.eye(4)
+    curves = projection_curves(np.ones(4), U, s, floor=1e-8)
+    assert np.isfinite(curves[:2, 2]).all() and np.isnan(curves[2:, 2]).all()
+    assert np.allclose(curves[:2, 2], [np.sqrt(1 / 16) / 2, np.sqrt(1 / 16 + 1 / 4) / 2])
+
+
+def test_principal_angles_of_a_rotated_subspace():
+    theta, phi = 0.3, 1.1
+    e = np.eye(5)
+    A = e[:, :2]
+    B = np.stack([np.cos(theta) * e[:, 0] + np.sin(theta) * e[:, 2], np.cos(phi) * e[:, 1] + np.sin(phi) * e[:, 3]], 1)
+    cos = principal_cosines(A, B)
+    assert np.allclose(cos, [np.cos(theta), np.cos(phi)], atol=1e-12)
+    assert subspace_overlap(cos) == pytest.approx((np.cos(theta) ** 2 + np.cos(phi) ** 2) / 2)
+    # any basis of the same subspace: all angles zero; an orthogonal subspace: all 90 degrees
+    Q = np.linalg.qr(np.random.default_rng(2).standard_normal((2, 2)))[0]
+    assert np.allclose(principal_cosines(A, A @ Q), 1.0, atol=1e-12)
+    assert np.allclose(principal_cosines(A, e[:, 2:4]), 0.0, atol=1e-12)
+
+
+def test_theorem_terms_equal_hand_computed_values_on_a_4_by_6_jacobian():
+    rng = np.random.default_rng(3)
+    J = rng.standard_normal((4, 6))  # n = 2 samples, K = 2 classes: rows i*K + k
+    y = np.array([1.0, 0.0, 0.0, 1.0])  # one-hot: ||y|| = sqrt(n)
+    n, K = 2, 2
+    U, s, Vt = np.linalg.svd(J, full_matrices=False)
+    terms = theorem_terms(y, U, s, K)
+    for r in range(1, 5):
+        # by hand, another route: the truncated J's pseudo-inverse and the projector on its range
+        J_r = U[:, :r] @ np.diag(s[:r]) @ Vt[:r]
+        pinv = np.linalg.norm(np.linalg.pinv(J_r, rcond=1e-12) @ y)
+        nuis = np.linalg.norm(y - J_r @ np.linalg.pinv(J_r, rcond=1e-12) @ y)
+        assert terms.bias[r - 1] == pytest.approx(2 * nuis / np.sqrt(n), abs=1e-12)
+        assert terms.pinv[r - 1] == pytest.approx(np.sqrt(K / n) * pinv, rel=1e-10)
+        assert terms.nuisance[r - 1] == pytest.approx(np.sqrt(K / n) * nuis / s[r - 1], abs=1e-12)
+        bound = 2 * nuis / np.sqrt(n) + 12 * np.sqrt(K / n) * (pinv + 5 * nuis / s[r - 1])
+        assert terms.bound(12.0, 5.0)[r - 1] == pytest.approx(bound, rel=1e-10)
+    r, value = best_cutoff(terms.bound(1.0, 1.0))
+    assert value == pytest.approx(np.min(terms.bound(1.0, 1.0))) and 1 <= r <= 4
+
+
+def test_best_cutoff_skips_unresolved_values_and_refuses_all_of_them():
+    assert best_cutoff(np.array([3.0, 1.0, np.nan])) == (2, 1.0)
+    with pytest.raises(ValueError, match="below the floor"):
+        best_cutoff(np.array([np.nan, np.nan]))
+
+
+def test_energy_share_is_the_frobenius_share():
+    rng = np.random.default_rng(4)
+    J, _, s = svd_of(rng, 8, 11)
+    share = energy_share(s)
+    assert share[-1] == pytest.approx(1.0) and np.all(np.diff(share) >= 0)
+    assert share[2] == pytest.approx(np.sum(s[:3] ** 2) / np.linalg.norm(J, "fro") ** 2)
+
+
+def test_tracking_grid_is_log_uniform_and_lands_on_kept_checkpoints():
+    assert log_uniform_epochs(800, 5) == [0, 1, 9, 86, 800]
+    config = {"training": {"checkpoint_every": 10}, "analysis": {"track_epochs": 5}}
+    run = {"epochs": 800, "reference_epoch": 100}
+    kept = set(run_epochs_needed(run, 10))
+    epochs = tracked_epochs(run, config)
+    assert epochs == [0, 1, 9, 90, 800] and set(epochs) <= kept
+    # a list: entries beyond the run are left out, 0 and the final epoch are always there
+    config["analysis"]["track_epochs"] = [5, 300, 600]
+    assert tracked_epochs({"epochs": 400}, config) == [0, 5, 300, 400]
+    # the kept checkpoints do not depend on the tracking grid: a new grid never retrains
+    assert run_epochs_needed(run, 10) == sorted(kept)
+    assert kept >= set(range(11)) | set(range(0, 801, 10)) | {100}
