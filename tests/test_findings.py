@@ -64,3 +64,26 @@ def test_every_run_fits_its_training_data(default_results):
 def test_disk_use_of_the_default_stays_under_3_gb(default_results):
     total = sum(p.stat().st_size for p in default_results.rglob("*") if p.is_file())
     assert total < 3e9
+
+
+@pytest.mark.parametrize("run", ["sgd_corrupt25", "sgd_corrupt50", "sgd_corrupt75"])
+def test_jacobian_aligns_with_the_clean_labels_first_and_the_noise_later(default_results, run):
+    with h5py.File(default_results / "runs" / run / "measurements.h5") as f:
+        clean = f["tracking/clean_labels"][:, 0]  # ||P_I y_clean|| / ||y_clean|| per tracked epoch
+        noise = f["tracking/label_noise"][:, 0]
+    # before the end, every tracked epoch's I holds far more of the clean labels than of the noise
+    assert np.all(clean[:-1] > noise[:-1] + 0.1), (clean, noise)
+    # then fitting the noise turns I away from the clean labels
+    assert clean[:-1].max() - clean[-1] > 0.05, clean
+
+
+def test_figure9_rise_does_not_hang_on_the_cut_off(default_results):
+    rows = list(csv.DictReader(open(default_results / "figures" / "cutoff.csv")))
+    for r in (50, 100, 200):
+        energy = {  # the SGD runs, one per corruption level (Adam is clean too)
+            float(row["corruption"]): float(row["||P_N y||/||y||"]) ** 2
+            for row in rows
+            if row["jacobian"] == "J_final" and int(row["r"]) == r and row["run"].startswith("sgd_")
+        }
+        levels = [energy[level] for level in (0.0, 0.25, 0.5, 0.75)]
+        assert all(b > a for a, b in zip(levels, levels[1:])), (r, levels)
