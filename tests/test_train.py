@@ -136,6 +136,27 @@ def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):
         assert all(torch.equal(ckpts[e][k], full_ckpts[e][k]) for k in ckpts[e])
 
 
+def test_resume_checkpoints_are_files_written_once_and_never_taken_from_other_settings(tmp_path):
+    spec = ModelSpec("resnet20", 1, 8, 3, width=0.25)
+    data = tiny_data()
+    resume = tmp_path / "resume" / "state.pt"
+    # a resume state and checkpoint file left by other settings (another learning rate)
+    train(build_model(spec, seed=0), spec, settings(lr=0.2), data, data.y, data, torch.device("cpu"), resume, 5)
+    stale = torch.load(resume.parent / "checkpoint_epoch3.pt", weights_only=True)
+    full, full_ckpts = train(build_model(spec, seed=0), spec, settings(), data, data.y, data, torch.device("cpu"))
+    train(build_model(spec, seed=0), spec, settings(), data, data.y, data, torch.device("cpu"), resume, 5)
+    state = torch.load(resume, weights_only=True)
+    assert "checkpoints" not in state and state["checkpoint_epochs"] == [0, 3]  # the state does not grow with them
+    fresh = torch.load(resume.parent / "checkpoint_epoch3.pt", weights_only=True)
+    assert all(torch.equal(fresh[k], full_ckpts[3][k]) for k in fresh)
+    assert not all(torch.equal(fresh[k], stale[k]) for k in fresh)
+    # a missing checkpoint file makes the state untrusted: training starts over and still ends equal
+    (resume.parent / "checkpoint_epoch3.pt").unlink()
+    resumed, ckpts = train(build_model(spec, seed=0), spec, settings(), data, data.y, data, torch.device("cpu"), resume)
+    assert all(np.array_equal(a, b) for a, b in zip(full.train_predictions, resumed.train_predictions))
+    assert all(torch.equal(ckpts[3][k], full_ckpts[3][k]) for k in ckpts[3])
+
+
 def test_trajectory_file_shapes_and_recomputed_errors(tmp_path):
     spec = ModelSpec("resnet20", 1, 8, 3, width=0.25)
     data, test = tiny_data(), tiny_data(n=20, seed=1)

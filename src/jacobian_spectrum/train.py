@@ -131,9 +131,21 @@ def _trajectory_from_state(state: Mapping) -> Trajectory:
     )
 
 
+def _resume_checkpoint_path(resume_path: Path, epoch: int) -> Path:
+    return resume_path.parent / f"checkpoint_epoch{epoch}.pt"
+
+
 def _save_resume(
     path: Path, epoch: int, model, opt, sched, gen, traj: Trajectory, ckpts: dict, fingerprint: str
 ) -> None:
+    """The resume state. Checkpoints are files of their own beside it, each written once (a
+    run keeps up to a hundred), so that a state's size does not grow with the run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for e, sd in ckpts.items():
+        ckpt = _resume_checkpoint_path(path, e)
+        if not ckpt.is_file():
+            with atomic_path(ckpt) as tmp:
+                torch.save(sd, tmp)
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
@@ -142,10 +154,19 @@ def _save_resume(
         "scheduler": sched.state_dict(),
         "generator": gen.get_state(),
         "trajectory": _trajectory_state(traj),
-        "checkpoints": {str(e): sd for e, sd in ckpts.items()},
+        "checkpoint_epochs": sorted(ckpts),
     }
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def _remove_resume(path: Path) -> None:
+    """The resume state, its checkpoint files, and its folder when that is left empty."""
+    path.unlink(missing_ok=True)
+    for ckpt in path.parent.glob("checkpoint_epoch*.pt") if path.parent.is_dir() else []:
+        ckpt.unlink()
+    if path.parent.is_dir() and not any(path.parent.iterdir()):
+        path.parent.rmdir()
 
 
 def _load_resume(path: Path, fingerprint: str) -> dict | None:
@@ -159,6 +180,14 @@ def _load_resume(path: Path, fingerprint: str) -> dict | None:
     if state.get("fingerprint") != fingerprint:
         logger.info("resume state %s belongs to other settings; starting from the initialisation", path)
         return None
+    try:
+        state["checkpoints"] = {
+            e: torch.load(_resume_checkpoint_path(path, e), map_location="cpu", weights_only=True)
+            for e in state["checkpoint_epochs"]
+        }
+    except Exception as exc:  # a missing or unreadable checkpoint file: the state cannot be trusted
+        logger.warning("resume state %s lacks a readable checkpoint (%s); starting from the initialisation", path, exc)
+        return None
     return state
 
 
@@ -168,7 +197,7 @@ def _restore(state: Mapping, model: nn.Module, opt, sched, gen: torch.Generator)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
-    ckpts = {int(e): sd for e, sd in state["checkpoints"].items()}
+    ckpts = {int(e): sd for e, sd in state["checkpoints"].items()}  # loaded by _load_resume
     return _trajectory_from_state(state["trajectory"]), ckpts, int(state["epoch"]) + 1
 
 
@@ -247,6 +276,8 @@ def train(
         traj, ckpts, start = _restore(state, model, opt, sched, gen)
         logger.info("resumed from %s after epoch %d", resume_path, start - 1)
     else:
+        if resume_path:  # a state of other settings, or unreadable: its checkpoint files must not be reused
+            _remove_resume(resume_path)
         traj, ckpts, start = Trajectory(), {}, 1
         _record_epoch(traj, model, x_train, x_test, float("nan"), float("nan"), None)
         if 0 in s.checkpoint_epochs:
@@ -341,7 +372,5 @@ def train_run(
         train_data.num_classes,
         {"run": run, "settings": asdict(settings), "device": str(dev), "checkpoint_dir": str(checkpoint_dir)},
     )
-    Path(resume_path).unlink(missing_ok=True)
-    if Path(resume_path).parent.is_dir() and not any(Path(resume_path).parent.iterdir()):
-        Path(resume_path).parent.rmdir()
+    _remove_resume(Path(resume_path))
     return traj
