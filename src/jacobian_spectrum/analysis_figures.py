@@ -19,7 +19,7 @@ import numpy as np
 from .analysis import rank_correlation
 from .figures import plt, save_figure, window_min, write_csv
 from .measure import LABEL_SYMBOLS, TABLE_COLUMNS, TABLE_ROWS, read_measurements
-from .trajectory import read_trajectory
+from .trajectory import TrajectoryData, read_trajectory
 
 LABEL_COLOURS = {"labels": "k", "clean_labels": "tab:green", "label_noise": "tab:red"}
 LABEL_TEX = {"labels": "y", "clean_labels": r"y_{\rm clean}", "label_noise": r"(y - y_{\rm clean})"}
@@ -33,11 +33,15 @@ def _epoch_axis(ax, last: int) -> None:
 
 
 # ---------------------------------------------------------------- alignment over training
-def alignment_rows(runs: Mapping[str, tuple[str | Path, str | Path]]) -> list[dict]:
+def _read_runs(runs: Mapping[str, tuple[str | Path, str | Path]]) -> dict[str, tuple[dict, TrajectoryData]]:
+    """Each run's measurements and trajectory, read once."""
+    return {run: (read_measurements(m), read_trajectory(t)) for run, (m, t) in runs.items()}
+
+
+def alignment_rows(data: Mapping[str, tuple[dict, TrajectoryData]]) -> list[dict]:
     """One row per run and tracked epoch: the alignment values, the overlaps and the errors."""
     rows = []
-    for run, (meas_path, traj_path) in runs.items():
-        m, traj = read_measurements(meas_path), read_trajectory(traj_path)
+    for run, (m, traj) in data.items():
         for i, e in enumerate(m["tracking/epochs"]):
             row = {"run": run, "epoch": int(e)}
             for name, sym in LABEL_SYMBOLS.items():
@@ -58,10 +62,10 @@ def alignment_figure(
     csv_path: str | Path,
     caption: str,
 ) -> list[dict]:
-    rows = alignment_rows(runs)
+    data = _read_runs(runs)
+    rows = alignment_rows(data)
     fig, axes = plt.subplots(len(runs), 3, figsize=(14, 3.2 * len(runs)), squeeze=False)
-    for ax_row, (run, (meas_path, traj_path)) in zip(axes, runs.items()):
-        m, traj = read_measurements(meas_path), read_trajectory(traj_path)
+    for ax_row, (run, (m, traj)) in zip(axes, data.items()):
         epochs = m["tracking/epochs"]
         for name, sym in LABEL_TEX.items():
             if f"tracking/{name}" in m:
@@ -98,10 +102,9 @@ def alignment_figure(
 
 
 # ---------------------------------------------------------------- the cut-off as a knob
-def cutoff_rows(measurements: Mapping[str, str | Path], corruption: Mapping[str, float]) -> list[list]:
+def cutoff_rows(data: Mapping[str, dict], corruption: Mapping[str, float]) -> list[list]:
     rows = []
-    for run, path in measurements.items():
-        m = read_measurements(path)
+    for run, m in data.items():
         for jac in TABLE_ROWS:
             curves, share = m[f"cutoff/{jac}"], m[f"cutoff/energy_share_{jac}"]
             for r in range(len(curves)):
@@ -146,7 +149,7 @@ def cutoff_figure(
     fig.tight_layout()
     save_figure(fig, paths)
     columns = ["run", "corruption", "jacobian", "r", *TABLE_COLUMNS, "share of ||J||_F^2 in top r"]
-    write_csv(csv_path, columns, cutoff_rows(measurements, corruption))
+    write_csv(csv_path, columns, cutoff_rows(data, corruption))
     return {
         run: {jac: float(data[run][f"cutoff/{jac}"][info_dim - 1, 1] ** 2) for jac in TABLE_ROWS}
         for run in corruption_runs
@@ -155,12 +158,11 @@ def cutoff_figure(
 
 # ---------------------------------------------------------------- Theorem 3.2's terms
 def theorem_rows(
-    runs: Mapping[str, tuple[str | Path, str | Path]], corruption: Mapping[str, float], window: int
+    data: Mapping[str, tuple[dict, TrajectoryData]], corruption: Mapping[str, float], window: int
 ) -> list[dict]:
     """Per run, tracked epoch and set of constants: the minimising r and the terms there."""
     rows = []
-    for run, (meas_path, traj_path) in runs.items():
-        m, traj = read_measurements(meas_path), read_trajectory(traj_path)
+    for run, (m, traj) in data.items():
         final_error = float(window_min(traj.test_error, window)[-1])
         for i, e in enumerate(m["tracking/epochs"]):
             for tag in CONSTANTS:
@@ -190,7 +192,7 @@ def theorem_figure(
 ) -> dict:
     """The bound minimised over r against the observed final test error, at J_init and J_final,
     with Spearman's rank correlation over the corruption levels."""
-    rows = theorem_rows(runs, corruption, window)
+    rows = theorem_rows(_read_runs(runs), corruption, window)
     finals = {run: max(r["epoch"] for r in rows if r["run"] == run) for run in runs}
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     correlations = {}

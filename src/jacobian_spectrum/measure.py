@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import CUTOFF_COLUMNS, best_cutoff, energy_share, principal_cosines, projection_curves, theorem_terms
+from .analysis import (
+    CUTOFF_COLUMNS,
+    best_cutoff,
+    energy_share,
+    principal_cosines,
+    projection_curves,
+    subspace_overlap,
+    theorem_terms,
+)
 from .data import one_hot
 from .h5io import atomic_h5, open_checked, write_provenance
 from .spectrum import SpectrumData, read_spectrum
@@ -58,9 +66,7 @@ class Tracking:
 
     epochs: np.ndarray  # (T,)
     labels: dict[str, np.ndarray]  # labels, clean_labels, label_noise -> (T, 3) at r = info_dim
-    cosines: dict[
-        str, np.ndarray
-    ]  # init, final -> (T, info_dim): principal angles' cosines with J_init's / J_final's I
+    cosines: dict[str, np.ndarray]  # init, final -> (T, info_dim): principal angles with J_init's, J_final's I
     theorem: dict[str, np.ndarray]  # bias, pinv, nuisance -> (T, R); {paper,unit}_{r,bound} -> (T,)
 
 
@@ -80,10 +86,16 @@ def resolved_floor(sp: SpectrumData) -> float:
     return max(float(sp.attrs.get("numerical_floor", 0.0)), float(sp.attrs.get("storage_floor", 0.0)))
 
 
+def labels_and_initial_residual(traj: TrajectoryData) -> tuple[np.ndarray, np.ndarray]:
+    """y (the trained labels) and r0 = f(W0) - y, in J's row order."""
+    y = flatten_rows(one_hot(traj.train_y, traj.train_predictions.shape[-1]))
+    return y, flatten_rows(traj.train_predictions[0]) - y
+
+
 def label_vectors(traj: TrajectoryData) -> dict[str, np.ndarray]:
     """y (the trained labels) and, for a corrupted run, y_clean and the label noise y - y_clean."""
     k = traj.train_predictions.shape[-1]
-    y = flatten_rows(one_hot(traj.train_y, k))
+    y = labels_and_initial_residual(traj)[0]
     out = {"labels": y}
     if np.any(traj.train_y != traj.train_y_clean):
         clean = flatten_rows(one_hot(traj.train_y_clean, k))
@@ -94,9 +106,7 @@ def label_vectors(traj: TrajectoryData) -> dict[str, np.ndarray]:
 def measure_cutoff(traj: TrajectoryData, spectra: Mapping[str, SpectrumData]) -> tuple[dict, dict]:
     """Every column of Tables 1-3 for every cut-off r up to the stored vectors, and the share of
     ||J||_F^2 in the top r, for J_init and J_final."""
-    k = traj.train_predictions.shape[-1]
-    y = flatten_rows(one_hot(traj.train_y, k))
-    r0 = flatten_rows(traj.train_predictions[0]) - y
+    y, r0 = labels_and_initial_residual(traj)
     cutoff, share = {}, {}
     for key, row in zip(("init", "final"), TABLE_ROWS):
         sp = spectra[key]
@@ -150,8 +160,7 @@ def theorem_constants(theorem: Mapping[str, float]) -> dict[str, tuple[float, fl
 def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim: int) -> RunMeasurements:
     """All measurements of one run from its trajectory and its four spectra."""
     k = traj.train_predictions.shape[-1]
-    y = flatten_rows(one_hot(traj.train_y, k))
-    r0 = flatten_rows(traj.train_predictions[0]) - y
+    y, r0 = labels_and_initial_residual(traj)
     rows, fractions = [], []
     for key in ("init", "final"):
         sp = spectra[key]
@@ -225,7 +234,8 @@ def _write_tracking(f, t: Tracking) -> None:
     for key, values in t.cosines.items():
         d = g.create_dataset(f"cosines_{key}", data=values)
         d.attrs["meaning"] = f"cosines of the principal angles between this epoch's I and J_{key}'s I, descending"
-        g.create_dataset(f"overlap_{key}", data=(values**2).mean(axis=1)).attrs["meaning"] = (
+        overlap = np.array([subspace_overlap(c) for c in values])
+        g.create_dataset(f"overlap_{key}", data=overlap).attrs["meaning"] = (
             f"mean squared cosine with J_{key}'s I (1 = the same subspace)"
         )
     h = f.create_group("theorem")
@@ -272,7 +282,9 @@ def measure_run(
     (epoch -> training spectrum) the alignment over training and Theorem 3.2's terms."""
     traj = read_trajectory(trajectory)
     paths = {**spectra, **{f"epoch{e}": p for e, p in (tracked or {}).items()}}
-    loaded = {key: read_spectrum(p) for key, p in paths.items()}
+    # J_init and J_final are tracked epochs too: read each file once
+    by_path = {p: read_spectrum(p) for p in dict.fromkeys(map(str, paths.values()))}
+    loaded = {key: by_path[str(p)] for key, p in paths.items()}
     for key, sp in loaded.items():
         if sp.U.shape[1] < info_dim:
             raise ValueError(
