@@ -76,7 +76,13 @@ def test_plan_warns_before_the_run_when_disk_or_memory_will_not_hold(tmp_path, m
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(P.shutil, "disk_usage", lambda path: usage(10**9, 10**9 - 1000, 1000))
     plan = P.make_plan(config, rates, cores=2)
-    assert any(w.startswith("disk: the run needs about") and str(tmp_path) in w for w in plan.warnings)
+    disk = [w for w in plan.warnings if w.startswith("disk: the run needs about") and str(tmp_path) in w]
+    assert len(disk) == 1
+    # the remedy it names is one the config has not taken yet
+    assert ("jacobian.temporary: true" in disk[0]) != bool(config["jacobian"]["temporary"])
+    config["jacobian"]["temporary"] = not config["jacobian"]["temporary"]
+    disk = [w for w in P.make_plan(config, rates, cores=2).warnings if w.startswith("disk:")]
+    assert ("jacobian.temporary: true" in disk[0]) != bool(config["jacobian"]["temporary"])
     memory = collections.namedtuple("memory", "available")
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(10**8))
     plan = P.make_plan(config, rates, cores=2)
@@ -131,3 +137,19 @@ def test_plan_of_a_config_whose_data_is_not_there_yet_notes_it(tmp_path):
     assert len(notes) == 1 and notes[0].startswith("data: not checked (dataset.root: no CIFAR-10 at")
     with pytest.raises(ValueError, match="no CIFAR-10"):  # without notes, as Snakemake stops
         P.load_config(path)
+
+
+def test_a_jobs_start_memory_is_the_fresh_process_not_the_planners_peak():
+    # Linux carries ru_maxrss across fork and exec: a child that read it reported this process's
+    # peak, so every estimate grew with whatever the planner had held (2x the measured jobs).
+    import resource
+
+    import numpy as np
+
+    before = P._job_start()[1]
+    held = np.ones(int(1.5e9 // 8))  # touch 1.5 GB more than a fresh process has
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
+    after = P._job_start()[1]
+    del held
+    assert peak > before + 1.4e9
+    assert after < before * 1.2

@@ -381,9 +381,16 @@ def _disk_rates(scratch: str | Path | None) -> tuple[float, float]:
 
 def _job_start() -> tuple[float, float]:
     """Seconds and resident bytes of a fresh process that imports torch and the package."""
+    # Linux's ru_maxrss survives fork and exec, so a child would report its parent's peak (this
+    # process, after its own measurements) whenever that is larger: read the child's own high-water
+    # mark, VmHWM, where /proc has it.
     code = (
-        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian_store; "
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian_store\n"
+        "try:\n"
+        "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
+        "except (OSError, IndexError):\n"
+        "    hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "print(hwm)"
     )
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -431,9 +438,11 @@ def _warnings(plan: Plan, results: Path, device: str) -> list[str]:
     folder = results if results.exists() else next(p for p in [results, *results.parents] if p.exists())
     free = shutil.disk_usage(folder).free
     if plan.disk_peak_bytes > free:
+        all_temporary = all(s.temporary for s in plan.steps if s.rule == "jacobian_chunk")
+        remedy = "" if all_temporary else "set jacobian.temporary: true, "
         out.append(
             f"disk: the run needs about {_size(plan.disk_peak_bytes)} at its peak, {folder} has {_size(free)} free; "
-            "set jacobian.temporary: true, a smaller n, or results on a larger disk"
+            f"{remedy}a smaller n, or results on a larger disk"
         )
     available = psutil.virtual_memory().available
     concurrent = max(s.memory_bytes * max(1, plan.cores // max(1, s.threads)) for s in plan.steps if s.jobs)
