@@ -92,7 +92,8 @@ KILL_CONFIG = {
     "model": {"width": 0.5},
     "dataset": {"train_per_class": 60},
     "training": {"resume_every": 5},
-    "runs": {"sgd_clean": {"epochs": 40, "milestones": [30]}},
+    "runs": {"sgd_clean": {"epochs": 24, "milestones": [18]}},
+    "jacobian": {"chunk_size": 60},  # 3 chunk jobs: the kill needs one running
 }
 
 
@@ -132,22 +133,24 @@ def kill_when(proc, condition, timeout=300):
 def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp_path):
     config = tmp_path / "kill.yaml"
     config.write_text(yaml.safe_dump(KILL_CONFIG))
-    target = "{r}/runs/sgd_clean/measurements.h5"
+    # the two jobs a kill can interrupt mid-write and what they feed: training, then J_final's
+    # chunks and its gather (the spectra and measurements after it are functions of J)
+    target = "{r}/runs/sgd_clean/jacobian/train_epoch24.h5"
     clean, killed = tmp_path / "clean", tmp_path / "killed"
     snakemake(
         target.format(r=clean), "--cores", "1", "--configfile", str(TINY), str(config), "--config", f"results={clean}"
     )
 
-    # 1. SIGKILL the whole workflow (snakemake and its jobs) after training wrote its resume state at epoch 20
+    # 1. SIGKILL the whole workflow (snakemake and its jobs) after training wrote its resume state at epoch 10
     log = killed / "logs/train/sgd_clean.log"
     proc = start(killed, config, target.format(r=killed))
-    kill_when(proc, lambda: log.exists() and "epoch 22/40" in log.read_text())
+    kill_when(proc, lambda: log.exists() and "epoch 12/24" in log.read_text())
     assert (killed / "runs/sgd_clean/resume/state.pt").exists()
     assert not (killed / "runs/sgd_clean/trajectory.h5").exists()
     recover(killed, config, target.format(r=killed))
 
     # 2. rerun; SIGKILL the whole workflow while a Jacobian chunk job runs
-    chunk_log = killed / "logs/jacobian/runs/sgd_clean/train_epoch40.chunk0.log"
+    chunk_log = killed / "logs/jacobian/runs/sgd_clean/train_epoch24.chunk0.log"
     proc = start(killed, config, target.format(r=killed))
     kill_when(proc, lambda: chunk_log.exists())
     assert "resumed from" in log.read_text()
@@ -159,7 +162,7 @@ def test_killed_training_and_jacobian_jobs_rerun_to_the_uninterrupted_result(tmp
     # 3. rerun to the end: equal to the uninterrupted run
     snakemake(*workflow_args(killed, config, target.format(r=killed)), "--rerun-incomplete")
     assert_h5_trees_equal(clean, killed, rtol=0, atol=0, csv_files=False)
-    for epoch in (0, 40):
+    for epoch in (0, 24):
         a = torch.load(clean / f"runs/sgd_clean/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
         b = torch.load(killed / f"runs/sgd_clean/checkpoints/epoch{epoch}.pt", weights_only=True)["state_dict"]
         assert all(torch.equal(a[k], b[k]) for k in a)

@@ -89,10 +89,15 @@ def test_a_changed_tracking_grid_reruns_only_the_new_epochs_and_what_reads_them(
 
     cfg = yaml.safe_load(TINY.read_text())
     cfg.setdefault("training", {})["checkpoint_every"] = 10
-    before = {run: set(tracked_epochs(r, {**cfg, "analysis": {"track_epochs": 5}})) for run, r in cfg["runs"].items()}
+    tracked = cfg["analysis"]["track_runs"]
+    assert set(tracked) < set(cfg["runs"])  # an untracked run gets no new epochs
+    # a run's training J exists at its tracked epochs and at its reference epoch (Figure 8)
+    before = {
+        run: {*tracked_epochs(cfg["runs"][run], cfg), cfg["runs"][run].get("reference_epoch", 0)} for run in tracked
+    }
     grid = [0, 1, 2, 3, 4, 5]
-    after = {run: set(tracked_epochs(r, {**cfg, "analysis": {"track_epochs": grid}})) for run, r in cfg["runs"].items()}
-    new = sum(len(after[run] - before[run]) for run in cfg["runs"])
+    after = {run: set(tracked_epochs(cfg["runs"][run], {**cfg, "analysis": {"track_epochs": grid}})) for run in tracked}
+    new = sum(len(after[run] - before[run]) for run in tracked)
     assert new > 0
     jobs = dry_run_jobs(tiny_results, {"analysis": {"track_epochs": grid}}, tmp_path)
     assert "train" not in jobs and "initialise" not in jobs
@@ -127,7 +132,7 @@ def test_tracked_measurements_agree_with_the_tables_at_their_ends(tiny_results):
     with h5py.File(tiny_results / "runs/sgd_clean/measurements.h5") as f:
         assert "clean_labels" not in f["tracking"]  # no noise in a clean run
     rows = (tiny_results / "figures/theorem_terms.csv").read_text().splitlines()
-    assert rows[0].startswith("run,corruption,epoch,constants,best_r") and len(rows) == 1 + 2 * (5 + 5)
+    assert rows[0].startswith("run,corruption,epoch,constants,best_r") and len(rows) == 1 + 2 * (3 + 3)
 
 
 def test_a_changed_run_reruns_that_run_only(tiny_results, tmp_path):
