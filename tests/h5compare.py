@@ -52,9 +52,9 @@ def _files(root: Path, suffix: str) -> list[str]:
     )
 
 
-def _same_file_sets(dir_a: Path, dir_b: Path, suffix: str) -> list[str]:
+def _same_file_sets(dir_a: Path, dir_b: Path, suffix: str, a_within_b: bool = False) -> list[str]:
     fa, fb = _files(dir_a, suffix), _files(dir_b, suffix)
-    if fa != fb:
+    if (not set(fa) <= set(fb)) if a_within_b else fa != fb:
         only_a = sorted(set(fa) - set(fb))
         only_b = sorted(set(fb) - set(fa))
         raise AssertionError(
@@ -259,12 +259,14 @@ def assert_h5_trees_equal(
     csv_files: bool = True,
     compare_attrs: bool = True,
     exclude: Iterable[str] = (),
+    a_within_b: bool = False,
 ) -> dict:
     """Every .h5 (and .csv) file under ``dir_a`` and ``dir_b``: same set, same contents.
 
     Floats compare with ``allclose(rtol, atol)``, integers/bools/strings exactly. Raises
     ``AssertionError`` at the first difference, naming the file and dataset. ``exclude``:
-    glob patterns of relative file paths to leave out. Returns a summary dict (files and
+    glob patterns of relative file paths to leave out. ``a_within_b``: ``dir_b`` may hold more
+    files (a run of more targets); every file of ``dir_a`` must be there and equal. Returns a summary dict (files and
     datasets compared, provenance attrs/timing datasets skipped).
     """
     dir_a, dir_b = Path(dir_a), Path(dir_b)
@@ -276,7 +278,7 @@ def assert_h5_trees_equal(
     def keep(rel: str) -> bool:
         return not any(Path(rel).match(pat) for pat in exclude)
 
-    h5_files = [f for f in _same_file_sets(dir_a, dir_b, ".h5") if keep(f)]
+    h5_files = [f for f in _same_file_sets(dir_a, dir_b, ".h5", a_within_b) if keep(f)]
     skipped: set[str] = set()
     n_datasets = 0
     for rel in h5_files:
@@ -291,7 +293,7 @@ def assert_h5_trees_equal(
             skipped=skipped,
             label=rel,
         )
-    csvs = [f for f in _same_file_sets(dir_a, dir_b, ".csv") if keep(f)] if csv_files else []
+    csvs = [f for f in _same_file_sets(dir_a, dir_b, ".csv", a_within_b) if keep(f)] if csv_files else []
     for rel in csvs:
         compare_csv_files(dir_a / rel, dir_b / rel, rtol, atol, label=rel)
     return {"h5_files": len(h5_files), "datasets": n_datasets, "csv_files": len(csvs), "skipped": sorted(skipped)}
