@@ -20,6 +20,7 @@ from jacobian_spectrum.data import one_hot
 from jacobian_spectrum.jacobian import jacobian
 from jacobian_spectrum.measure import flatten_rows, projection_ratios
 from jacobian_spectrum.models import initialise
+from jacobian_spectrum.spectrum import eigh_descending
 from jacobian_spectrum.train import TrainSettings, train
 from jacobian_spectrum.trajectory import errors
 
@@ -78,9 +79,9 @@ def main() -> None:
     if a.jacobian:
         model.eval()
         J = jacobian(model, torch.from_numpy(tr.x)).double()
-        w, U = np.linalg.eigh((J @ J.T).numpy())
-        s = np.sqrt(np.maximum(w[::-1], 0))
-        p_info, p_nuis, _ = projection_ratios(flatten_rows(one_hot(y, tr.num_classes)), U[:, ::-1][:, :50], s)
+        w, U = eigh_descending((J @ J.T).numpy())
+        s = np.sqrt(np.maximum(w, 0))
+        p_info, p_nuis, _ = projection_ratios(flatten_rows(one_hot(y, tr.num_classes)), U[:, :50], s)
         print(f"J_final: ||P_I y||/||y|| = {p_info:.3f}, label energy on N = {p_nuis**2:.3f}")
 
 

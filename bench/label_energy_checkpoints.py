@@ -22,8 +22,9 @@ import torch
 from jacobian_spectrum.analysis import projection_curves
 from jacobian_spectrum.data import read_split
 from jacobian_spectrum.jacobian import jacobian
-from jacobian_spectrum.measure import labels_and_initial_residual
+from jacobian_spectrum.measure import trained_labels
 from jacobian_spectrum.models import load_checkpoint
+from jacobian_spectrum.spectrum import eigh_descending
 from jacobian_spectrum.trajectory import read_trajectory
 
 CUTOFFS = (10, 20, 50, 100, 200)
@@ -40,7 +41,7 @@ def main() -> None:
     print("run epoch train_error " + " ".join(f"r={r}" for r in CUTOFFS), flush=True)
     for run, epochs in json.loads(a.epochs).items():
         traj = read_trajectory(f"{a.results}/runs/{run}/trajectory.h5")
-        y = labels_and_initial_residual(traj)[0]
+        y = trained_labels(traj)
         for epoch in epochs:
             t = time.perf_counter()
             ckpt = (
@@ -50,10 +51,9 @@ def main() -> None:
             )
             model, _ = load_checkpoint(ckpt)
             J = jacobian(model.eval(), x)
-            s2, U = np.linalg.eigh((J @ J.T).double().numpy())
+            s2, U = eigh_descending((J @ J.T).double().numpy())
             del J
-            U, s = U[:, ::-1][:, : max(CUTOFFS)], np.sqrt(np.maximum(s2[::-1], 0.0))
-            nuisance2 = projection_curves(y, U, s)[:, 1] ** 2
+            nuisance2 = projection_curves(y, U[:, : max(CUTOFFS)], np.sqrt(np.maximum(s2, 0.0)))[:, 1] ** 2
             row = " ".join(f"{nuisance2[r - 1]:.4f}" for r in CUTOFFS)
             err = traj.train_error[list(traj.epoch).index(epoch)]
             print(f"{run} {epoch} {err:.3f} {row}  ({time.perf_counter() - t:.0f} s)", flush=True)

@@ -86,16 +86,21 @@ def resolved_floor(sp: SpectrumData) -> float:
     return max(float(sp.attrs.get("numerical_floor", 0.0)), float(sp.attrs.get("storage_floor", 0.0)))
 
 
+def trained_labels(traj: TrajectoryData) -> np.ndarray:
+    """y, the labels the run trained on (one-hot), in J's row order."""
+    return flatten_rows(one_hot(traj.train_y, traj.train_predictions.shape[-1]))
+
+
 def labels_and_initial_residual(traj: TrajectoryData) -> tuple[np.ndarray, np.ndarray]:
     """y (the trained labels) and r0 = f(W0) - y, in J's row order."""
-    y = flatten_rows(one_hot(traj.train_y, traj.train_predictions.shape[-1]))
+    y = trained_labels(traj)
     return y, flatten_rows(traj.train_predictions[0]) - y
 
 
 def label_vectors(traj: TrajectoryData) -> dict[str, np.ndarray]:
     """y (the trained labels) and, for a corrupted run, y_clean and the label noise y - y_clean."""
     k = traj.train_predictions.shape[-1]
-    y = labels_and_initial_residual(traj)[0]
+    y = trained_labels(traj)
     out = {"labels": y}
     if np.any(traj.train_y != traj.train_y_clean):
         clean = flatten_rows(one_hot(traj.train_y_clean, k))

@@ -197,7 +197,7 @@ def _restore(state: Mapping, model: nn.Module, opt, sched, gen: torch.Generator)
     opt.load_state_dict(state["optimizer"])
     sched.load_state_dict(state["scheduler"])
     gen.set_state(state["generator"])
-    ckpts = {int(e): sd for e, sd in state["checkpoints"].items()}  # loaded by _load_resume
+    ckpts = dict(state["checkpoints"])  # epoch -> state dict, read from its file by _load_resume
     return _trajectory_from_state(state["trajectory"]), ckpts, int(state["epoch"]) + 1
 
 
