@@ -70,3 +70,27 @@ rule theorem_terms:
         code=code_version("theorem_terms.py"),
     script:
         "../workflow/scripts/theorem_terms.py"
+
+
+rule memorisation:
+    input:
+        measurements=[f"{R}/runs/{run}/measurements.h5" for run in MEMORISATION_RUNS],
+        trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in MEMORISATION_RUNS],
+    output:
+        **figure_output("memorisation", "memorisation"),
+        data=report(
+            f"{R}/figures/memorisation.csv",
+            caption="../workflow/report/memorisation.rst",
+            category="Beyond the paper",
+        ),
+    log:
+        f"{R}/logs/figures/memorisation.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        runs=MEMORISATION_RUNS,
+        corruption={run: RUNS[run]["corruption"] for run in MEMORISATION_RUNS},
+        caption=CAPTION,
+        code=code_version("memorisation.py"),
+    script:
+        "../workflow/scripts/memorisation.py"

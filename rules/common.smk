@@ -142,6 +142,8 @@ def all_targets():
         targets += figure_files("alignment_over_training") + [f"{R}/figures/alignment_over_training.csv"]
     if THEOREM_RUNS:
         targets += figure_files("theorem_terms") + [f"{R}/figures/theorem_terms.csv"]
+    if any(RUNS[run]["corruption"] > 0 for run in MEMORISATION_RUNS):
+        targets += figure_files("memorisation") + [f"{R}/figures/memorisation.csv"]
     return targets
 
 
@@ -172,6 +174,8 @@ def run_files(run):
 
 TABLE_RUNS = paper_tables()
 THEOREM_RUNS = config["figures"]["corruption_runs"]
+# the memorisation figure: every run of Figure 9, at each epoch whose J is measured
+MEMORISATION_RUNS = config["figures"]["corruption_runs"]
 # names the config on every figure of the analysis (results folder, data set, n, r)
 CAPTION = (
     f"{R}: {config['dataset']['name']}, n = {N_SPLIT['train']}, K = {K}, "

@@ -6,7 +6,9 @@ import pytest
 
 from jacobian_spectrum.analysis import (
     best_cutoff,
+    class_structure_basis,
     energy_share,
+    no_memorisation_alignment,
     principal_cosines,
     projection_curves,
     subspace_overlap,
@@ -14,6 +16,7 @@ from jacobian_spectrum.analysis import (
 )
 from jacobian_spectrum.config import log_uniform_epochs, run_epochs_needed, tracked_epochs
 from jacobian_spectrum.measure import projection_ratios
+from jacobian_spectrum.trajectory import split_errors
 
 
 def svd_of(rng, rows, cols):
@@ -115,3 +118,43 @@ def test_tracking_grid_is_log_uniform_and_lands_on_kept_checkpoints():
     # the kept checkpoints do not depend on the tracking grid: a new grid never retrains
     assert run_epochs_needed(run, 10) == sorted(kept)
     assert kept >= set(range(11)) | set(range(0, 801, 10)) | {100}
+
+
+def test_split_errors_of_a_clean_run_have_no_corrupted_group():
+    preds = np.eye(3)[[[0, 1, 2, 2]]]  # one epoch, four samples
+    kept, corrupted = split_errors(preds, np.array([0, 1, 2, 0]), np.array([0, 1, 2, 0]))
+    assert kept[0] == 0.25 and np.isnan(corrupted[0])
+
+
+@pytest.mark.parametrize("k", [3, 4])
+@pytest.mark.parametrize("w", [0.0, 0.25, 0.5, 0.75])
+def test_no_memorisation_reference_matches_the_closed_form_for_uniform_corruption(k, w):
+    # each class of 12 (K - 1) samples has a fraction w moved, evenly, to each of the K - 1 others
+    per_class = 12 * (k - 1)
+    clean = np.repeat(np.arange(k), per_class)
+    y = clean.copy()
+    moved = int(round(w * per_class))
+    for c in range(k):
+        rows = np.flatnonzero(clean == c)[:moved]
+        y[rows] = (c + 1 + np.arange(moved) % (k - 1)) % k
+    onehot = np.eye(k)[y].ravel()
+    info, nuis = no_memorisation_alignment(onehot, clean, k)
+    expected = np.sqrt((1 - w) ** 2 + w**2 / (k - 1))
+    assert info == pytest.approx(expected, abs=1e-12)
+    assert nuis == pytest.approx(1 - expected**2, abs=1e-12)
+    if w == 0.5 and k == 3:
+        assert info == pytest.approx(0.612, abs=5e-4)  # the number
+
+
+def test_no_memorisation_reference_is_a_projection_onto_the_class_structure():
+    rng = np.random.default_rng(3)
+    k, n = 3, 60
+    clean = rng.integers(0, k, n)
+    y = np.eye(k)[rng.integers(0, k, n)].ravel()
+    B = class_structure_basis(clean, k)
+    assert np.allclose(B.T @ B, np.eye(k * k))  # orthonormal when every class is present
+    # the projection equals fitting, per true class, the mean label vector of that class
+    means = np.stack([y.reshape(n, k)[clean == c].mean(0) for c in range(k)])
+    fitted = means[clean].ravel()
+    info, _ = no_memorisation_alignment(y, clean, k)
+    assert info == pytest.approx(np.linalg.norm(fitted) / np.linalg.norm(y), abs=1e-12)

@@ -169,6 +169,15 @@ def test_trajectory_file_shapes_and_recomputed_errors(tmp_path):
     assert np.array_equal(t.train_error, (t.train_predictions.argmax(-1) != labels).mean(-1))
     assert np.array_equal(t.train_error_clean, (t.train_predictions.argmax(-1) != data.y).mean(-1))
     assert np.array_equal(t.test_error, (t.test_predictions.argmax(-1) != test.y).mean(-1))
+    # memorisation: the kept and the corrupted samples apart, each against the trained labels
+    corrupted = labels != data.y
+    wrong = t.train_predictions.argmax(-1) != labels
+    assert np.array_equal(t.train_error_kept, wrong[:, ~corrupted].mean(-1))
+    assert np.array_equal(t.train_error_corrupted, wrong[:, corrupted].mean(-1))
+    # the two groups' errors weighted by their sizes are the whole training error
+    assert np.allclose(
+        corrupted.mean() * t.train_error_corrupted + (~corrupted).mean() * t.train_error_kept, t.train_error
+    )
     y = np.eye(3)[labels]
     assert np.allclose(t.train_loss, 0.5 * ((t.train_predictions - y) ** 2).sum(-1).mean(-1))
     with h5py.File(path) as f:

@@ -40,6 +40,13 @@ def test_every_artifact_of_the_contract(tiny_results):
         assert f["corrupted"][...].sum() == 30 and f.attrs["fraction"] == 0.5
     with h5py.File(r / "runs/sgd_clean/trajectory.h5") as f:
         assert f["train/predictions"].shape == (7, 60, 3) and f["test/predictions"].shape == (7, 30, 3)
+        assert np.array_equal(f["train/error_kept"][...], f["train/error"][...])  # clean: every label kept
+        assert np.all(np.isnan(f["train/error_corrupted"][...]))
+    with h5py.File(r / "runs/sgd_corrupt50/trajectory.h5") as f:
+        pred, y, clean = f["train/predictions"][...], f["train/y"][...], f["train/y_clean"][...]
+        wrong = pred.argmax(-1) != y
+        assert np.array_equal(f["train/error_corrupted"][...], wrong[:, y != clean].mean(-1))
+        assert np.array_equal(f["train/error_kept"][...], wrong[:, y == clean].mean(-1))
     # every epoch up to training.checkpoint_every (10) is kept: the epochs the tracking grid can pick
     assert sorted(p.name for p in (r / "runs/sgd_corrupt50/checkpoints").glob("*.pt")) == [
         f"epoch{e}.pt" for e in range(7)
@@ -61,8 +68,16 @@ def test_every_artifact_of_the_contract(tiny_results):
         info, nuis = f["residual/train/information"][...], f["residual/train/nuisance"][...]
         assert info.shape == (7,) and np.all(info >= 0) and np.all(nuis >= 0)
         assert f.attrs["reference_epoch"] == 3
+        # half the labels moved to one of the 2 other classes: about sqrt(0.25 + 0.125) = 0.612
+        info, nuis = f["no_memorisation"][...]
+        assert 0.55 < info < 0.68 and nuis == pytest.approx(1 - info**2)
+    with h5py.File(r / "runs/sgd_clean/measurements.h5") as f:
+        assert np.allclose(f["no_memorisation"][...], [1.0, 0.0])  # clean labels: the class structure is y
     for name in ("fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9", "cutoff", "alignment_over_training"):
         assert (r / "figures" / f"{name}.png").stat().st_size > 10_000
+    assert (r / "figures/memorisation.png").stat().st_size > 10_000
+    assert "No-memorisation reference" in (r / "tables/table3.md").read_text()
+    assert "No-memorisation reference" not in (r / "tables/table1.md").read_text()
     for i in (1, 2, 3):
         for ext in ("csv", "md", "tex"):
             assert (r / "tables" / f"table{i}.{ext}").stat().st_size > 100
@@ -105,7 +120,7 @@ def test_a_changed_tracking_grid_reruns_only_the_new_epochs_and_what_reads_them(
     assert jobs.count("spectrum") == new and jobs.count("jacobian_gather") == new
     assert jobs.count("jacobian_chunk") == 3 * new
     assert sorted(set(jobs) - {"jacobian_chunk", "jacobian_gather", "spectrum"}) == sorted(
-        {"measure", "alignment_over_training", "cutoff", "theorem_terms", "table", "comparison"}
+        {"measure", "alignment_over_training", "cutoff", "theorem_terms", "memorisation", "table", "comparison"}
         | {"figure9", "residual_figure", "all"}
     )
 
@@ -133,6 +148,25 @@ def test_tracked_measurements_agree_with_the_tables_at_their_ends(tiny_results):
         assert "clean_labels" not in f["tracking"]  # no noise in a clean run
     rows = (tiny_results / "figures/theorem_terms.csv").read_text().splitlines()
     assert rows[0].startswith("run,corruption,epoch,constants,best_r") and len(rows) == 1 + 2 * (3 + 3)
+
+
+def test_the_memorisation_figure_has_a_point_per_measured_epoch(tiny_results):
+    import csv
+
+    with open(tiny_results / "figures/memorisation.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    # both Figure 9 runs are tracked at epochs 0, 1 and 6
+    assert [(r["run"], int(r["epoch"])) for r in rows] == [
+        (run, e) for run in ("sgd_clean", "sgd_corrupt50") for e in (0, 1, 6)
+    ]
+    with h5py.File(tiny_results / "runs/sgd_corrupt50/measurements.h5") as f:
+        energy = f["tracking/labels"][:, 1] ** 2
+    with h5py.File(tiny_results / "runs/sgd_corrupt50/trajectory.h5") as f:
+        memorised = 1 - f["train/error_corrupted"][[0, 1, 6]]
+    corrupt = [r for r in rows if r["run"] == "sgd_corrupt50"]
+    assert np.allclose([float(r["label_energy_nuisance"]) for r in corrupt], energy)
+    assert np.allclose([float(r["memorised_fraction"]) for r in corrupt], memorised)
+    assert all(r["memorised_fraction"] == "nan" for r in rows if r["run"] == "sgd_clean")
 
 
 def test_a_changed_run_reruns_that_run_only(tiny_results, tmp_path):

@@ -7,6 +7,8 @@ cutoff                   every column of Tables 1-3 and the share of ||J||_F^2 o
                          r, and Figure 9's label energy on N over r
 theorem_terms            Theorem 3.2's bias + variance, minimised over r, against the observed
                          final test error over the corruption levels
+memorisation             J's label energy on N against the fraction of corrupted labels the
+                         network has memorised, one point per run and measured epoch
 """
 
 from __future__ import annotations
@@ -220,3 +222,100 @@ def theorem_figure(
     save_figure(fig, paths)
     write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
     return correlations
+
+
+# ---------------------------------------------------------------- memorisation
+def memorisation_rows(data: Mapping[str, tuple[dict, TrajectoryData]], corruption: Mapping[str, float]) -> list[dict]:
+    """One row per run and measured epoch (the tracked epochs, else J_init and J_final): J's label
+    energy on N at that epoch, the fraction of corrupted labels memorised, and the errors."""
+    rows = []
+    for run, (m, traj) in data.items():
+        if "tracking/epochs" in m:
+            epochs = [int(e) for e in m["tracking/epochs"]]
+            energy = m["tracking/labels"][:, 1] ** 2
+        else:
+            epochs = [0, len(traj.test_error) - 1]
+            energy = m["label_energy_nuisance"]
+        for e, value in zip(epochs, energy):
+            rows.append(
+                {
+                    "run": run,
+                    "corruption": float(corruption[run]),
+                    "epoch": e,
+                    "memorised_fraction": float(1 - traj.train_error_corrupted[e]),
+                    "kept_error": float(traj.train_error_kept[e]),
+                    "train_error": float(traj.train_error[e]),
+                    "test_error": float(traj.test_error[e]),
+                    "label_energy_nuisance": float(value),
+                    "no_memorisation_energy": float(m["no_memorisation"][1]),
+                }
+            )
+    return rows
+
+
+def memorisation_correlations(rows: Sequence[dict]) -> dict[str, float]:
+    """Spearman's rank correlation of J's label energy on N with the memorised fraction (corrupted
+    runs) and with the training error (all runs), over every measured epoch."""
+    corrupted = [r for r in rows if r["corruption"] > 0]
+    return {
+        "memorised_fraction": rank_correlation(
+            np.array([r["memorised_fraction"] for r in corrupted]),
+            np.array([r["label_energy_nuisance"] for r in corrupted]),
+        ),
+        "train_error": rank_correlation(
+            np.array([r["train_error"] for r in rows]), np.array([r["label_energy_nuisance"] for r in rows])
+        ),
+    }
+
+
+def memorisation_figure(
+    runs: Mapping[str, tuple[str | Path, str | Path]],
+    corruption: Mapping[str, float],
+    paths: Sequence[str | Path],
+    csv_path: str | Path,
+    caption: str,
+) -> dict[str, float]:
+    """J's label energy on N against the memorised fraction of corrupted labels (left) and against
+    the training error (right), every measured epoch of every run; the dotted lines are each
+    level's no-memorisation reference."""
+    rows = memorisation_rows(_read_runs(runs), corruption)
+    rho = memorisation_correlations(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for run in runs:
+        pts = [r for r in rows if r["run"] == run]
+        level = corruption[run]
+        colour = cmap(min(level, 1.0) * 0.9)
+        label = f"{100 * level:g}% corrupted ({run})"
+        energy = [r["label_energy_nuisance"] for r in pts]
+        if level > 0:
+            axes[0].plot([r["memorised_fraction"] for r in pts], energy, "o-", color=colour, label=label)
+            axes[0].axhline(pts[0]["no_memorisation_energy"], color=colour, linestyle=":", linewidth=1)
+        axes[1].plot([100 * r["train_error"] for r in pts], energy, "o-", color=colour, label=label)
+        for r in (pts[0], pts[-1]):
+            x = r["memorised_fraction"] if level > 0 else None
+            if x is not None:
+                axes[0].annotate(
+                    f"ep {r['epoch']}",
+                    (x, r["label_energy_nuisance"]),
+                    fontsize=6,
+                    xytext=(3, 3),
+                    textcoords="offset points",
+                )
+    axes[0].set_xlabel("fraction of corrupted labels memorised (1 - their training error)")
+    axes[0].set_title(
+        f"J's label energy on N against memorisation (Spearman rho = {rho['memorised_fraction']:.2f}); "
+        "dotted: no-memorisation reference",
+        fontsize=8,
+    )
+    axes[1].set_xlabel("training error against the trained labels (%)")
+    axes[1].set_title(f"against the training error, all runs (Spearman rho = {rho['train_error']:.2f})", fontsize=8)
+    for ax in axes:
+        ax.set_ylabel(r"$\|P_N y\|^2/\|y\|^2$, N of J at that epoch")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Memorisation of corrupted labels and the Jacobian's nuisance space ({caption})", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    save_figure(fig, paths)
+    write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
+    return rho

@@ -139,6 +139,14 @@ def _error_panel(ax, traj: TrajectoryData, window: int, title: str, mark_epoch: 
             linestyle="--",
             label="training error (clean labels)",
         )
+        # memorisation: the corrupted samples against their corrupted labels, the kept ones apart
+        ax.plot(epochs, 100 * window_min(traj.train_error_kept, window), linestyle="-.", label="kept samples")
+        ax.plot(
+            epochs,
+            100 * window_min(traj.train_error_corrupted, window),
+            linestyle=":",
+            label="corrupted samples (100% - memorised)",
+        )
     ax.plot(epochs, 100 * window_min(traj.test_error, window), color="k", label="test error")
     best = int(np.argmin(traj.test_error))
     ax.plot([best], [100 * traj.test_error[best]], "kv", label=f"lowest test error (epoch {best})")
@@ -212,6 +220,8 @@ def figure9_rows(
                 "corruption": float(corruption[run]),
                 "label_energy_nuisance_init": float(m["label_energy_nuisance"][0]),
                 "label_energy_nuisance_final": float(m["label_energy_nuisance"][1]),
+                "no_memorisation_energy": float(m["no_memorisation"][1]),
+                "final_corrupted_error": float(traj.train_error_corrupted[-1]),
                 "final_test_error": float(window_min(traj.test_error, window)[-1]),
             }
         )
@@ -245,11 +255,21 @@ def figure9(
     )
     ax.plot(
         x,
+        [r["no_memorisation_energy"] for r in rows],
+        "x:",
+        color="tab:red",
+        label=r"$\|\Pi_N(y)\|^2/\|y\|^2$ with I = true classes only (no noise memorised)",
+    )
+    ax.plot(
+        x,
         [r["final_test_error"] for r in rows],
         "p-",
         color="k",
         label=f"test error (final, min over last {window} epochs)",
     )
+    corrupted = [(xi, r["final_corrupted_error"]) for xi, r in zip(x, rows) if np.isfinite(r["final_corrupted_error"])]
+    if corrupted:
+        ax.plot(*zip(*corrupted), "^--", color="0.5", label="final training error of the corrupted samples")
     ax.set_xlabel("label corruption (%)")
     ax.set_ylabel("fraction")
     ax.set_ylim(0, 1)
@@ -273,8 +293,9 @@ def format_value(v: float) -> str:
 
 def write_table(number: int, measurements: str | Path, out: Mapping[str, str | Path], scale: str) -> np.ndarray:
     """Table ``number`` as CSV, Markdown and LaTeX from a run's measurement file."""
-    with open_checked(measurements, ["alignment/values"], artifact="measurements") as f:
+    with open_checked(measurements, ["alignment/values", "no_memorisation"], artifact="measurements") as f:
         values = f["alignment/values"][...]
+        reference = f["no_memorisation"][...]
         run = f.attrs["run"]
     title = f"{PAPER_TABLE_TITLES[number]} (run {run}; {scale})"
     write_csv(
@@ -284,6 +305,13 @@ def write_table(number: int, measurements: str | Path, out: Mapping[str, str | P
     )
     md = [f"**{title}**", "", "| | " + " | ".join(markdown_columns()) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
     md += [f"| {name} | " + " | ".join(format_value(v) for v in row) + " |" for name, row in zip(TABLE_ROWS, values)]
+    if reference[0] < 1:  # a corrupted run: how much of y a network that memorised no noise would hold
+        md += [
+            "",
+            f"No-memorisation reference (I = the true-class structure, none of the label noise): "
+            f"\u2016P_I y\u2016/\u2016y\u2016 = {format_value(reference[0])}, "
+            f"\u2016P_N y\u2016\u00b2/\u2016y\u2016\u00b2 = {format_value(reference[1])}",
+        ]
     with atomic_path(out["md"]) as tmp:
         tmp.write_text("\n".join(md) + "\n")
     tex = [

@@ -20,6 +20,7 @@ from .analysis import (
     CUTOFF_COLUMNS,
     best_cutoff,
     energy_share,
+    no_memorisation_alignment,
     principal_cosines,
     projection_curves,
     subspace_overlap,
@@ -79,6 +80,8 @@ class RunMeasurements:
     cutoff: dict[str, np.ndarray] = field(default_factory=dict)  # J_init, J_final -> (R, 6): TABLE_COLUMNS over r
     energy_share: dict[str, np.ndarray] = field(default_factory=dict)  # J_init, J_final -> share of ||J||_F^2 in top r
     tracking: Tracking | None = None
+    # (||P_I y||/||y||, ||P_N y||^2/||y||^2) for I = the true-class structure alone: no noise memorised
+    no_memorisation: tuple[float, float] = (float("nan"), float("nan"))
 
 
 def resolved_floor(sp: SpectrumData) -> float:
@@ -184,7 +187,8 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
         info, nuis = residual_energies(r, sp.U[:, :info_dim])
         residual[split] = {"information": info, "nuisance": nuis}
         residual0[split] = float((r[0] ** 2).sum())
-    return RunMeasurements(np.array(rows), np.array(fractions), residual, residual0)
+    reference = no_memorisation_alignment(y, traj.train_y_clean, k)
+    return RunMeasurements(np.array(rows), np.array(fractions), residual, residual0, no_memorisation=reference)
 
 
 def _check_rows(sp: SpectrumData, n_rows: int, key: str) -> None:
@@ -209,6 +213,13 @@ def write_measurements(path: str | Path, m: RunMeasurements, attrs: Mapping[str,
         d = f.create_dataset("label_energy_nuisance", data=m.label_energy_nuisance)
         d.attrs["rows"] = list(TABLE_ROWS)
         d.attrs["meaning"] = "||P_N y||^2 / ||y||^2 (Figure 9)"
+        d = f.create_dataset("no_memorisation", data=np.asarray(m.no_memorisation))
+        d.attrs["columns"] = ["||P_I y||/||y||", "||P_N y||^2/||y||^2"]
+        d.attrs["meaning"] = (
+            "the trained labels y measured against I = span{output k on the samples of true class c} "
+            "(K*K vectors): the alignment of a network that holds the true-class structure and none of "
+            "the label noise (Table 3's and Figure 9's no-memorisation reference; 1 and 0 for clean labels)"
+        )
         for split, parts in m.residual.items():
             g = f.create_group(f"residual/{split}")
             g.attrs["r0_energy"] = m.residual0[split]
@@ -257,6 +268,7 @@ def read_measurements(path: str | Path) -> dict:
     names = [
         "alignment/values",
         "label_energy_nuisance",
+        "no_memorisation",
         "residual/train/information",
         "residual/train/nuisance",
         "residual/test/information",

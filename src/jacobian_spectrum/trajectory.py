@@ -32,6 +32,18 @@ def errors(predictions: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return (predictions.argmax(axis=-1) != labels).mean(axis=-1)
 
 
+def split_errors(predictions: np.ndarray, labels: np.ndarray, clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Error against the trained labels per epoch, on the samples whose label was kept and on those
+    whose label was corrupted (NaN where a group is empty). 1 - the corrupted samples' error is the
+    fraction of corrupted labels the network has memorised."""
+    corrupted = labels != clean
+    wrong = predictions.argmax(axis=-1) != labels
+    nan = np.full(wrong.shape[:-1], np.nan)
+    kept_err = wrong[..., ~corrupted].mean(axis=-1) if (~corrupted).any() else nan
+    corrupt_err = wrong[..., corrupted].mean(axis=-1) if corrupted.any() else nan
+    return kept_err, corrupt_err
+
+
 def write_trajectory(
     path: str | Path,
     traj: Trajectory,
@@ -71,6 +83,14 @@ def write_trajectory(
             g.create_dataset("error", data=errors(pred, labels))
         f["train"].create_dataset("y_clean", data=train_clean)
         f["train"].create_dataset("error_clean", data=errors(train_pred, train_clean))
+        kept_err, corrupt_err = split_errors(train_pred, train_labels, train_clean)
+        f["train"].create_dataset("error_kept", data=kept_err).attrs["meaning"] = (
+            "error against the trained labels on the samples whose label was kept (unaugmented images)"
+        )
+        f["train"].create_dataset("error_corrupted", data=corrupt_err).attrs["meaning"] = (
+            "error against the trained (corrupted) labels on the samples whose label was corrupted; "
+            "1 - this is the fraction of corrupted labels memorised (NaN in a clean run)"
+        )
         f["train/y"].attrs["meaning"] = "labels used for training (corrupted where the run is)"
         f["test/y"].attrs["meaning"] = "clean test labels"
 
@@ -85,6 +105,8 @@ class TrajectoryData:
     test_y: np.ndarray
     train_error: np.ndarray
     train_error_clean: np.ndarray
+    train_error_kept: np.ndarray  # error on the samples whose label was kept
+    train_error_corrupted: np.ndarray  # error on the corrupted samples (1 - memorised fraction); NaN if clean
     test_error: np.ndarray
     train_loss: np.ndarray
     test_loss: np.ndarray
@@ -101,6 +123,8 @@ def read_trajectory(path: str | Path) -> TrajectoryData:
         "test/y",
         "train/error",
         "train/error_clean",
+        "train/error_kept",
+        "train/error_corrupted",
         "test/error",
         "train/loss",
         "test/loss",
@@ -120,6 +144,8 @@ def read_trajectory(path: str | Path) -> TrajectoryData:
         d["test/y"],
         d["train/error"],
         d["train/error_clean"],
+        d["train/error_kept"],
+        d["train/error_corrupted"],
         d["test/error"],
         d["train/loss"],
         d["test/loss"],
