@@ -48,7 +48,7 @@ def main():
     s_full = np.sqrt(np.maximum(w, 0))
     op = JacobianOperator(model, x, batch_size=256)
     t0 = time.perf_counter()
-    s, _ = randomized_svd(op, args.k, args.oversampling, args.iterations)
+    s = randomized_svd(op, args.k, args.oversampling, args.iterations).singular_values
     t_mf = time.perf_counter() - t0
     err = np.abs(s - s_full[: args.k]) / s_full[: args.k]
     print(

@@ -82,6 +82,8 @@ BAD = [
     (lambda: with_("dataset.classes", [1]), WorkflowError, "classes"),
     (lambda: with_("spectrum.stored_vectors", 4), ConfigError, "spectrum.stored_vectors': 4 is below"),
     (lambda: with_("spectrum.stored_vectors", "some"), WorkflowError, "some"),
+    (lambda: with_("spectrum.scheduler", "local:two"), ConfigError, "spectrum.scheduler': 'local:two' is not a worker"),
+    (lambda: with_("spectrum.scheduler", "local:0"), ConfigError, "allowed: null, local:N"),
     (lambda: with_("analysis.track_epochs", 1), WorkflowError, "track_epochs"),
     (lambda: with_("analysis.track_epochs", [0, 50]), ConfigError, "analysis.track_epochs': epoch 50 is beyond"),
     (lambda: with_("analysis.track_runs", ["sgd_x"]), ConfigError, "analysis.track_runs': run 'sgd_x'"),

@@ -138,6 +138,12 @@ def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
         )
     if spec["method"] in ("topk", "matrix_free") and spec["topk"] < spec["info_dim"]:
         raise ConfigError(f"config key 'spectrum.topk': {spec['topk']} is below spectrum.info_dim = {spec['info_dim']}")
+    scheduler = spec.get("scheduler")
+    if scheduler and scheduler.startswith("local:") and not re.fullmatch(r"local:[1-9][0-9]*", scheduler):
+        raise ConfigError(
+            f"config key 'spectrum.scheduler': {scheduler!r} is not a worker count; allowed: null, local:N "
+            "(N local worker processes, N >= 1) or a dask.distributed scheduler address such as tcp://host:8786"
+        )
 
 
 def _check_runs(runs: Mapping, levels: list[float]) -> None:
