@@ -22,12 +22,7 @@ import h5py
 import numpy as np
 import yaml
 
-from jacobian_spectrum.analysis import rank_correlation
-
-
-def centred_mean(values: np.ndarray, window: int) -> np.ndarray:
-    h = window // 2
-    return np.array([values[max(0, t - h) : t + h].mean() for t in range(len(values))])
+from jacobian_spectrum.analysis import centred_mean, rank_correlation
 
 
 def time_log(path: Path) -> str:
