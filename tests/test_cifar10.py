@@ -17,13 +17,14 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 
-from jacobian_spectrum.analysis import centred_mean
+from jacobian_spectrum.analysis import centred_mean, rank_correlation
 from jacobian_spectrum.figures import PAPER_TABLES
 
 pytestmark = pytest.mark.cifar10
 
 CONFIG = ROOT / "config" / "cifar10-small.yaml"
 RECIPE = ROOT / "config" / "cifar10-recipe.yaml"
+RHO_UNFITTED = 0.8  # measured 0.90 over 40 checkpoints (20 with augmentation, 20 without; docs/cifar10.md)
 LEVELS = (0.0, 0.25, 0.5, 0.75)  # Figure 9's rise is asserted up to 75% (100% is discussed in the README)
 
 
@@ -170,3 +171,74 @@ def test_analysis_figures_and_their_csvs_exist(cifar):
     for name in ("alignment_over_training", "cutoff", "theorem_terms"):
         assert (results / "figures" / f"{name}.png").stat().st_size > 10_000
         assert len((results / "figures" / f"{name}.csv").read_text().splitlines()) > 10
+
+
+# ---------------------------------------------------------------- the paper's recipe (issue 24)
+def memorised(results: Path, run: str) -> np.ndarray:
+    """Per epoch, the fraction of corrupted samples predicted as their corrupted label,
+    recomputed from the stored predictions on the unaugmented training images."""
+    with h5py.File(results / "runs" / run / "trajectory.h5") as f:
+        y, clean = f["train/y"][...], f["train/y_clean"][...]
+        pred = f["train/predictions"][...].argmax(-1)
+    return (pred[:, y != clean] == y[y != clean]).mean(-1)
+
+
+def measured_points(results: Path, cfg: dict) -> list[tuple[str, int, float, float, float]]:
+    """(run, epoch, memorised fraction, J's label energy on N, no-memorisation energy) at every
+    measured epoch of every corrupted Figure 9 run, from the trajectory and measurement files."""
+    points = []
+    for run in cfg["figures"]["corruption_runs"]:
+        if cfg["runs"][run]["corruption"] == 0:
+            continue
+        with h5py.File(results / "runs" / run / "measurements.h5") as f:
+            epochs = f["tracking/epochs"][...]
+            energy = f["tracking/labels"][:, 1] ** 2
+            reference = float(f["no_memorisation"][1])
+        fraction = memorised(results, run)
+        points += [(run, int(e), float(fraction[e]), float(v), reference) for e, v in zip(epochs, energy)]
+    return points
+
+
+def unfitted_points(results: Path, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(training error against the trained labels, J's label energy on N) at every measured epoch
+    of every Figure 9 run: the memorisation figure's right panel, recomputed from the files."""
+    errors, energies = [], []
+    for run in cfg["figures"]["corruption_runs"]:
+        with h5py.File(results / "runs" / run / "measurements.h5") as f:
+            epochs = f["tracking/epochs"][...]
+            energies += list(f["tracking/labels"][:, 1] ** 2)
+        errors += list(run_errors(results, run)["train"][epochs])
+    return np.array(errors), np.array(energies)
+
+
+def test_recipe_figure9_final_label_energy_on_the_nuisance_space_rises_with_corruption(recipe):
+    cfg, results = recipe
+    by_level = runs_by_level(cfg)
+    energy = [label_energy_final(results, by_level[level]) for level in LEVELS]
+    assert all(b > a for a, b in zip(energy, energy[1:])), energy
+
+
+def test_recipe_memorises_none_of_the_noise_and_table3_sits_at_the_no_memorisation_reference(recipe):
+    cfg, results = recipe
+    for run in cfg["figures"]["corruption_runs"]:
+        level = cfg["runs"][run]["corruption"]
+        if not 0 < level < 2 / 3:  # above 2/3 the corrupted labels outvote the true class
+            continue
+        # the corrupted samples are predicted as their corrupted label less often than chance
+        assert memorised(results, run)[-1] < 1 / 3, (run, memorised(results, run)[-1])
+    run = cfg["figures"]["table3"]
+    with h5py.File(results / "runs" / run / "measurements.h5") as f:
+        final, reference = f["alignment/values"][1, 0], f["no_memorisation"][0]
+    assert abs(final - reference) <= 0.05, (final, reference)  # measured 0.630 against 0.614
+    assert PAPER_TABLES[3][1, 0] - final >= 0.1  # the paper's 0.751 needs some memorisation
+
+
+def test_label_energy_on_the_nuisance_space_follows_what_is_left_unfitted(cifar, recipe):
+    """Over every measured epoch of every Figure 9 run of both configurations (augmentation off
+    and on), J's label energy on N rises with the fraction of trained labels not yet fitted."""
+    errors, energies = zip(*(unfitted_points(results, cfg) for cfg, results in (cifar, recipe)))
+    errors, energies = np.concatenate(errors), np.concatenate(energies)
+    assert len(errors) >= 30
+    assert rank_correlation(errors, energies) >= RHO_UNFITTED, rank_correlation(errors, energies)
+    # every fitted checkpoint (at most 2% training error) holds the labels in J's top 50
+    assert np.all(energies[errors <= 0.02] <= 0.15), energies[errors <= 0.02]
