@@ -4,10 +4,10 @@ Reads finished workflow runs (one results folder per config) and prints one Mark
 config: the final training error on the kept and on the corrupted samples at each corruption
 level, the 50% run's test-error dip (lowest 10-epoch average, then the final one), Table 3's
 J_final ||P_I y||/||y|| beside its no-memorisation reference, Figure 9's J_final energy on N at
-each level, the rank correlation of J's label energy on N with the memorised fraction over
-every measured epoch (the memorisation figure's CSV), whether the augmented training loss had
-levelled off before the step size was divided, and, given the ``/usr/bin/time -v`` output of
-the run, its wall time and peak memory. Not a benchmark: a measurement tool over results.
+each level, the rank correlations of J's label energy on N with the training error and with
+the memorised fraction over every measured epoch (the memorisation figure's CSV), whether the
+augmented training loss had levelled off before the step size was divided, and, given the
+``/usr/bin/time -v`` output of the run, its wall time and peak memory. Not a benchmark: a measurement tool over results.
 
   python bench/cifar10_factors.py config/cifar10-small.yaml=/tmp/run_small.log \\
       config/cifar10-recipe.yaml=/tmp/run_recipe.log
@@ -22,7 +22,8 @@ import h5py
 import numpy as np
 import yaml
 
-from jacobian_spectrum.analysis import centred_mean, rank_correlation
+from jacobian_spectrum.analysis import centred_mean
+from jacobian_spectrum.analysis_figures import memorisation_correlations
 
 
 def time_log(path: Path) -> str:
@@ -71,18 +72,15 @@ def factor_row(config: Path, log: Path | None) -> tuple[list[str], list[str]]:
     with h5py.File(results / "runs" / run50 / "measurements.h5") as f:
         table3 = f"{f['alignment/values'][1, 0]:.3f} (reference {f['no_memorisation'][0]:.3f})"
     with open(results / "figures" / "memorisation.csv", newline="") as fh:
-        rows = [r for r in csv.DictReader(fh) if float(r["corruption"]) > 0]
-    rho = rank_correlation(
-        np.array([float(r["memorised_fraction"]) for r in rows]),
-        np.array([float(r["label_energy_nuisance"]) for r in rows]),
-    )
+        rows = [{k: v if k == "run" else float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+    rho = memorisation_correlations(rows)
     cells = [
         " / ".join(kept),
         " / ".join(corrupted),
         dip,
         table3,
         " / ".join(energy),
-        f"{rho:.2f} ({len(rows)} points)",
+        f"{rho['train_error']:.2f} / {rho['memorised_fraction']:.2f} ({len(rows)} points)",
         " / ".join(loss_change),
         time_log(log) if log else "n/a",
     ]
@@ -96,7 +94,8 @@ def main() -> None:
     print(
         "| configuration | final training error, kept samples (%) | corrupted samples (%) | 50% run's test error: "
         "lowest 10-epoch average, final | Table 3 J_final ‖P_I y‖/‖y‖ | Figure 9 J_final ‖P_N y‖²/‖y‖² | "
-        "rho(energy on N, memorised) | batch loss change, 20 epochs before the step-size division | wall, peak |"
+        "rho(energy on N, training error) / rho(energy on N, memorised) | "
+        "batch loss change, 20 epochs before the step-size division | wall, peak |"
     )
     print("|---" * 9 + "|")
     for spec in a.runs:

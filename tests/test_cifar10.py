@@ -183,22 +183,6 @@ def memorised(results: Path, run: str) -> np.ndarray:
     return (pred[:, y != clean] == y[y != clean]).mean(-1)
 
 
-def measured_points(results: Path, cfg: dict) -> list[tuple[str, int, float, float, float]]:
-    """(run, epoch, memorised fraction, J's label energy on N, no-memorisation energy) at every
-    measured epoch of every corrupted Figure 9 run, from the trajectory and measurement files."""
-    points = []
-    for run in cfg["figures"]["corruption_runs"]:
-        if cfg["runs"][run]["corruption"] == 0:
-            continue
-        with h5py.File(results / "runs" / run / "measurements.h5") as f:
-            epochs = f["tracking/epochs"][...]
-            energy = f["tracking/labels"][:, 1] ** 2
-            reference = float(f["no_memorisation"][1])
-        fraction = memorised(results, run)
-        points += [(run, int(e), float(fraction[e]), float(v), reference) for e, v in zip(epochs, energy)]
-    return points
-
-
 def unfitted_points(results: Path, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     """(training error against the trained labels, J's label energy on N) at every measured epoch
     of every Figure 9 run: the memorisation figure's right panel, recomputed from the files."""

@@ -118,26 +118,20 @@ def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-def class_structure_basis(clean: np.ndarray, num_classes: int) -> np.ndarray:
-    """(nK, K*K) orthonormal columns e_{c,k}: output k on the samples of true class c (zero
-    columns for absent classes). Their span is the information space of a network that holds
-    exactly the true-class structure and none of the label noise."""
-    clean = np.asarray(clean)
-    n, k = len(clean), num_classes
-    B = np.zeros((n * k, k * k))
-    for c in range(k):
-        rows = np.flatnonzero(clean == c)
-        if len(rows) == 0:
-            continue
-        for j in range(k):
-            B[rows * k + j, c * k + j] = 1.0 / np.sqrt(len(rows))
-    return B
-
-
 def no_memorisation_alignment(y: np.ndarray, clean: np.ndarray, num_classes: int) -> tuple[float, float]:
-    """(||P_I y||/||y||, ||P_N y||^2/||y||^2) with I = span of the true-class structure
-    (:func:`class_structure_basis`): the alignment of the trained labels y (length nK, J's row
-    order) if the network memorised none of the noise. With a fraction w of each class moved
-    uniformly to the other K - 1 classes, ||P_I y||/||y|| = sqrt((1 - w)^2 + w^2 / (K - 1))."""
-    c = projection_curves(y, class_structure_basis(clean, num_classes), np.ones(num_classes**2))[-1]
-    return float(c[0]), float(c[1] ** 2)
+    """(||P_I y||/||y||, ||P_N y||^2/||y||^2) with I = span of the K*K vectors "output k on the
+    samples of true class c": the alignment of the trained labels y (length nK, J's row order)
+    if the network held exactly the true-class structure and none of the noise. Those vectors
+    have disjoint supports, so P_I y replaces each sample's row of y by its true class's mean
+    row. With a fraction w of each class moved uniformly to the other K - 1 classes,
+    ||P_I y||/||y|| = sqrt((1 - w)^2 + w^2 / (K - 1))."""
+    rows = np.asarray(y, dtype=np.float64).reshape(-1, num_classes)
+    clean = np.asarray(clean)
+    fitted = np.empty_like(rows)
+    for c in np.unique(clean):
+        fitted[clean == c] = rows[clean == c].mean(0)
+    total = float(np.sum(rows**2))
+    if total == 0:
+        raise ValueError("cannot measure a zero vector (||y|| = 0)")
+    # the nuisance part as its own sum of squares, not 1 - the information part (no cancellation)
+    return float(np.sqrt(np.sum(fitted**2) / total)), float(np.sum((rows - fitted) ** 2) / total)

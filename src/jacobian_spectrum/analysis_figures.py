@@ -291,17 +291,15 @@ def memorisation_figure(
         if level > 0:
             axes[0].plot([r["memorised_fraction"] for r in pts], energy, "o-", color=colour, label=label)
             axes[0].axhline(pts[0]["no_memorisation_energy"], color=colour, linestyle=":", linewidth=1)
-        axes[1].plot([100 * r["train_error"] for r in pts], energy, "o-", color=colour, label=label)
-        for r in (pts[0], pts[-1]):
-            x = r["memorised_fraction"] if level > 0 else None
-            if x is not None:
+            for r in (pts[0], pts[-1]):
                 axes[0].annotate(
                     f"ep {r['epoch']}",
-                    (x, r["label_energy_nuisance"]),
+                    (r["memorised_fraction"], r["label_energy_nuisance"]),
                     fontsize=6,
                     xytext=(3, 3),
                     textcoords="offset points",
                 )
+        axes[1].plot([100 * r["train_error"] for r in pts], energy, "o-", color=colour, label=label)
     axes[0].set_xlabel("fraction of corrupted labels memorised (1 - their training error)")
     axes[0].set_title(
         f"J's label energy on N against memorisation (Spearman rho = {rho['memorised_fraction']:.2f}); "

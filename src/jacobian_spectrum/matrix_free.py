@@ -36,21 +36,27 @@ from .jacobian import ROW_ORDER, batch_slices, jacobian, jacobian_shape
 from .logs import logger
 from .spectrum import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
+ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
+PRODUCT_ROWS = 4096  # rows cast to float64 at a time for a product: the float64 copy stays small
+
 
 @dataclass
 class JacobianOperator:
     """J of a model on samples x (rows sample-major, row = i*K + k), applied without storing it:
-    each product forms the rows of ``batch_size`` samples at a time and multiplies them in float64."""
+    each product forms the rows of ``batch_size`` samples at a time (by default as many as fit
+    ROWS_BUDGET_BYTES) and multiplies them in float64."""
 
     model: torch.nn.Module
     x: torch.Tensor
-    batch_size: int = 256
+    batch_size: int | None = None
     passes: int = 0
 
     def __post_init__(self) -> None:
         self.model.eval()
         rows, self.cols = jacobian_shape(self.model, self.x)
         self.k = rows // len(self.x)
+        if self.batch_size is None:
+            self.batch_size = max(1, int(ROWS_BUDGET_BYTES // (self.k * self.cols * self.x.element_size())))
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -59,22 +65,24 @@ class JacobianOperator:
     def _blocks(self) -> list[slice]:
         return batch_slices(len(self.x), self.batch_size)
 
-    def _rows(self, xb: torch.Tensor) -> torch.Tensor:
-        """J's rows of the samples xb, (b*K, p), in float64 for the products."""
-        return jacobian(self.model, xb).to(torch.float64)
-
     def _jv_block(self, xb: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        return self._rows(xb) @ X
+        rows = jacobian(self.model, xb)
+        return torch.cat([rows[i : i + PRODUCT_ROWS].double() @ X for i in range(0, len(rows), PRODUCT_ROWS)])
 
     def _jtu_block(self, xb: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        return self._rows(xb).T @ Y
+        rows = jacobian(self.model, xb)
+        out = torch.zeros(rows.shape[1], Y.shape[1], dtype=torch.float64)
+        for i in range(0, len(rows), PRODUCT_ROWS):
+            out += rows[i : i + PRODUCT_ROWS].double().T @ Y[i : i + PRODUCT_ROWS]
+        return out
 
     def matmat(self, X: np.ndarray) -> np.ndarray:
         """J X for X (p x l): one pass over the data."""
         Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
+        blocks = self._blocks()
         out = np.empty((self.shape[0], X.shape[1]))
-        for b, block in _run(self._jv_block, [(self.x[b], Xt) for b in self._blocks()]):
-            out[b.start * self.k : b.stop * self.k] = block
+        for i, part in _run(self._jv_block, [(self.x[b], Xt) for b in blocks]):
+            out[blocks[i].start * self.k : blocks[i].stop * self.k] = part
         self.passes += 1
         return out
 
@@ -82,42 +90,33 @@ class JacobianOperator:
         """J^T Y for Y (nK x l): one pass, the blocks' contributions summed in float64."""
         Yt = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.float64))
         out = np.zeros((self.shape[1], Y.shape[1]))
-        blocks = self._blocks()
-        for _, part in _run(self._jtu_block, [(self.x[b], Yt[b.start * self.k : b.stop * self.k]) for b in blocks]):
+        for _, part in _run(
+            self._jtu_block, [(self.x[b], Yt[b.start * self.k : b.stop * self.k]) for b in self._blocks()]
+        ):
             out += part
         self.passes += 1
         return out
 
 
-def _run(fn, args: list[tuple]):
-    """Yield (the block's samples, fn(*args) as numpy) for each block of one pass.
+def _run(fn, args: list[tuple]) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield (block index, fn(*args[index]) as numpy) for each block of one pass.
 
     With a ``dask.distributed`` client active the blocks run on its workers, and results are
     taken as they finish (so the driver holds one at a time beside the sum); otherwise they run
     here one after the other. torch.func transforms keep process-global state, so two blocks
     never share a process at once (workers: one thread each).
     """
-    slices = [slice(0, 0)] * len(args)
     try:
         from dask.distributed import as_completed, default_client
 
         client = default_client()
     except (ImportError, ValueError):
-        client = None
-    if client is None:
-        start = 0
-        for a in args:
-            n = len(a[0])
-            yield slice(start, start + n), fn(*a).numpy()
-            start += n
+        for i, a in enumerate(args):
+            yield i, fn(*a).numpy()
         return
-    start = 0
-    for i, a in enumerate(args):
-        slices[i] = slice(start, start + len(a[0]))
-        start += len(a[0])
     futures = {client.submit(fn, *a, pure=False): i for i, a in enumerate(args)}
     for fut in as_completed(futures):
-        yield slices[futures[fut]], fut.result().numpy()
+        yield futures[fut], fut.result().numpy()
         fut.release()
 
 
@@ -153,13 +152,14 @@ def randomized_svd(
         Z, _ = np.linalg.qr(op.rmatmat(Q))
         Y = op.matmat(Z)  # J Z, Z orthonormal: its singular values estimate J's top ones
         estimates.append(np.linalg.svd(Y, compute_uv=False))
+        top_k = min(k, ell)
         logger.info(
             "power iteration %d/%d: s_1 = %.6g, s_%d = %.6g",
             i + 1,
             power_iterations,
-            *estimates[-1][[0]],
-            k,
-            estimates[-1][min(k, ell) - 1],
+            estimates[-1][0],
+            top_k,
+            estimates[-1][top_k - 1],
         )
     Q, _ = np.linalg.qr(Y)
     Bt = op.rmatmat(Q)  # (p x l) = (Q^T J)^T
@@ -209,7 +209,7 @@ def matrix_free_spectrum(
     oversampling: int,
     power_iterations: int,
     threads: int = 1,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     keep: int | None = None,
     scheduler: str | None = None,
 ) -> Spectrum:
