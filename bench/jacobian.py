@@ -16,7 +16,8 @@ Prints rows/s of each and the ratios ours/bound and ours/naive as JSON. The thre
 in interleaved rounds and each keeps its fastest round, so that load from other processes
 on a shared machine hits all three alike.
 
-  python bench/jacobian.py [--samples 128] [--width 0.25] [--size 8] [--channels 1] [--repeats 5] [--device cpu]
+  python bench/jacobian.py [--samples 128] [--width 0.25] [--size 8] [--channels 1] [--classes 3]
+                          [--repeats 5] [--device cpu]
 """
 
 import argparse
@@ -96,6 +97,7 @@ def main():
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--size", type=int, default=8)
     ap.add_argument("--channels", type=int, default=1)
+    ap.add_argument("--classes", type=int, default=3, help="K, the network's outputs")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
@@ -106,9 +108,13 @@ def main():
     torch.set_num_threads(args.threads)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     device = torch.device(args.device)
-    model = build_model(ModelSpec("resnet20", args.channels, args.size, 3, width=args.width), seed=0).eval().to(device)
+    model = (
+        build_model(ModelSpec("resnet20", args.channels, args.size, args.classes, width=args.width), seed=0)
+        .eval()
+        .to(device)
+    )
     x = torch.randn(args.samples, args.channels, args.size, args.size, device=device)
-    rows = args.samples * 3
+    rows = args.samples * args.classes
     ref = naive(model, x[:4])
     assert torch.allclose(jacobian(model, x[:4]), ref, atol=1e-5), "implementation disagrees with the naive loop"
     _, batch = outputs_and_batch_size(model, plain_layers(model), x)
@@ -120,7 +126,7 @@ def main():
             "naive": lambda: naive(model, x),
             "bound": lambda: bound(model, x),
             "backprops": lambda: backprops(model, x, batch),
-            "first_touch": lambda: torch.empty(largest * 3, ref.shape[1], device=device).fill_(0.0),
+            "first_touch": lambda: torch.empty(largest * args.classes, ref.shape[1], device=device).fill_(0.0),
         },
         args.repeats,
         device,

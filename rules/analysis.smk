@@ -1,5 +1,6 @@
-# Analysis beyond the paper: the alignment over training, the cut-off r as a knob, and
-# Theorem 3.2's terms against the observed test error (all from the measurement files).
+# Analysis beyond the paper: the alignment over training, the cut-off r as a knob, Theorem
+# 3.2's terms against the observed test error, memorisation (all from the measurement files),
+# and J_init's spectrum with Table 1's J_init row (from the spectrum alone: no training).
 
 
 rule alignment_over_training:
@@ -94,3 +95,33 @@ rule memorisation:
         code=code_version("memorisation.py"),
     script:
         "../workflow/scripts/memorisation.py"
+
+
+rule init_spectrum:
+    input:
+        subset=f"{R}/data/subset.h5",
+        checkpoint=checkpoint_path("init", 0),
+        spectrum=f"{R}/init/spectrum/train_epoch0.h5",
+    output:
+        **figure_output("init_spectrum", "init_spectrum"),
+        data=report(
+            f"{R}/figures/init_spectrum.csv",
+            caption="../workflow/report/init_spectrum.rst",
+            category="Beyond the paper",
+        ),
+        table_csv=f"{R}/tables/table1_init.csv",
+        table_md=report(
+            f"{R}/tables/table1_init.md", caption="../workflow/report/init_spectrum.rst", category="Tables"
+        ),
+    log:
+        f"{R}/logs/figures/init_spectrum.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    threads: 2
+    params:
+        info_dim=config["spectrum"]["info_dim"],
+        classes=K,
+        caption=CAPTION,
+        code=code_version("init_spectrum.py"),
+    script:
+        "../workflow/scripts/init_spectrum.py"

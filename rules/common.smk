@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from jacobian_spectrum.codeversion import code_version as script_code_version
 from jacobian_spectrum.config import check_config, level_tag, measured_epochs, run_epochs_needed, tracked_runs
 from jacobian_spectrum.config import reference_epoch as run_reference_epoch
+from jacobian_spectrum.spectrum import method_settings
 
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
 # exist, counts that are available, runs that reference known levels...). Both stop the
@@ -34,6 +35,12 @@ def code_version(script):
     """The ``code`` param of a rule: a hash of its script and of every package module the script
     imports, directly or not (read from the sources), so that editing any of them reruns the job."""
     return script_code_version(Path(workflow.basedir) / "workflow" / "scripts" / script, SRC)
+
+
+def spectrum_settings(wildcards):
+    """The spectrum settings of a split's J: only the keys its method reads, so that tuning the
+    randomized SVD does not rerun the full spectra (and the reverse)."""
+    return method_settings(config["spectrum"], N_SPLIT[wildcards.split] * K)
 
 
 def final_epoch(run):
@@ -137,7 +144,10 @@ def all_targets():
         targets += figure_files("fig8")
     if config["figures"]["corruption_runs"]:
         targets += figure_files("fig9")
-    targets += figure_files("cutoff") + [f"{R}/figures/cutoff.csv"]
+    if RUNS:
+        targets += figure_files("cutoff") + [f"{R}/figures/cutoff.csv"]
+    # J_init's spectrum and Table 1's J_init row: all that a spectrum-only config (runs: {}) makes
+    targets += figure_files("init_spectrum") + [f"{R}/figures/init_spectrum.csv", f"{R}/tables/table1_init.md"]
     if TRACK_RUNS:
         targets += figure_files("alignment_over_training") + [f"{R}/figures/alignment_over_training.csv"]
     if THEOREM_RUNS:

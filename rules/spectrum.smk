@@ -3,7 +3,7 @@
 
 if config["spectrum"]["method"] == "matrix_free":
 
-    # J is never stored: randomized SVD driven by JVP/VJP passes over the data.
+    # J is never stored: randomized SVD whose passes form J's rows block by block and drop them.
     rule spectrum_matrix_free:
         input:
             subset=f"{R}/data/subset.h5",
@@ -23,7 +23,7 @@ if config["spectrum"]["method"] == "matrix_free":
             runtime=lambda w, attempt: 120 * attempt,
         params:
             checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),
-            settings=config["spectrum"],
+            settings=spectrum_settings,
             code=code_version("spectrum_matrix_free.py"),
         script:
             "../workflow/scripts/spectrum_matrix_free.py"
@@ -51,7 +51,7 @@ else:
             * int((N_SPLIT[w.split] * K) ** 2 * 8 / 1e6 + config["spectrum"]["memory_budget_mb"] + 500),
             runtime=lambda w, attempt: 60 * attempt,
         params:
-            settings=config["spectrum"],
+            settings=spectrum_settings,
             device=config["device"],
             code=code_version("spectrum.py"),
         script:

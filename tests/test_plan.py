@@ -153,3 +153,34 @@ def test_a_jobs_start_memory_is_the_fresh_process_not_the_planners_peak():
     del held
     assert peak > before + 1.4e9
     assert after < before * 1.2
+
+
+def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path):
+    """runs: {} with spectrum.method matrix_free (config/cifar10-full*.yaml): the plan lists the
+    dry run's jobs, no J on disk, and the spectrum's time grows with the rows (one pass forms
+    every row), with the passes the power iterations ask for."""
+    import yaml
+
+    config, rates = tiny_config(tmp_path / "results")
+    config["runs"], config["analysis"]["track_runs"] = {}, []
+    config["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
+    config["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
+    path = tmp_path / "spectrum_only.yaml"
+    path.write_text(yaml.safe_dump(config))
+    dry = snakemake("-n", "--configfile", str(path))
+    counts = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", dry.stdout, re.M)}
+    plan = P.make_plan(config, rates, cores=2)
+    by_rule = collections.Counter()
+    for s in plan.steps:
+        by_rule[s.rule] += s.jobs
+    assert by_rule["spectrum"] == counts["spectrum_matrix_free"] == 1
+    assert "jacobian_chunk" not in by_rule and "train" not in by_rule
+    (step,) = [s for s in plan.steps if s.rule == "spectrum"]
+    assert "8 passes" in step.name and step.disk_bytes < 60 * 3 * rates.parameters  # vectors, not J
+    config["dataset"]["train_per_class"] *= 5
+    (big,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
+    start = rates.job_start_seconds
+    assert big.seconds - start == pytest.approx(5 * (step.seconds - start), rel=1e-9)
+    config["spectrum"]["power_iterations"] = 2
+    (fewer,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
+    assert "4 passes" in fewer.name and fewer.seconds < big.seconds

@@ -192,20 +192,26 @@ def test_matrix_free_randomized_svd_matches_the_materialised_spectrum():
     assert np.allclose(op.matmat(X), J @ X, rtol=1e-10, atol=1e-12)
     Y = np.random.default_rng(1).standard_normal((J.shape[0], 3))
     assert np.allclose(op.rmatmat(Y), J.T @ Y, rtol=1e-10, atol=1e-12)
+    JX, JtJX = op.normal_matmat(X)  # both products of a power iteration from one pass
+    assert np.allclose(JX, J @ X, rtol=1e-10, atol=1e-12) and np.allclose(JtJX, J.T @ (J @ X), rtol=1e-10, atol=1e-12)
+    assert op.passes == 3
     op.passes = 0
     top = randomized_svd(op, k=10, oversampling=30, power_iterations=6)
     s, U = top.singular_values, top.U
     U_ref, s_ref, _ = np.linalg.svd(J, full_matrices=False)
     assert np.abs(s - s_ref[:10]).max() <= 1e-6 * s_ref[0]
     assert np.allclose(np.abs(np.sum(U * U_ref[:, :10], axis=0)), 1, atol=1e-6)
-    assert op.passes == 2 * 6 + 2
+    assert op.passes == 6 + 1  # one pass per power iteration, and the first
+    # J^T U from the last pass, without one more
+    assert np.allclose(top.JtU, J.T @ U, rtol=1e-8, atol=1e-10 * s[0])
     # converged: the last power iteration left the top values in place, and each vector is an
     # eigenvector of J J^T to rounding
-    assert len(top.estimates) == 6 and top.movement(10) < 1e-6
-    residuals, checks = vector_residuals(op, s, U)
+    assert len(top.estimates) == 7 and top.movement(10) < 1e-6
+    residuals, checks = vector_residuals(op, s, U, top.JtU)
     # the leading vectors converge first: u_1 to rounding, u_10 (oversampled by 30) to 1e-4
     assert residuals.shape == (10,) and residuals[0] < 1e-12 and residuals.max() < 1e-4
-    assert checks["eigen_residual"] < 1e-6 and op.passes == 2 * 6 + 4
+    assert checks["eigen_residual"] < 1e-6 and op.passes == 6 + 2
+    assert np.allclose(vector_residuals(op, s, U)[0], residuals, rtol=1e-6, atol=1e-14)  # J^T U by a pass
 
 
 def streamed_case(samples=200, classes=10, width=0.125):
@@ -228,7 +234,7 @@ def test_streamed_top_50_matches_gram_and_eigh_at_ten_classes():
     w, V = eigh_descending(J @ J.T)
     s_ref = np.sqrt(np.maximum(w[:50], 0))
     # oversampling 100 and 6 power iterations: the measured choice for 1e-6 at this decay
-    # (s_50 / s_150 = 1.97; docs/benchmarks.md), 14 passes
+    # (s_50 / s_150 = 1.97; docs/benchmarks.md), 7 passes
     top = randomized_svd(JacobianOperator(model, x, batch_size=64), k=50, oversampling=100, power_iterations=6)
     assert np.abs(top.singular_values - s_ref).max() / s_ref.min() <= 1e-6
     overlap = np.linalg.norm(top.U.T @ V[:, :50]) ** 2 / 50  # mean squared cosine of the principal angles
@@ -241,13 +247,13 @@ def test_streamed_products_on_a_two_worker_cluster_equal_the_local_ones():
     from jacobian_spectrum.matrix_free import JacobianOperator
 
     model, x = streamed_case(samples=60)
-    op = JacobianOperator(model, x, batch_size=16)  # 4 blocks: both workers get some
+    op = JacobianOperator(model, x, batch_size=16)  # 8 tasks of 4 blocks: both workers get some
     rng = np.random.default_rng(2)
     X, Y = rng.standard_normal((op.shape[1], 5)), rng.standard_normal((op.shape[0], 5))
-    local = op.matmat(X), op.rmatmat(Y)
+    local = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster):
-            distributed = op.matmat(X), op.rmatmat(Y)
+            distributed = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X)
     # the same blocks and products; only torch's thread count (summation order) differs
     for a, b in zip(local, distributed):
         assert np.abs(a - b).max() <= 1e-9 * np.abs(a).max()

@@ -76,6 +76,13 @@ def test_every_artifact_of_the_contract(tiny_results):
     for name in ("fig2", "fig4", "fig5", "fig6", "fig7", "fig8", "fig9", "cutoff", "alignment_over_training"):
         assert (r / "figures" / f"{name}.png").stat().st_size > 10_000
     assert (r / "figures/memorisation.png").stat().st_size > 10_000
+    # J_init's own figure and Table 1's J_init row: the same numbers as Table 1's, from the same spectrum
+    assert (r / "figures/init_spectrum.png").stat().st_size > 10_000
+    init_row = np.loadtxt(r / "tables/table1_init.csv", delimiter=",", skiprows=1, usecols=range(1, 7))
+    table1 = np.loadtxt(r / "tables/table1.csv", delimiter=",", skiprows=1, usecols=range(1, 7))
+    assert np.allclose(init_row, table1[0], rtol=1e-12)
+    curve = np.loadtxt(r / "figures/init_spectrum.csv", delimiter=",", skiprows=1)
+    assert curve.shape == (180, 8) and np.allclose(curve[9, 2:], init_row, rtol=1e-12)  # r = info_dim = 10
     assert "No-memorisation reference" in (r / "tables/table3.md").read_text()
     assert "No-memorisation reference" not in (r / "tables/table1.md").read_text()
     for i in (1, 2, 3):
@@ -216,21 +223,32 @@ def test_html_report(tiny_results, tmp_path):
     assert any(n.endswith("comparison.md") for n in names)
 
 
-def test_matrix_free_option_matches_the_materialised_spectrum(tiny_results, tmp_path):
+def test_a_spectrum_only_config_streams_J_init_and_gives_table_1s_row(tiny_results, tmp_path):
+    """runs: {} with spectrum.method matrix_free, as config/cifar10-full*.yaml: J_init's top-k
+    spectrum without storing J, and Table 1's J_init row, equal to the full pipeline's."""
     out = tmp_path / "results"
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg.update(results=str(out), runs={}, analysis={"track_runs": []})
+    cfg["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
+    cfg["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
+    config = tmp_path / "spectrum_only.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    snakemake("--cores", "2", "--configfile", str(config))
+    assert not (out / "init/jacobian").exists() and not (out / "runs").exists()  # J never stored, nothing trained
     target = "init/spectrum/train_epoch0.h5"
-    override = tmp_path / "matrix_free.yaml"
-    override.write_text(
-        yaml.safe_dump({"spectrum": {"method": "matrix_free", "topk": 20, "oversampling": 20, "power_iterations": 6}})
-    )
-    snakemake(str(out / target), "--cores", "2", "--configfile", str(TINY), str(override), "--config", f"results={out}")
-    assert not (out / "init/jacobian").exists()  # J was never stored
     with h5py.File(out / target) as mf, h5py.File(tiny_results / target) as full:
         s_mf, s_full = mf["singular_values"][...], full["singular_values"][...]
         assert mf.attrs["method"] == "matrix_free" and full.attrs["method"] == "full"
         assert np.abs(s_mf[:10] - s_full[:10]).max() <= 1e-6 * s_full[0]
         overlap = np.abs(np.sum(mf["U"][:, :10] * full["U"][:, :10], axis=0))
         assert np.allclose(overlap, 1, atol=1e-4)
+        # the convergence checks a user reads: every top-r vector an eigenvector of J J^T
+        assert mf.attrs["check_max_residual_top_r"] < 1e-3 and mf.attrs["check_passes"] == 6 + 2
+    streamed = np.loadtxt(out / "tables/table1_init.csv", delimiter=",", skiprows=1, usecols=range(1, 7))
+    table1 = np.loadtxt(tiny_results / "tables/table1.csv", delimiter=",", skiprows=1, usecols=range(1, 7))
+    assert np.allclose(streamed, table1[0], rtol=1e-4)
+    assert np.loadtxt(out / "figures/init_spectrum.csv", delimiter=",", skiprows=1).shape == (20, 8)
+    assert (out / "figures/init_spectrum.png").stat().st_size > 10_000
 
 
 def test_image_archive_is_unpacked_once_and_a_damaged_one_stops_before_any_job(tmp_path):

@@ -9,6 +9,9 @@ theorem_terms            Theorem 3.2's bias + variance, minimised over r, agains
                          final test error over the corruption levels
 memorisation             J's label energy on N against the fraction of corrupted labels the
                          network has memorised, one point per run and measured epoch
+init_spectrum            J_init's computed singular values and the label energy over the
+                         cut-off r, with Table 1's J_init row (no training needed: the
+                         whole-CIFAR-10 spectrum, config/cifar10-full*.yaml)
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import rank_correlation
-from .figures import plt, save_figure, window_min, write_csv
-from .measure import LABEL_SYMBOLS, TABLE_COLUMNS, TABLE_ROWS, read_measurements
+from .figures import format_value, markdown_columns, plt, save_figure, window_min, write_csv
+from .h5io import atomic_path
+from .measure import LABEL_SYMBOLS, TABLE_COLUMNS, TABLE_ROWS, InitAlignment, read_measurements
 from .trajectory import TrajectoryData, read_trajectory
 
 LABEL_COLOURS = {"labels": "k", "clean_labels": "tab:green", "label_noise": "tab:red"}
@@ -317,3 +321,47 @@ def memorisation_figure(
     save_figure(fig, paths)
     write_csv(csv_path, list(rows[0]), [list(r.values()) for r in rows])
     return rho
+
+
+# ---------------------------------------------------------------- J_init's spectrum without training
+def init_spectrum_figure(
+    a: InitAlignment, info_dim: int, classes: int, paths: Sequence[str | Path], csv_path: str | Path, caption: str
+) -> None:
+    """J_init's computed singular values, and the energy of y and r0 = f(W0) - y on I over r."""
+    r = np.arange(1, len(a.cutoff) + 1)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.loglog(np.arange(1, len(a.singular_values) + 1), a.singular_values, ".-", ms=3)
+    left.set_xlabel("index i")
+    left.set_ylabel("s_i")
+    left.set_title(f"J_init: the {len(a.singular_values)} computed singular values ({a.method})", fontsize=9)
+    for col, label in ((0, "y"), (3, "r0 = f(W0) - y")):
+        right.semilogx(r, a.cutoff[:, col] ** 2, label=f"||P_I {label}||^2 / ||{label}||^2")
+    right.set_xlabel("cut-off r")
+    right.set_ylim(0, 1)
+    right.set_title("label energy on the information space of J_init", fontsize=9)
+    for ax in (left, right):
+        ax.axvline(classes, color="0.7", linestyle="--", label=f"r = K = {classes}")
+        ax.axvline(info_dim, color="0.5", linestyle=":", label=f"r = info_dim = {info_dim}")
+    right.legend(fontsize=7)
+    fig.suptitle(f"J_init's spectrum ({caption})", fontsize=10)
+    fig.tight_layout()
+    save_figure(fig, paths)
+    write_csv(
+        csv_path,
+        ["r", "singular_value", *TABLE_COLUMNS],
+        [[int(i), float(a.singular_values[i - 1]), *a.cutoff[i - 1].tolist()] for i in r],
+    )
+
+
+def write_init_row(a: InitAlignment, out: Mapping[str, str | Path], scale: str) -> None:
+    """Table 1's J_init row (clean labels, no training) as CSV and Markdown."""
+    write_csv(out["csv"], ["jacobian", *TABLE_COLUMNS], [["J_init", *(repr(float(v)) for v in a.row)]])
+    md = [
+        f"**Table 1, J_init row: clean labels, the initial network ({scale}; {a.method} spectrum)**",
+        "",
+        "| | " + " | ".join(markdown_columns()) + " |",
+        "|---" * (len(TABLE_COLUMNS) + 1) + "|",
+        "| J_init | " + " | ".join(format_value(v) for v in a.row) + " |",
+    ]
+    with atomic_path(out["md"]) as tmp:
+        tmp.write_text("\n".join(md) + "\n")

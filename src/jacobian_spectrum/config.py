@@ -190,7 +190,7 @@ def _check_analysis(config: Mapping) -> None:
     if isinstance(grid, int):
         return
     every = int(config["training"]["checkpoint_every"])
-    longest = max(int(r["epochs"]) for r in runs.values())
+    longest = max((int(r["epochs"]) for r in runs.values()), default=0)
     for e in grid:
         if int(e) > longest:
             raise ConfigError(

@@ -12,18 +12,24 @@ they run one after the other (each uses torch's threads); with a ``dask.distribu
 active (a local cluster, or one on SLURM through dask-jobqueue, docs/cluster.md) they run on its
 workers and their products are summed as they arrive.
 
-Randomized SVD (Halko, Martinsson, Tropp 2011, Algorithm 4.4 with QR between power iterations):
+Randomized SVD (Halko, Martinsson, Tropp 2011, Algorithm 4.4), iterated in parameter space so
+that one pass gives both products of a power iteration: forming a block's rows R_b once gives
+R_b Z and R_b^T (R_b Z), so J Z and J^T J Z cost one pass, not two:
 
-  Y = J Omega;  repeat q times: Q = qr(Y), Z = J^T Q, Q' = qr(Z), Y = J Q';  Q = qr(Y);
-  B^T = J^T Q;  B = U_B S V_B^T;  U = Q U_B
+  Z = qr(Omega);  repeat q + 1 times: (Y, W) = (J Z, J^T J Z), and Z = qr(W) but the last time;
+  Y = U_Y S V_Y^T;  U = U_Y,  s = S
 
-costs 2q + 2 passes. The singular values of each Y = J Q' estimate the top ones, so how much
-the top r moved in the last power iteration says whether q sufficed; two more passes give each
-vector's residual ||J J^T u_i - s_i^2 u_i|| / s_i^2.
+range(Y) = range(J (J^T J)^q Omega): the subspace of Algorithm 4.4 with q power iterations,
+from q + 1 passes instead of 2q + 2. The singular values of each Y (Z orthonormal) estimate the
+top ones, so how much the top r moved in the last iteration says whether q sufficed. The last
+pass's W also gives J^T U = W V_Y S^-1, so each vector's residual ||J J^T u_i - s_i^2 u_i|| / s_i^2
+costs one more pass (J (J^T U)).
 """
 
 from __future__ import annotations
 
+import functools
+import pickle
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,24 +38,26 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .jacobian import ROW_ORDER, batch_slices, jacobian, jacobian_shape
+from .jacobian import ROW_ORDER, batch_slices, jacobian_blocks, jacobian_shape
 from .logs import logger
 from .spectrum import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
-PRODUCT_ROWS = 4096  # rows cast to float64 at a time for a product: the float64 copy stays small
+PRODUCT_BYTES = 256 << 20  # rows cast to float64 at a time for a product: the float64 copy stays small
 
 
 @dataclass
 class JacobianOperator:
     """J of a model on samples x (rows sample-major, row = i*K + k), applied without storing it:
     each product forms the rows of ``batch_size`` samples at a time (by default as many as fit
-    ROWS_BUDGET_BYTES) and multiplies them in float64."""
+    ROWS_BUDGET_BYTES) with the Jacobian kernel and multiplies them in float64. ``passes``
+    counts the passes over the data, ``seconds`` their time."""
 
     model: torch.nn.Module
     x: torch.Tensor
     batch_size: int | None = None
     passes: int = 0
+    seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -62,72 +70,138 @@ class JacobianOperator:
     def shape(self) -> tuple[int, int]:
         return len(self.x) * self.k, self.cols
 
-    def _blocks(self) -> list[slice]:
-        return batch_slices(len(self.x), self.batch_size)
-
-    def _jv_block(self, xb: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
-        rows = jacobian(self.model, xb)
-        return torch.cat([rows[i : i + PRODUCT_ROWS].double() @ X for i in range(0, len(rows), PRODUCT_ROWS)])
-
-    def _jtu_block(self, xb: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
-        rows = jacobian(self.model, xb)
-        out = torch.zeros(rows.shape[1], Y.shape[1], dtype=torch.float64)
-        for i in range(0, len(rows), PRODUCT_ROWS):
-            out += rows[i : i + PRODUCT_ROWS].double().T @ Y[i : i + PRODUCT_ROWS]
-        return out
-
     def matmat(self, X: np.ndarray) -> np.ndarray:
         """J X for X (p x l): one pass over the data."""
-        Xt = torch.from_numpy(np.ascontiguousarray(X, dtype=np.float64))
-        blocks = self._blocks()
         out = np.empty((self.shape[0], X.shape[1]))
-        for i, part in _run(self._jv_block, [(self.x[b], Xt) for b in blocks]):
-            out[blocks[i].start * self.k : blocks[i].stop * self.k] = part
-        self.passes += 1
+        for rows, part in self._pass("J X", _jx, X):
+            out[rows] = part
         return out
 
     def rmatmat(self, Y: np.ndarray) -> np.ndarray:
         """J^T Y for Y (nK x l): one pass, the blocks' contributions summed in float64."""
-        Yt = torch.from_numpy(np.ascontiguousarray(Y, dtype=np.float64))
         out = np.zeros((self.shape[1], Y.shape[1]))
-        for _, part in _run(
-            self._jtu_block, [(self.x[b], Yt[b.start * self.k : b.stop * self.k]) for b in self._blocks()]
-        ):
+        for _, part in self._pass("J^T Y", _jty, Y, split_rows=True):
             out += part
-        self.passes += 1
         return out
 
+    def normal_matmat(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(J X, J^T J X) for X (p x l) from one pass: each block's rows are formed once."""
+        JX, JtJX = np.empty((self.shape[0], X.shape[1])), np.zeros((self.shape[1], X.shape[1]))
+        for rows, (y, w) in self._pass("J X, J^T J X", _jtjx, X):
+            JX[rows] = y
+            JtJX += w
+        return JX, JtJX
 
-def _run(fn, args: list[tuple]) -> Iterator[tuple[int, np.ndarray]]:
-    """Yield (block index, fn(*args[index]) as numpy) for each block of one pass.
+    def _pass(self, what: str, fn, M: np.ndarray, split_rows: bool = False):
+        """One pass: yields (J's rows of a task, fn's result) for every task of sample ranges."""
+        t0 = time.perf_counter()
+        M = np.ascontiguousarray(M, dtype=np.float64)
+        yield from _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows)
+        self.passes += 1
+        dt = time.perf_counter() - t0
+        self.seconds += dt
+        logger.info(
+            "pass %d (%s, %d columns): %d rows in %.1fs, %.0f rows/s",
+            self.passes,
+            what,
+            M.shape[1],
+            self.shape[0],
+            dt,
+            self.shape[0] / dt,
+        )
 
-    With a ``dask.distributed`` client active the blocks run on its workers, and results are
-    taken as they finish (so the driver holds one at a time beside the sum); otherwise they run
-    here one after the other. torch.func transforms keep process-global state, so two blocks
-    never share a process at once (workers: one thread each).
+
+def _products(model: torch.nn.Module, x: torch.Tensor, batch_size: int):
+    """J's rows of the samples x, one kernel batch at a time (one reused buffer), with their
+    offset, cast to float64 PRODUCT_BYTES at a time."""
+    for batch, rows in jacobian_blocks(model, x, batch_size):
+        k = len(rows) // (batch.stop - batch.start)
+        step = max(1, PRODUCT_BYTES // (8 * rows.shape[1]))
+        for i in range(0, len(rows), step):
+            yield batch.start * k + i, rows[i : i + step].double()
+
+
+def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int) -> np.ndarray:
+    """J_x X: the rows of the samples x times X (p x l)."""
+    Xt = torch.from_numpy(X)
+    parts = [R @ Xt for _, R in _products(model, x, batch_size)]
+    return torch.cat(parts).numpy()
+
+
+def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int) -> np.ndarray:
+    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y."""
+    Yt, out = torch.from_numpy(Y), None
+    for off, R in _products(model, x, batch_size):
+        part = R.T @ Yt[off : off + len(R)]
+        out = part if out is None else out.add_(part)
+    return out.numpy()
+
+
+def _jtjx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(J_x X, J_x^T J_x X) with each of the samples' rows formed once."""
+    Xt, parts, out = torch.from_numpy(X), [], None
+    for _, R in _products(model, x, batch_size):
+        y = R @ Xt
+        parts.append(y)
+        out = R.T @ y if out is None else out.addmm_(R.T, y)
+    return torch.cat(parts).numpy(), out.numpy()
+
+
+@functools.lru_cache(maxsize=1)
+def _unpickled(blob: bytes) -> torch.nn.Module:
+    """The pass's model on a worker, unpickled once for all its tasks."""
+    return pickle.loads(blob)
+
+
+def _on_worker(fn, blob: bytes, *args):
+    return fn(_unpickled(blob), *args)
+
+
+def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator[tuple[slice, object]]:
+    """Yield (a task's rows of J, fn(model, x of the task, M or its rows, batch_size)) for each
+    task of one pass.
+
+    Without a ``dask.distributed`` client the pass is one task, run here (its blocks one after
+    the other, each on torch's threads). With one, the samples are cut into about four tasks
+    per worker; the model and M go to the workers once per pass (scattered), and results are
+    taken as they finish, so the driver holds one beside the sum. torch.func transforms keep
+    process-global state, so two tasks never share a process at once (workers: one thread each).
     """
     try:
         from dask.distributed import as_completed, default_client
 
         client = default_client()
     except (ImportError, ValueError):
-        for i, a in enumerate(args):
-            yield i, fn(*a).numpy()
+        client = None
+    n = len(x)
+    if client is None:
+        yield slice(0, n * k), fn(model, x, M, batch_size)
         return
-    futures = {client.submit(fn, *a, pure=False): i for i, a in enumerate(args)}
+    workers = max(1, len(client.scheduler_info()["workers"]))
+    tasks = batch_slices(n, max(1, -(-n // (4 * workers))))
+    # the model as pickled bytes: dask's own torch serialisation loses the modules' hook dicts
+    model_f = client.scatter(pickle.dumps(model), broadcast=True)
+    M_f = None if split_rows else client.scatter(M, broadcast=True)
+    futures = {}
+    for t in tasks:
+        rows = slice(t.start * k, t.stop * k)
+        arg = M[rows] if split_rows else M_f
+        futures[client.submit(_on_worker, fn, model_f, x[t], arg, batch_size, pure=False)] = rows
     for fut in as_completed(futures):
-        yield futures[fut], fut.result().numpy()
+        yield futures[fut], fut.result()
         fut.release()
 
 
 @dataclass
 class TopK:
-    """Randomized SVD's result: the top-k singular values and left vectors, and the estimates
-    of the top singular values after each pass pair (to see whether the power iterations sufficed)."""
+    """Randomized SVD's result: the top-k singular values and left vectors, J^T U from the same
+    pass (for the residuals), and the estimates of the top singular values after each pass (to
+    see whether the power iterations sufficed)."""
 
     singular_values: np.ndarray
     U: np.ndarray
     estimates: list[np.ndarray] = field(default_factory=list)
+    JtU: np.ndarray | None = None
 
     def movement(self, r: int) -> float:
         """Largest relative change of the top-r singular values in the last power iteration
@@ -139,39 +213,40 @@ class TopK:
 
 
 def randomized_svd(
-    op: JacobianOperator, k: int, oversampling: int = 20, power_iterations: int = 4, seed: int = 0
+    op: JacobianOperator, k: int, oversampling: int = 100, power_iterations: int = 6, seed: int = 0
 ) -> TopK:
-    """Top-k singular values and left singular vectors of the operator's J."""
+    """Top-k singular values and left singular vectors of the operator's J, from
+    ``power_iterations`` + 1 passes (the module's docstring says how)."""
     rows, cols = op.shape
     ell = min(k + oversampling, rows, cols)
-    rng = np.random.default_rng(seed)
-    Y = op.matmat(rng.standard_normal((cols, ell)))
+    k = min(k, ell)
+    Z, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((cols, ell)))
     estimates = []
-    for i in range(power_iterations):
-        Q, _ = np.linalg.qr(Y)
-        Z, _ = np.linalg.qr(op.rmatmat(Q))
-        Y = op.matmat(Z)  # J Z, Z orthonormal: its singular values estimate J's top ones
+    for i in range(power_iterations + 1):
+        Y, W = op.normal_matmat(Z)  # Y = J Z, Z orthonormal: its singular values estimate J's top ones
         estimates.append(np.linalg.svd(Y, compute_uv=False))
-        top_k = min(k, ell)
         logger.info(
             "power iteration %d/%d: s_1 = %.6g, s_%d = %.6g",
-            i + 1,
+            i,
             power_iterations,
             estimates[-1][0],
-            top_k,
-            estimates[-1][top_k - 1],
+            k,
+            estimates[-1][k - 1],
         )
-    Q, _ = np.linalg.qr(Y)
-    Bt = op.rmatmat(Q)  # (p x l) = (Q^T J)^T
-    Ub, s, _ = np.linalg.svd(Bt.T, full_matrices=False)
-    k = min(k, ell)
-    return TopK(s[:k], (Q @ Ub)[:, :k], estimates)
+        if i < power_iterations:
+            Z, _ = np.linalg.qr(W)
+    Uy, s, Vyt = np.linalg.svd(Y, full_matrices=False)
+    JtU = W @ (Vyt[:k].T / s[:k])  # J^T U = J^T J Z V_Y S^-1
+    return TopK(s[:k], Uy[:, :k], estimates, JtU)
 
 
-def vector_residuals(op: JacobianOperator, s: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, dict]:
-    """||J J^T u_i - s_i^2 u_i|| / s_i^2 for every column of U (two passes), and the spectrum's
-    stored checks computed from the same products."""
-    JtU = op.rmatmat(U)
+def vector_residuals(
+    op: JacobianOperator, s: np.ndarray, U: np.ndarray, JtU: np.ndarray | None = None
+) -> tuple[np.ndarray, dict]:
+    """||J J^T u_i - s_i^2 u_i|| / s_i^2 for every column of U, and the spectrum's stored checks
+    computed from the same products: one pass with J^T U given (TopK.JtU), two without."""
+    if JtU is None:
+        JtU = op.rmatmat(U)
     JJtU = op.matmat(JtU)
     with np.errstate(divide="ignore", invalid="ignore"):
         residuals = np.linalg.norm(JJtU - U * s**2, axis=0) / s**2
@@ -227,7 +302,7 @@ def matrix_free_spectrum(
         t0 = time.perf_counter()
         top = randomized_svd(op, k, oversampling, power_iterations)
         t1 = time.perf_counter()
-        residuals, checks = vector_residuals(op, top.singular_values, top.U)
+        residuals, checks = vector_residuals(op, top.singular_values, top.U, top.JtU)
     r = min(info_dim, len(top.singular_values))
     checks.update(
         passes=op.passes,

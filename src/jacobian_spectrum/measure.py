@@ -191,6 +191,31 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
     return RunMeasurements(np.array(rows), np.array(fractions), residual, residual0, no_memorisation=reference)
 
 
+@dataclass
+class InitAlignment:
+    """J_init's spectrum and Table 1's J_init row without training (the clean labels y and
+    r0 = f(W0) - y): what a spectrum-only config (``runs: {}``, config/cifar10-full*.yaml) gives."""
+
+    singular_values: np.ndarray  # every computed value: all nK (full) or the top-k (topk, matrix_free)
+    row: np.ndarray  # (6,): TABLE_COLUMNS at r = info_dim
+    cutoff: np.ndarray  # (R, 6): TABLE_COLUMNS at every r up to the stored vectors
+    method: str
+
+
+def init_alignment(labels: np.ndarray, predictions0: np.ndarray, sp: SpectrumData, info_dim: int) -> InitAlignment:
+    """Table 1's J_init row and its columns over r, from the training labels (n,), the initial
+    network's outputs f(W0) (n, K) and J_init's spectrum."""
+    k = predictions0.shape[-1]
+    y = flatten_rows(one_hot(labels, k))
+    r0 = flatten_rows(predictions0) - y
+    _check_rows(sp, len(y), "init")
+    if sp.U.shape[1] < info_dim:
+        raise ValueError(f"spectrum init has {sp.U.shape[1]} stored vectors, fewer than info_dim = {info_dim}")
+    floor = resolved_floor(sp)
+    cutoff = np.concatenate([projection_curves(v, sp.U, sp.singular_values, floor) for v in (y, r0)], axis=1)
+    return InitAlignment(sp.singular_values, cutoff[info_dim - 1].copy(), cutoff, str(sp.attrs.get("method", "?")))
+
+
 def _check_rows(sp: SpectrumData, n_rows: int, key: str) -> None:
     if sp.U.shape[0] != n_rows:
         raise ValueError(

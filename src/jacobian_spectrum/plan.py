@@ -54,6 +54,7 @@ class Rates:
     activations: int = 0  # layer-output values per sample
     jacobian_batch: int = 1  # samples per batch of the chunk job
     largest_layer: int = 0
+    jacobian_rows_seconds: float = 0.0  # K rows of J without the check, per sample (0: use jacobian_sample_seconds)
 
 
 @dataclass
@@ -104,7 +105,7 @@ def jacobians(config: Mapping) -> dict[tuple[str, str, int], list[str]]:
     """Every Jacobian the workflow computes, (owner, split, epoch), and the runs that read it
     (the spectra that the measurements read: J_init, J_final, J_ref on train and test, and the
     training Jacobians of the tracked epochs)."""
-    out: dict[tuple[str, str, int], list[str]] = {}
+    out: dict[tuple[str, str, int], list[str]] = {("init", "train", 0): []}  # J_init: the init_spectrum figure
     measured = measured_epochs(config)
     for run, r in config["runs"].items():
         ref = reference_epoch(r)
@@ -170,6 +171,9 @@ def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int)
         J = rows * p * itemsize
         tag = f"{owner}/{split}_epoch{epoch}"
         waits = ["initialise"] if owner == "init" else [f"train:{runs[0]}"]
+        if spec["method"] == "matrix_free":
+            steps.append(_matrix_free_step(spec, rates, device, tag, n[split], k, waits))
+            continue
         b = min(rates.jacobian_batch, jac["chunk_size"])
         chunk_memory = (
             rates.base_bytes
@@ -215,6 +219,36 @@ def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int)
             )
         )
     return steps
+
+
+def _matrix_free_step(
+    spec: Mapping, rates: Rates, device: str, tag: str, samples: int, k: int, waits: list[str]
+) -> Step:
+    """The streamed spectrum of one J (jacobian_spectrum.matrix_free): power_iterations + 1
+    passes that form every row and make two float64 products (J Z, J^T J Z) and one that makes
+    one (the residual check), each with topk + oversampling columns; J is never stored."""
+    from .matrix_free import PRODUCT_BYTES, ROWS_BUDGET_BYTES
+    from .spectrum import stored_vector_count
+
+    rows, p = samples * k, rates.parameters
+    ell = min(spec["topk"] + spec["oversampling"], rows, p)
+    passes, products = spec["power_iterations"] + 2, 2 * (spec["power_iterations"] + 1) + 1
+    per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
+    seconds = passes * samples * per_sample + products * 2 * rows * p * ell / rates.gram_flops
+    block = min(ROWS_BUDGET_BYTES, rows * p * 4)
+    memory = block + PRODUCT_BYTES + 8 * ell * (rows + 3 * p) + 2 * block  # rows, float64 piece, Y, Z, W, workspace
+    return Step(
+        f"spectrum:{tag}",
+        f"spectrum {tag} (matrix_free: {passes} passes over {rows} x {p:,}, {ell} columns)",
+        "spectrum",
+        1,
+        rates.job_start_seconds + seconds,
+        rates.base_bytes + (0 if device == "cuda" else memory),
+        rows * (stored_vector_count(spec, min(spec["topk"], rows)) + 1) * 8,
+        threads=int(spec["threads"]),
+        gpu_bytes=memory if device == "cuda" else 0.0,
+        after=waits,
+    )
 
 
 def _computed_vectors(spec: Mapping, rows: int) -> int:
@@ -294,6 +328,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     xs = x[: min(batch, 32)]
     J = jacobian(model, xs)
     jac_s = _best_seconds(lambda: probe_errors(model, xs, jacobian(model, xs)), dev, repeats=1) / len(xs)
+    rows_s = _best_seconds(lambda: jacobian(model, xs), dev, repeats=2) / len(xs)  # a streamed pass: no check
     del J
     # more BLAS threads than cores would measure the oversubscription, not the machine
     gram_flops, eigh_c = _linear_algebra_rates(min(int(config["spectrum"]["threads"]), os.cpu_count() or 1), dev)
@@ -316,6 +351,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
         activations=activations,
         jacobian_batch=jb,
         largest_layer=max((m.weight.numel() for _, m in layers), default=0),
+        jacobian_rows_seconds=rows_s,
     )
 
 
@@ -412,7 +448,7 @@ def make_plan(config: Mapping, rates: Rates, cores: int, device: str = "cpu", us
     temporary = sorted((s.disk_bytes for s in steps if s.temporary), reverse=True)
     # spectra run before new chunk jobs (rule priorities), so the J's on disk at once are those
     # whose chunk jobs share the cores, plus one waiting for its spectrum
-    per_j = max(1, min(s.jobs for s in steps if s.rule == "jacobian_chunk") - 1)
+    per_j = max(1, min((s.jobs for s in steps if s.rule == "jacobian_chunk"), default=2) - 1)
     in_flight = min(len(temporary), 1 + math.ceil(cores / per_j))
     disk_peak = persistent + sum(temporary[:in_flight])
     wall = _wall_seconds(steps, cores)

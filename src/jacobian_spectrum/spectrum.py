@@ -16,6 +16,7 @@ Squaring through the Gram matrix squares the condition number: singular values b
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -248,6 +249,18 @@ def choose_method(method: str, rows: int, memory_budget_mb: float) -> str:
     if method != "auto":
         return method
     return "full" if rows * rows * 8 / 1e6 <= memory_budget_mb else "topk"
+
+
+RANDOMIZED_KEYS = ("topk", "oversampling", "power_iterations")
+
+
+def method_settings(settings: Mapping, rows: int) -> dict:
+    """The spectrum settings that a J of ``rows`` rows is computed with: those of the method
+    that ``settings["method"]`` picks for it, without the randomized SVD's keys (topk,
+    oversampling, power_iterations) where the method is ``full``. The spectrum rules take this
+    as their param, so that tuning one method does not rerun the spectra of another."""
+    method = choose_method(settings["method"], rows, settings["memory_budget_mb"])
+    return {key: value for key, value in settings.items() if method != "full" or key not in RANDOMIZED_KEYS}
 
 
 def compute_spectrum(path: str | Path, settings: dict, device: str = "cpu") -> Spectrum:
