@@ -110,9 +110,7 @@ rule init_spectrum:
             category="Beyond the paper",
         ),
         table_csv=f"{R}/tables/table1_init.csv",
-        table_md=report(
-            f"{R}/tables/table1_init.md", caption="../workflow/report/init_spectrum.rst", category="Tables"
-        ),
+        table_md=report(f"{R}/tables/table1_init.md", caption="../workflow/report/init_spectrum.rst", category="Tables"),
     log:
         f"{R}/logs/figures/init_spectrum.log",
     conda:
