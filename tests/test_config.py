@@ -139,3 +139,92 @@ def test_cifar10_configs_are_valid_and_unpack_their_archive_first(tmp_path):
         }
         assert counts["extract_archive"] == 1 and counts["train"] == len(cfg["runs"])
         assert not (tmp_path / "images").exists()  # a dry run unpacks nothing
+
+
+# ---------------------------------------------------------------- your own network and data (docs/own.md)
+BAD_PLUGINS = """
+import numpy as np
+from torch import nn
+
+
+def not_a_module(in_channels, image_size, num_classes):
+    return "a string"
+
+
+def two_outputs(in_channels, image_size, num_classes):
+    return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, 2))
+
+
+def fails(in_channels, image_size, num_classes, depth=1):
+    raise RuntimeError("no such depth")
+
+
+def good_data(per_class=12, **changes):
+    rng = np.random.default_rng(0)
+    out = {"class_names": ["a", "b", "c"]}
+    for split in ("train", "test"):
+        out[f"{split}_images"] = rng.integers(0, 256, (3 * per_class, 1, 8, 8), dtype=np.uint8)
+        out[f"{split}_labels"] = np.repeat(np.arange(3), per_class)
+    out.update(changes)
+    return out
+
+
+def float_images():
+    return good_data(train_images=np.zeros((36, 1, 8, 8)))
+
+
+def labels_out_of_range():
+    return good_data(train_labels=np.repeat(np.arange(1, 4), 12))
+
+
+def missing_key():
+    out = good_data()
+    del out["test_labels"]
+    return out
+"""
+
+
+@pytest.fixture
+def plugins(tmp_path, monkeypatch):
+    (tmp_path / "bad_plugins.py").write_text(BAD_PLUGINS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "bad_plugins"
+
+
+OWN_DATA = {"name": "bad_plugins:good_data", "classes": ["a", "b", "c"], "train_per_class": 8, "test_per_class": 4}
+
+
+@pytest.mark.parametrize(
+    "section, value, words",
+    [
+        ("model", {"name": "no_such_module:net"}, "config key 'model.name': cannot import module 'no_such_module'"),
+        ("model", {"name": "bad_plugins:missing"}, "has no attribute 'missing'"),
+        ("model", {"name": "bad_plugins:not_a_module"}, "returned a str, not a torch.nn.Module"),
+        ("model", {"name": "bad_plugins:two_outputs"}, "gives outputs (2, 2)"),
+        ("model", {"name": "bad_plugins:fails", "kwargs": {"depth": 3}}, "failed: RuntimeError: no such depth"),
+        ("dataset", {**OWN_DATA, "name": "bad_plugins:float_images"}, "train_images of dtype float64"),
+        ("dataset", {**OWN_DATA, "name": "bad_plugins:labels_out_of_range"}, "train_labels from 1 to 3; allowed: 0..2"),
+        ("dataset", {**OWN_DATA, "name": "bad_plugins:missing_key"}, "expected a mapping with the keys"),
+        (
+            "dataset",
+            {**OWN_DATA, "train_per_class": 20},
+            "dataset.train_per_class': 20 requested but class 'a' has only 12",
+        ),
+    ],
+)
+def test_bad_own_networks_and_loaders_are_refused_naming_the_key(plugins, section, value, words):
+    cfg = load()
+    if section == "model":
+        cfg["model"] = value
+    else:
+        cfg["dataset"] = value
+    with pytest.raises(ConfigError) as err:
+        validated(cfg)
+    assert words in str(err.value)
+
+
+def test_own_network_and_data_pass_the_checks(plugins):
+    cfg = load()
+    cfg["dataset"] = dict(OWN_DATA)
+    cfg["model"] = {"name": "examples.own_network:small_cnn", "kwargs": {"width": 4}}
+    assert validated(cfg)["dataset"]["kwargs"] == {}

@@ -83,15 +83,17 @@ def tracked_epochs(run: Mapping, config: Mapping) -> list[int]:
 
 def check_config(config: Mapping) -> None:
     """Raise :class:`ConfigError` for the first mistake, naming the key and the allowed values."""
-    k = _check_dataset(config["dataset"])
+    k, shape = _check_dataset(config["dataset"])
+    _check_model(config["model"], shape, k)
     _check_spectrum(config["spectrum"], config["dataset"], k)
     _check_runs(config["runs"], [float(x) for x in config["corruption"]["levels"]])
     _check_figures(config["figures"], config["runs"])
     _check_analysis(config)
 
 
-def _check_dataset(ds: Mapping) -> int:
-    """The data set exists, holds the classes and enough images of each; returns K."""
+def _check_dataset(ds: Mapping) -> tuple[int, tuple[int, int, int] | None]:
+    """The data set exists, holds the classes and enough images of each; returns K and the
+    image shape (C, H, W), where known before the data is unpacked."""
     if ds.get("archive"):
         if ds["name"] != "imagefolder":
             raise ConfigError(
@@ -120,7 +122,27 @@ def _check_dataset(ds: Mapping) -> int:
                     f"config key 'dataset.{key}': {ds[key]} requested but class {info.class_names[c]!r} has only "
                     f"{have} {split} images{extra}; allowed: at most {have - (need - ds[key])}"
                 )
-    return len(classes)
+    return len(classes), info.image_shape
+
+
+def _check_model(model: Mapping, shape: tuple[int, int, int] | None, k: int) -> None:
+    """Your own network (model.name package.module:factory) imports, builds a torch.nn.Module
+    and gives K outputs on the data's images; where the image shape is not known yet (an
+    archive still to unpack) only the import is checked here, the rest by the initialise job."""
+    from .plugins import import_object, is_reference
+
+    if not is_reference(model["name"]):
+        return
+    try:
+        if shape is None:
+            import_object(model["name"], "model.name")
+            return
+        from .models import ModelSpec, factory_model
+
+        spec = ModelSpec(model["name"], shape[0], shape[1], k, kwargs=dict(model.get("kwargs") or {}))
+        factory_model(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:

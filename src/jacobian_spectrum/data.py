@@ -6,6 +6,8 @@ Sources (one contract, ``results/data/subset.h5``):
   imagefolder   ``train/<class>/*`` and ``test/<class>/*`` image files, optionally unpacked
                 from a tar archive by the workflow (:func:`extract_archive`)
   mnist, fashion_mnist   through torchvision
+  package.module:loader  a researcher's own: a function returning the train and test images
+                (uint8, n x C x H x W), their labels and the class names (:func:`own_data`)
 
 Importing this module is light (no torch): the workflow calls :func:`dataset_info` at
 parse time to check the config.
@@ -27,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from .h5io import atomic_h5, open_checked, write_provenance
+from .plugins import import_object, is_reference
 
 SPLITS = ("train", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -389,6 +392,7 @@ class DatasetInfo:
     class_names: list[str]
     per_class: dict[str, np.ndarray]  # split -> available images per class
     has_test_split: bool
+    image_shape: tuple[int, int, int] | None = None  # (C, H, W) where known without decoding every image
 
 
 IDX_MAGIC = {1: 2049, 3: 2051}  # labels (1-d), images (3-d): the MNIST idx headers
@@ -424,7 +428,7 @@ def _idx_labels(path: Path) -> np.ndarray:
 def _digits_info(dataset: Mapping) -> DatasetInfo:
     src = _digits()
     counts = np.bincount(src.labels["train"], minlength=10)
-    return DatasetInfo(src.class_names, {"train": counts, "test": counts}, False)
+    return DatasetInfo(src.class_names, {"train": counts, "test": counts}, False, src.image_shape)
 
 
 def _cifar10_info(dataset: Mapping) -> DatasetInfo:
@@ -439,7 +443,7 @@ def _cifar10_info(dataset: Mapping) -> DatasetInfo:
             "(the official cifar-10-batches-py release: batches.meta, data_batch_1..5, test_batch); "
             "put it there or set dataset.download: true where a network is reachable"
         )
-    return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True)
+    return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True, (3, 32, 32))
 
 
 def _mnist_like_info(dataset: Mapping) -> DatasetInfo:
@@ -449,12 +453,15 @@ def _mnist_like_info(dataset: Mapping) -> DatasetInfo:
     files = {"train": "train-labels-idx1-ubyte", "test": "t10k-labels-idx1-ubyte"}
     if raw is None or not all((raw / f).is_file() for f in files.values()):
         if dataset.get("download") and root is not None:
-            return DatasetInfo(names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True)
+            return DatasetInfo(
+                names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True, (1, 28, 28)
+            )
         raise DataError(
             f"dataset.root: no {name} idx files in {raw} ({', '.join(files.values())} and the image files); "
             "put them there or set dataset.download: true where a network is reachable"
         )
-    return DatasetInfo(names, {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}, True)
+    counts = {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}
+    return DatasetInfo(names, counts, True, (1, 28, 28))
 
 
 def _imagefolder_info(dataset: Mapping) -> DatasetInfo:
@@ -471,7 +478,61 @@ def _imagefolder_info(dataset: Mapping) -> DatasetInfo:
     for split in SPLITS:
         folder = Path(root) / split
         per_class[split] = np.array([len(_image_files(folder / c)) if (folder / c).is_dir() else 0 for c in names])
-    return DatasetInfo(names, per_class, True)
+    first = next((f for c in names for f in _image_files(Path(root) / "train" / c)[:1]), None)
+    return DatasetInfo(names, per_class, True, None if first is None else tuple(_read_image(first, None).shape))
+
+
+# ---------------------------------------------------------------- a researcher's own data
+OWN_DATA_KEYS = ("train_images", "train_labels", "test_images", "test_labels", "class_names")
+
+
+def own_data(dataset: Mapping) -> Source:
+    """The data of a loader ``package.module:loader`` (``dataset.name``), called with
+    ``dataset.kwargs``. It returns a mapping with the keys OWN_DATA_KEYS: uint8 images
+    (n, C, H, W) and integer labels 0..K-1 per split, and the class names. Everything is checked
+    here, naming what is wrong; the subset, the corruption and the provenance then treat it as
+    any built-in set (the provenance records the loader's name and arguments)."""
+    name = dataset["name"]
+    loader = import_object(name, "dataset.name")
+    try:
+        out = loader(**(dataset.get("kwargs") or {}))
+    except Exception as exc:
+        raise DataError(f"dataset.name: {name}(**dataset.kwargs) failed: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(out, Mapping) or any(k not in out for k in OWN_DATA_KEYS):
+        got = sorted(out) if isinstance(out, Mapping) else type(out).__name__
+        raise DataError(f"dataset.name: {name} returned {got}; expected a mapping with the keys {list(OWN_DATA_KEYS)}")
+    classes = [str(c) for c in out["class_names"]]
+    if len(classes) < 2 or len(set(classes)) != len(classes):
+        raise DataError(f"dataset.name: {name} returned class_names {classes}: at least 2, each once")
+    images, labels, shape = {}, {}, None
+    for split in SPLITS:
+        x, y = np.asarray(out[f"{split}_images"]), np.asarray(out[f"{split}_labels"])
+        if x.dtype != np.uint8 or x.ndim != 4:
+            raise DataError(
+                f"dataset.name: {name} returned {split}_images of dtype {x.dtype} and shape {x.shape}; "
+                "expected uint8 of shape (n, channels, height, width)"
+            )
+        if shape is not None and x.shape[1:] != shape:
+            raise DataError(f"dataset.name: {name} returned test images of shape {x.shape[1:]}, train {shape}")
+        shape = x.shape[1:]
+        if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"dataset.name: {name} returned {split}_labels of dtype {y.dtype} and shape {y.shape}; "
+                f"expected integers of shape ({len(x)},), one per image"
+            )
+        if len(y) and (y.min() < 0 or y.max() >= len(classes)):
+            raise DataError(
+                f"dataset.name: {name} returned {split}_labels from {y.min()} to {y.max()}; allowed: "
+                f"0..{len(classes) - 1} (one per class name)"
+            )
+        images[split], labels[split] = x, y.astype(np.int64)
+    return Source(name, classes, tuple(int(v) for v in shape), 255.0, labels, True, images)
+
+
+def _own_info(dataset: Mapping) -> DatasetInfo:
+    src = own_data(dataset)
+    counts = {s: np.bincount(src.labels[s], minlength=len(src.class_names)) for s in SPLITS}
+    return DatasetInfo(src.class_names, counts, True, src.image_shape)
 
 
 # ---------------------------------------------------------------- the registry
@@ -496,8 +557,12 @@ DATASETS: dict[str, DatasetReader] = {
 
 
 def _reader(name: str) -> DatasetReader:
+    if is_reference(name):
+        return DatasetReader(own_data, _own_info)
     if name not in DATASETS:
-        raise DataError(f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+        raise DataError(
+            f"dataset.name: unknown data set {name!r}; allowed: {', '.join(DATASETS)} or a loader package.module:loader"
+        )
     return DATASETS[name]
 
 

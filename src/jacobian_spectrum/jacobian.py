@@ -249,7 +249,9 @@ def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -
 
 
 def jacobian_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
-    """(n*K, p) of J on the samples ``x`` (K from one forward pass of x[:1])."""
+    """(n*K, p) of J on the samples ``x`` (K from one forward pass of x[:1], in eval mode: in train
+    mode that pass would move batch-norm's running statistics, and so J)."""
+    model.eval()
     with torch.no_grad():
         k = model(x[:1]).shape[1]
     return len(x) * k, sum(e.size for e in parameter_table(model))

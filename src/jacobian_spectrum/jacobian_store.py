@@ -115,6 +115,7 @@ def compute_chunk(
 
     dev = select_device(device)
     model, payload = load_checkpoint(checkpoint, dev)
+    model.eval()  # J of the network as trained: batch-norm with its running statistics, fixed
     data = read_split(subset_path, split)
     n = len(data.y)
     start, stop = chunk * chunk_size, min(n, (chunk + 1) * chunk_size)

@@ -1,4 +1,6 @@
-"""The paper's networks: ResNet20 without batch-norm and softmax, and the one-hidden-layer net.
+"""The paper's networks: ResNet20 without batch-norm and softmax, and the one-hidden-layer net;
+or a researcher's own, from a factory named ``package.module:factory`` (``model.name``), called
+with the data's channels, image size and number of classes (and ``model.kwargs``).
 
 Checkpoints are plain dicts of tensors and primitives so that
 ``torch.load(path, weights_only=True)`` reads them without unpickling code;
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .h5io import open_checked
+from .plugins import import_object, is_reference
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden")
@@ -27,7 +30,7 @@ ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
 class ModelSpec:
     """Everything needed to rebuild a network; stored in every checkpoint."""
 
-    name: str  # one of MODEL_NAMES
+    name: str  # one of MODEL_NAMES, or a factory "package.module:factory"
     in_channels: int
     image_size: int
     num_classes: int
@@ -35,6 +38,7 @@ class ModelSpec:
     hidden: int = 256  # one_hidden: number of hidden units k
     activation: str = "softplus"  # one_hidden: phi
     output_scale: float = 1.0  # one_hidden: nu in V ~ Rademacher * nu / sqrt(k K)
+    kwargs: dict = field(default_factory=dict)  # a factory's extra keyword arguments (model.kwargs)
 
 
 class BasicBlock(nn.Module):
@@ -123,14 +127,56 @@ class OneHiddenLayerNet(nn.Module):
 
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     """Build the network described by ``spec``; ``seed`` fixes the initialisation."""
-    if spec.name not in MODEL_NAMES:
-        raise ValueError(f"model name {spec.name!r} is not one of {list(MODEL_NAMES)}")
+    if spec.name not in MODEL_NAMES and not is_reference(spec.name):
+        raise ValueError(
+            f"config key 'model.name': {spec.name!r} is not one of {list(MODEL_NAMES)} nor a factory "
+            "package.module:factory"
+        )
     if seed is not None:
         torch.manual_seed(seed)
+    if is_reference(spec.name):
+        return factory_model(spec)
     if spec.name == "resnet20":
         return ResNet20(spec.in_channels, spec.num_classes, spec.width)
     d = spec.in_channels * spec.image_size**2
     return OneHiddenLayerNet(d, spec.hidden, spec.num_classes, spec.activation, spec.output_scale)
+
+
+def factory_model(spec: ModelSpec) -> nn.Module:
+    """The network of a factory ``package.module:factory``, called as factory(in_channels=C,
+    image_size=H, num_classes=K, **kwargs); ValueError naming model.name when it is not a
+    torch.nn.Module or does not give one output per class (checked on two blank images, in eval
+    mode, so that batch-norm's running statistics are left as they are)."""
+    factory = import_object(spec.name, "model.name")
+    try:
+        model = factory(
+            in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes, **spec.kwargs
+        )
+    except Exception as exc:
+        raise ValueError(
+            f"config key 'model.name': {spec.name}(in_channels={spec.in_channels}, image_size={spec.image_size}, "
+            f"num_classes={spec.num_classes}, **model.kwargs {spec.kwargs}) failed: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(model, nn.Module):
+        raise ValueError(
+            f"config key 'model.name': {spec.name} returned a {type(model).__name__}, not a torch.nn.Module"
+        )
+    shape = (2, spec.in_channels, spec.image_size, spec.image_size)
+    with torch.no_grad():
+        try:
+            out = model.eval()(torch.zeros(shape))
+        except Exception as exc:
+            raise ValueError(
+                f"config key 'model.name': the network of {spec.name} fails on images of shape {shape}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"config key 'model.name': the network of {spec.name} gives outputs {got} for images of shape {shape}; "
+            f"expected (2, {spec.num_classes}): one output per class"
+        )
+    return model.train()
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -191,6 +237,7 @@ def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec
         hidden=int(model_config.get("hidden", 256)),
         activation=model_config.get("activation", "softplus"),
         output_scale=float(model_config.get("output_scale", 1.0)),
+        kwargs=dict(model_config.get("kwargs") or {}),
     )
 
 

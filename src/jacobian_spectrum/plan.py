@@ -87,7 +87,9 @@ class Plan:
 def _model_spec(config: Mapping):
     from .models import ModelSpec
 
-    c, h, _ = IMAGE_SHAPES.get(config["dataset"]["name"], (3, 32, 32))
+    from .data import dataset_info
+
+    c, h, _ = dataset_info(config["dataset"]).image_shape or IMAGE_SHAPES.get(config["dataset"]["name"], (3, 32, 32))
     m = config["model"]
     return ModelSpec(
         name=m["name"],
@@ -98,6 +100,7 @@ def _model_spec(config: Mapping):
         hidden=int(m.get("hidden", 256)),
         activation=m.get("activation", "softplus"),
         output_scale=float(m.get("output_scale", 1.0)),
+        kwargs=dict(m.get("kwargs") or {}),
     )
 
 

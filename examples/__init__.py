@@ -1,0 +1,1 @@
+"""Your own network and data set through the workflow: docs/own.md."""

@@ -1,0 +1,89 @@
+"""The measurement from Python, without the workflow: on a model and tensors you already have,
+J in chunks, its spectrum, and how a vector splits between the information space I (the top-r
+left singular vectors of J) and the nuisance space N = I^perp (docs/python.md).
+
+    space = information_space(model, x, rank=50)        # J formed chunk by chunk, Gram + eigh
+    space = information_space(model, x, rank=50, streamed=True)   # top-k, J never stored
+    space.fractions(label_vector(labels, K))             # ||P_I y||/||y||, ||P_N y||/||y||, ||J_I^+ y||/||y||
+
+The workflow's stages use the same functions (jacobian.jacobian_blocks, spectrum.eigh_descending,
+matrix_free.randomized_svd, analysis.projection_curves).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .analysis import projection_curves
+from .data import one_hot
+from .jacobian import jacobian_blocks, jacobian_shape
+from .matrix_free import JacobianOperator, randomized_svd
+from .spectrum import eigh_descending
+
+
+@dataclass
+class InformationSpace:
+    """I = span(U[:, :rank]) of J = U diag(s) V^T, in J's row order (row = i*K + k)."""
+
+    singular_values: np.ndarray  # all nK (dense) or the top k (streamed), descending
+    U: np.ndarray  # (nK, computed) left singular vectors
+    rank: int  # r, the dimension of I
+
+    def project(self, v: np.ndarray) -> np.ndarray:
+        """P_I v."""
+        Ur = self.U[:, : self.rank]
+        return Ur @ (Ur.T @ np.asarray(v, dtype=np.float64))
+
+    def fractions(self, v: np.ndarray) -> tuple[float, float, float]:
+        """(||P_I v||, ||P_N v||, ||J_I^+ v||), each over ||v||: one row of the paper's Tables 1-3."""
+        curves = projection_curves(v, self.U[:, : self.rank], self.singular_values)
+        return tuple(float(c) for c in curves[-1])
+
+    def fractions_over_rank(self, v: np.ndarray) -> np.ndarray:
+        """(R, 3): the same for every cut-off r = 1..R up to the computed vectors."""
+        return projection_curves(v, self.U, self.singular_values)
+
+
+def label_vector(labels: np.ndarray | torch.Tensor, num_classes: int) -> np.ndarray:
+    """One-hot labels (n,) as a vector in J's row order (nK,)."""
+    return one_hot(np.asarray(labels), num_classes).reshape(-1)
+
+
+def jacobian_matrix(model: torch.nn.Module, x: torch.Tensor, chunk: int | None = None) -> np.ndarray:
+    """J (nK x p) in float32, formed ``chunk`` samples at a time into one array (eval mode)."""
+    J = np.empty(jacobian_shape(model, x), dtype=np.float32)
+    for batch, rows in jacobian_blocks(model, x, chunk):
+        k = len(rows) // (batch.stop - batch.start)
+        J[batch.start * k : batch.stop * k] = rows.detach().cpu().numpy()
+    return J
+
+
+def information_space(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    rank: int = 50,
+    streamed: bool = False,
+    chunk: int | None = None,
+    topk: int | None = None,
+    oversampling: int = 100,
+    power_iterations: int = 6,
+) -> InformationSpace:
+    """The information space of J(model) on the samples x, in eval mode (batch-norm with its
+    running statistics). Dense: J chunk by chunk, G = J J^T in float64, eigh (every singular
+    value). Streamed: randomized SVD whose passes form J's rows ``chunk`` samples at a time and
+    drop them (the top ``topk``, default ``rank``; oversampling and power iterations as the
+    workflow's defaults, measured to give the top 50 to 1e-6)."""
+    model.eval()
+    if streamed:
+        top = randomized_svd(JacobianOperator(model, x, chunk), topk or rank, oversampling, power_iterations)
+        s, U = top.singular_values, top.U
+    else:
+        J = jacobian_matrix(model, x, chunk).astype(np.float64)
+        w, U = eigh_descending(J @ J.T)
+        s = np.sqrt(np.maximum(w, 0.0))
+    if rank > U.shape[1]:
+        raise ValueError(f"rank {rank} exceeds the {U.shape[1]} computed singular vectors")
+    return InformationSpace(s, U, rank)
