@@ -85,9 +85,8 @@ class Plan:
 
 # ---------------------------------------------------------------- the workflow's jobs, from the config
 def _model_spec(config: Mapping):
-    from .models import ModelSpec
-
     from .data import dataset_info
+    from .models import ModelSpec
 
     c, h, _ = dataset_info(config["dataset"]).image_shape or IMAGE_SHAPES.get(config["dataset"]["name"], (3, 32, 32))
     m = config["model"]
