@@ -468,7 +468,7 @@ def test_schema_enum_lists_exactly_the_registered_data_sets():
     from jacobian_spectrum.data import DATASETS, open_source
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["dataset"]["properties"]["name"]["enum"] == list(DATASETS)
+    assert schema["properties"]["dataset"]["properties"]["name"]["anyOf"][0]["enum"] == list(DATASETS)
     for reader in (open_source, dataset_info):
         with pytest.raises(DataError, match=r"dataset.name: unknown data set 'svhn'; allowed: digits, cifar10"):
             reader({"name": "svhn"})

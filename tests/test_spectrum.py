@@ -254,9 +254,11 @@ def test_streamed_products_on_a_two_worker_cluster_equal_the_local_ones():
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster):
             distributed = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X)
-    # the same blocks and products; only torch's thread count (summation order) differs
+    # the same rows and products; only torch's thread count differs (one thread on the workers),
+    # which may round J's float32 rows differently (1e-7 relative): a misplaced or missing task
+    # would be off by O(1)
     for a, b in zip(local, distributed):
-        assert np.abs(a - b).max() <= 1e-9 * np.abs(a).max()
+        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
 def test_gram_on_a_dask_distributed_cluster(tmp_path):
