@@ -15,7 +15,7 @@ costs what forming the rows costs), jvp / pass (one product each, same J and l),
 randomized SVD with the JVP engine's 2q + 4 products against the streamed one (estimated from
 the measured products) and streamed / materialised, with the
 top-k agreement against the materialised spectrum, as JSON. Every timing is the best of
-``--repeats`` rounds measured in this run.
+``--repeats`` rounds measured in this run; rows, pass and normal_pass take turns in each round.
 
   python bench/matrix_free.py [--samples 200] [--classes 10] [--width 0.25] [--size 32]
                               [--k 50] [--oversampling 100] [--iterations 6] [--threads 2]
@@ -32,6 +32,7 @@ import time
 import numpy as np
 import scipy.linalg
 import torch
+from timing import best_of_interleaved
 from torch.func import functional_call, jvp, vmap
 
 from jacobian_spectrum.jacobian import batch_slices, jacobian, jacobian_blocks, split_params
@@ -59,15 +60,6 @@ def jvp_product(model: torch.nn.Module, x: torch.Tensor, X: torch.Tensor, batch:
     return torch.cat(blocks)
 
 
-def best(fn, repeats: int) -> tuple[object, float]:
-    out, t_best = None, float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        t_best = min(t_best, time.perf_counter() - t0)
-    return out, t_best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=200)
@@ -82,6 +74,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-jvp", action="store_true", help="leave out the JVP engine (the large verification)")
+    ap.add_argument(
+        "--jvp-batch", type=int, default=4, help="samples per vmapped JVP batch (memory: l tangents x activations)"
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = ModelSpec("resnet20", a.channels, a.size, a.classes, width=a.width)
@@ -91,11 +86,19 @@ def main() -> None:
     rows, cols = op.shape
     ell = a.k + a.oversampling
     X = np.random.default_rng(0).standard_normal((cols, ell))
-    _, t_rows = best(lambda: [None for _ in jacobian_blocks(model, x, a.batch)], a.repeats)
-    _, t_pass = best(lambda: op.matmat(X), a.repeats)
-    _, t_normal = best(lambda: op.normal_matmat(X), a.repeats)
+    # rows, one pass and one power-iteration pass take turns in each round (with a warm-up), so
+    # that load from other processes on a shared machine hits all three alike
+    timings = {
+        "rows": lambda: [None for _ in jacobian_blocks(model, x, a.batch)],
+        "pass": lambda: op.matmat(X),
+        "normal_pass": lambda: op.normal_matmat(X),
+    }
     Xt = torch.from_numpy(X).float()
-    t_jvp = float("nan") if a.skip_jvp else best(lambda: jvp_product(model, x, Xt, a.batch), 1)[1]
+    if not a.skip_jvp:
+        timings["jvp_product"] = lambda: jvp_product(model, x, Xt, a.jvp_batch)
+    t = best_of_interleaved(timings, a.repeats, torch.device("cpu"))
+    t_rows, t_pass, t_normal = t["rows"], t["pass"], t["normal_pass"]
+    t_jvp = t.get("jvp_product", float("nan"))
     op.passes = 0
     t0 = time.perf_counter()
     top = randomized_svd(op, a.k, a.oversampling, a.iterations)
@@ -131,8 +134,10 @@ def main() -> None:
                 "pass_over_rows": t_pass / t_rows,
                 "normal_pass_over_rows": t_normal / t_rows,
                 "jvp_product_over_pass": t_jvp / t_pass,
-                # the JVP engine ran 2q + 2 products and 2 for the residuals, one JVP per column each
-                "jvp_engine_over_streamed": (2 * a.iterations + 4) * t_jvp / t_streamed,
+                # the whole method from the interleaved passes: q + 1 power-iteration passes and one
+                # for the residuals; the JVP engine made 2q + 2 products and 2 for the residuals
+                "streamed_from_passes": (a.iterations + 1) * t_normal + t_pass,
+                "jvp_engine_over_streamed": (2 * a.iterations + 4) * t_jvp / ((a.iterations + 1) * t_normal + t_pass),
                 "streamed_over_materialised": t_streamed / t_materialised,
                 "max_relative_error_top_k": float(np.max(np.abs(top.singular_values - s_ref) / s_ref)),
                 "subspace_overlap_top_k": float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),

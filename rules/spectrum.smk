@@ -24,6 +24,7 @@ if config["spectrum"]["method"] == "matrix_free":
         params:
             checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),
             settings=spectrum_settings,
+            device=config["device"],
             code=code_version("spectrum_matrix_free.py"),
         script:
             "../workflow/scripts/spectrum_matrix_free.py"

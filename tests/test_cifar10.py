@@ -24,6 +24,7 @@ pytestmark = pytest.mark.cifar10
 
 CONFIG = ROOT / "config" / "cifar10-small.yaml"
 RECIPE = ROOT / "config" / "cifar10-recipe.yaml"
+RECIPE_1800 = ROOT / "config" / "cifar10-recipe-1800.yaml"
 RHO_UNFITTED = 0.8  # measured 0.90 over 40 checkpoints (20 with augmentation, 20 without; docs/cifar10.md)
 LEVELS = (0.0, 0.25, 0.5, 0.75)  # Figure 9's rise is asserted up to 75% (100% is discussed in the README)
 
@@ -51,6 +52,12 @@ def cifar():
 def recipe():
     """The paper's recipe (crop and flip, batch 128, SGD at 0.01) at the small config's n."""
     return finished_workflow(RECIPE, 150)
+
+
+@pytest.fixture(scope="module")
+def recipe_1800():
+    """The recipe at twice the training data, clean and 50% (1:08 on 2 cores)."""
+    return finished_workflow(RECIPE_1800, 100)
 
 
 def run_errors(results: Path, run: str) -> dict[str, np.ndarray]:
@@ -202,8 +209,9 @@ def test_recipe_figure9_final_label_energy_on_the_nuisance_space_rises_with_corr
     assert all(b > a for a, b in zip(energy, energy[1:])), energy
 
 
-def test_recipe_memorises_none_of_the_noise_and_table3_sits_at_the_no_memorisation_reference(recipe):
-    cfg, results = recipe
+@pytest.mark.parametrize("config", ["recipe", "recipe_1800"])
+def test_recipe_memorises_none_of_the_noise_and_table3_sits_at_the_no_memorisation_reference(config, request):
+    cfg, results = request.getfixturevalue(config)
     for run in cfg["figures"]["corruption_runs"]:
         level = cfg["runs"][run]["corruption"]
         if not 0 < level < 2 / 3:  # above 2/3 the corrupted labels outvote the true class
@@ -213,14 +221,17 @@ def test_recipe_memorises_none_of_the_noise_and_table3_sits_at_the_no_memorisati
     run = cfg["figures"]["table3"]
     with h5py.File(results / "runs" / run / "measurements.h5") as f:
         final, reference = f["alignment/values"][1, 0], f["no_memorisation"][0]
-    assert abs(final - reference) <= 0.05, (final, reference)  # measured 0.630 against 0.614
+    # measured 0.630 against 0.614 (n = 900), 0.609 against 0.613 (n = 1800)
+    assert abs(final - reference) <= 0.05, (final, reference)
     assert PAPER_TABLES[3][1, 0] - final >= 0.1  # the paper's 0.751 needs some memorisation
 
 
-def test_label_energy_on_the_nuisance_space_follows_what_is_left_unfitted(cifar, recipe):
-    """Over every measured epoch of every Figure 9 run of both configurations (augmentation off
-    and on), J's label energy on N rises with the fraction of trained labels not yet fitted."""
-    errors, energies = zip(*(unfitted_points(results, cfg) for cfg, results in (cifar, recipe)))
+def test_label_energy_on_the_nuisance_space_follows_what_is_left_unfitted(cifar, recipe, recipe_1800):
+    """Over every measured epoch of every Figure 9 run of the three configurations (augmentation
+    off and on, and on at n = 1800), J's label energy on N rises with the fraction of trained
+    labels not yet fitted."""
+    runs = (cifar, recipe, recipe_1800)
+    errors, energies = zip(*(unfitted_points(results, cfg) for cfg, results in runs))
     errors, energies = np.concatenate(errors), np.concatenate(energies)
     assert len(errors) >= 30
     assert rank_correlation(errors, energies) >= RHO_UNFITTED, rank_correlation(errors, energies)

@@ -123,28 +123,28 @@ def _products(model: torch.nn.Module, x: torch.Tensor, batch_size: int):
 
 def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int) -> np.ndarray:
     """J_x X: the rows of the samples x times X (p x l)."""
-    Xt = torch.from_numpy(X)
+    Xt = torch.as_tensor(X, device=x.device)
     parts = [R @ Xt for _, R in _products(model, x, batch_size)]
-    return torch.cat(parts).numpy()
+    return torch.cat(parts).cpu().numpy()
 
 
 def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int) -> np.ndarray:
     """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y."""
-    Yt, out = torch.from_numpy(Y), None
+    Yt, out = torch.as_tensor(Y, device=x.device), None
     for off, R in _products(model, x, batch_size):
         part = R.T @ Yt[off : off + len(R)]
         out = part if out is None else out.add_(part)
-    return out.numpy()
+    return out.cpu().numpy()
 
 
 def _jtjx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
     """(J_x X, J_x^T J_x X) with each of the samples' rows formed once."""
-    Xt, parts, out = torch.from_numpy(X), [], None
+    Xt, parts, out = torch.as_tensor(X, device=x.device), [], None
     for _, R in _products(model, x, batch_size):
         y = R @ Xt
         parts.append(y)
         out = R.T @ y if out is None else out.addmm_(R.T, y)
-    return torch.cat(parts).numpy(), out.numpy()
+    return torch.cat(parts).cpu().numpy(), out.cpu().numpy()
 
 
 @functools.lru_cache(maxsize=1)
@@ -180,8 +180,9 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
     workers = max(1, len(client.scheduler_info()["workers"]))
     tasks = batch_slices(n, max(1, -(-n // (4 * workers))))
     # the model as pickled bytes: dask's own torch serialisation loses the modules' hook dicts
-    model_f = client.scatter(pickle.dumps(model), broadcast=True)
-    M_f = None if split_rows else client.scatter(M, broadcast=True)
+    # hash=False: a fresh key per pass, so that releasing the last pass's copy cannot race with this one
+    model_f = client.scatter(pickle.dumps(model), broadcast=True, hash=False)
+    M_f = None if split_rows else client.scatter(M, broadcast=True, hash=False)
     futures = {}
     for t in tasks:
         rows = slice(t.start * k, t.stop * k)
@@ -287,17 +288,21 @@ def matrix_free_spectrum(
     batch_size: int | None = None,
     keep: int | None = None,
     scheduler: str | None = None,
+    device: str = "cpu",
 ) -> Spectrum:
-    """Spectrum of J(checkpoint) on ``split`` without storing J; checked by two more passes,
-    which run on the workers of ``scheduler`` (see :func:`dask_workers`) when given."""
+    """Spectrum of J(checkpoint) on ``split`` without storing J, checked by one more pass. The
+    passes run on the workers of ``scheduler`` (see :func:`dask_workers`) when given, else here
+    on ``device`` (``auto`` = CUDA when present: rows and float64 products on the GPU)."""
     from .data import read_split
+    from .device import select_device
     from .models import load_checkpoint
 
-    model, _ = load_checkpoint(checkpoint)
+    dev = torch.device("cpu") if scheduler else select_device(device)
+    model, _ = load_checkpoint(checkpoint, dev)
     model.eval()  # J's rows in the checkpoint's precision (float32), every product in float64
     data = read_split(subset_path, split)
     torch.set_num_threads(max(1, threads))
-    op = JacobianOperator(model, torch.from_numpy(data.x), batch_size)
+    op = JacobianOperator(model, torch.from_numpy(data.x).to(dev), batch_size)
     with dask_workers(scheduler):
         t0 = time.perf_counter()
         top = randomized_svd(op, k, oversampling, power_iterations)
@@ -334,7 +339,13 @@ def matrix_free_spectrum(
 
 
 def spectrum_matrix_free(
-    checkpoint: str, subset_path: str, split: str, out_path: str, settings: dict, threads: int = 1
+    checkpoint: str,
+    subset_path: str,
+    split: str,
+    out_path: str,
+    settings: dict,
+    threads: int = 1,
+    device: str = "cpu",
 ) -> Spectrum:
     """The matrix-free spectrum rule: compute and write ``spectrum/{split}_epoch{E}.h5``."""
     from .models import read_checkpoint
@@ -350,6 +361,7 @@ def spectrum_matrix_free(
         threads,
         keep=stored_vector_count(settings, settings["topk"]),
         scheduler=settings.get("scheduler"),
+        device=device,
     )
     payload = read_checkpoint(checkpoint)
     source = {

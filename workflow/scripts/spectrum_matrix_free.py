@@ -10,4 +10,5 @@ spectrum_matrix_free(
     snakemake.output[0],
     dict(snakemake.params.settings),
     snakemake.threads,
+    snakemake.params.device,
 )
