@@ -236,7 +236,8 @@ def _matrix_free_step(
     ell = min(spec["topk"] + spec["oversampling"], rows, p)
     passes, products = spec["power_iterations"] + 2, 2 * (spec["power_iterations"] + 1) + 1
     per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
-    seconds = passes * samples * per_sample + products * 2 * rows * p * ell / rates.gram_flops
+    # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
+    seconds = passes * samples * per_sample + products * rows * p * ell / rates.gram_flops
     block = min(ROWS_BUDGET_BYTES, rows * p * 4)
     memory = block + PRODUCT_BYTES + 8 * ell * (rows + 3 * p) + 2 * block  # rows, float64 piece, Y, Z, W, workspace
     return Step(
