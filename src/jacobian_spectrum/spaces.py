@@ -19,7 +19,7 @@ import torch
 
 from .analysis import projection_curves
 from .data import one_hot
-from .jacobian import jacobian_blocks, jacobian_shape
+from .jacobian import jacobian
 from .matrix_free import JacobianOperator, randomized_svd
 from .spectrum import eigh_descending
 
@@ -54,11 +54,7 @@ def label_vector(labels: np.ndarray | torch.Tensor, num_classes: int) -> np.ndar
 
 def jacobian_matrix(model: torch.nn.Module, x: torch.Tensor, chunk: int | None = None) -> np.ndarray:
     """J (nK x p) in float32, formed ``chunk`` samples at a time into one array (eval mode)."""
-    J = np.empty(jacobian_shape(model, x), dtype=np.float32)
-    for batch, rows in jacobian_blocks(model, x, chunk):
-        k = len(rows) // (batch.stop - batch.start)
-        J[batch.start * k : batch.stop * k] = rows.detach().cpu().numpy()
-    return J
+    return jacobian(model, x, chunk).detach().cpu().numpy()
 
 
 def information_space(
