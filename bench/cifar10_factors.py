@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import yaml
 
-from jacobian_spectrum.analysis import centred_mean
-from jacobian_spectrum.analysis_figures import memorisation_correlations
+from jacobian_spectrum.analysis.quantities import centred_mean
+from jacobian_spectrum.figures.analysis import memorisation_correlations
 
 
 def time_log(path: Path) -> str:

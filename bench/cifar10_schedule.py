@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jacobian_spectrum import data
-from jacobian_spectrum.data import one_hot
-from jacobian_spectrum.jacobian import jacobian
-from jacobian_spectrum.measure import flatten_rows, projection_ratios
-from jacobian_spectrum.models import initialise
-from jacobian_spectrum.spectrum import eigh_descending
-from jacobian_spectrum.train import TrainSettings, train
-from jacobian_spectrum.trajectory import errors
+from jacobian_spectrum.analysis.measure import flatten_rows, projection_ratios
+from jacobian_spectrum.data.corruption import corrupt_labels, one_hot
+from jacobian_spectrum.data.subset import build_subset, read_split, write_subset
+from jacobian_spectrum.jacobian.compute import jacobian
+from jacobian_spectrum.spectrum.dense import eigh_descending
+from jacobian_spectrum.train.loop import TrainSettings, train
+from jacobian_spectrum.train.models import initialise
+from jacobian_spectrum.train.trajectory import errors
 
 
 def main() -> None:
@@ -57,10 +57,10 @@ def main() -> None:
     }
     subset = work / "subset.h5"
     if not subset.exists():
-        s, src = data.build_subset(ds)
-        data.write_subset(subset, s, src, ds)
-    tr, te = data.read_split(subset, "train"), data.read_split(subset, "test")
-    y, _ = data.corrupt_labels(tr.y, tr.num_classes, a.level, 0)
+        s, src = build_subset(ds)
+        write_subset(subset, s, src, ds)
+    tr, te = read_split(subset, "train"), read_split(subset, "test")
+    y, _ = corrupt_labels(tr.y, tr.num_classes, a.level, 0)
     model, spec = initialise(subset, {"name": "resnet20", "width": a.width, "init_seed": 0}, work / "init.pt")
     settings = TrainSettings(
         a.optimizer, a.lr, a.epochs, a.momentum, a.milestones, 0.1, a.batch, a.augment, a.augment, 0, 10**9, []

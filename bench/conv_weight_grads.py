@@ -2,7 +2,7 @@
 
 For 3x3 convolutions with C input and C output channels on H x H feature maps, K = 3 outputs,
 prints a grid of time(unfold) / time(grouped) (above 1: the grouped call is faster) with the
-method :func:`jacobian_spectrum.jacobian.grouped_conv_is_faster` picks for each cell, and the
+method :func:`jacobian_spectrum.jacobian.compute.grouped_conv_is_faster` picks for each cell, and the
 largest difference between the two methods' results. The two are timed in interleaved
 rounds on the same tensors; each keeps its fastest round.
 
@@ -15,7 +15,7 @@ import json
 import torch
 from timing import best_of_interleaved
 
-from jacobian_spectrum.jacobian import Workspace, conv_grads, grouped_conv_is_faster
+from jacobian_spectrum.jacobian.compute import Workspace, conv_grads, grouped_conv_is_faster
 
 CHANNELS = (3, 4, 8, 16, 32, 64)
 SIZES = (2, 4, 8, 16, 32)

@@ -20,11 +20,11 @@ import time
 import torch
 from timing import timed
 
-from jacobian_spectrum.device import select_device
-from jacobian_spectrum.jacobian import jacobian
-from jacobian_spectrum.jacobian_probe import probe_errors
-from jacobian_spectrum.models import ModelSpec, build_model
-from jacobian_spectrum.train import augment, least_squares_loss
+from jacobian_spectrum.common.device import select_device
+from jacobian_spectrum.jacobian.compute import jacobian
+from jacobian_spectrum.jacobian.probe import probe_errors
+from jacobian_spectrum.train.loop import augment, least_squares_loss
+from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
 def main():

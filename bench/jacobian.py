@@ -1,10 +1,10 @@
 """Jacobian throughput: this implementation against a naive loop and the compute bound.
 
 On the same samples, in one run:
-  ours    jacobian_spectrum.jacobian.jacobian_blocks as a chunk job runs it (K batched
+  ours    jacobian_spectrum.jacobian.compute.jacobian_blocks as a chunk job runs it (K batched
           backward passes to every layer's output, then per-sample weight gradients; each
           batch's rows into one batch-sized buffer, from which the job writes them to HDF5)
-  in_memory  jacobian_spectrum.jacobian.jacobian: the same into a whole J allocated afresh
+  in_memory  jacobian_spectrum.jacobian.compute.jacobian: the same into a whole J allocated afresh
   naive   one torch.autograd.grad per sample and output
   bound   K batched backward passes over the same samples (summed, not per-sample,
           gradients: the least work any method that back-propagates K outputs can do)
@@ -27,7 +27,7 @@ import os
 import torch
 from timing import best_of_interleaved
 
-from jacobian_spectrum.jacobian import (
+from jacobian_spectrum.jacobian.compute import (
     batch_slices,
     grouped_conv_is_faster,
     jacobian,
@@ -35,7 +35,7 @@ from jacobian_spectrum.jacobian import (
     outputs_and_batch_size,
     plain_layers,
 )
-from jacobian_spectrum.models import ModelSpec, build_model
+from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
 def stream(model, x):

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from jacobian_spectrum.data import Source, Subset, write_subset
-from jacobian_spectrum.models import ModelSpec, build_model, save_checkpoint
+from jacobian_spectrum.data.sources import Source
+from jacobian_spectrum.data.subset import Subset, write_subset
+from jacobian_spectrum.train.models import ModelSpec, build_model, save_checkpoint
 
 CHILD = """
 import json, resource, sys, time, torch
 from dataclasses import asdict
-from jacobian_spectrum.jacobian_store import compute_chunk
+from jacobian_spectrum.jacobian.store import compute_chunk
 torch.set_num_threads({threads})
 t = time.perf_counter()
 parts = compute_chunk("{root}/epoch0.pt", "{root}/subset.h5", "train", 0, {samples}, "{root}/chunk.h5")

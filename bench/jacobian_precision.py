@@ -19,10 +19,10 @@ import torch
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from jacobian_spectrum.device import select_device
-from jacobian_spectrum.jacobian import jacobian, parameter_table
-from jacobian_spectrum.models import ModelSpec, build_model
-from jacobian_spectrum.train import least_squares_loss
+from jacobian_spectrum.common.device import select_device
+from jacobian_spectrum.jacobian.compute import jacobian, parameter_table
+from jacobian_spectrum.train.loop import least_squares_loss
+from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
 class ReluMasks(TorchFunctionMode):

@@ -24,10 +24,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from jacobian_spectrum.h5io import write_provenance
-from jacobian_spectrum.jacobian import ParameterEntry
-from jacobian_spectrum.jacobian_store import _checked_chunks, _write_table, gather
-from jacobian_spectrum.spectrum import gram
+from jacobian_spectrum.common.h5io import write_provenance
+from jacobian_spectrum.jacobian.compute import ParameterEntry
+from jacobian_spectrum.jacobian.store import _checked_chunks, _write_table, gather
+from jacobian_spectrum.spectrum.dense import gram
 
 
 def write_chunks(folder: Path, rows: int, cols: int, n_chunks: int, k: int = 3) -> list[Path]:

@@ -1,6 +1,6 @@
 """The streamed (matrix-free) top-k spectrum against its bounds and baselines, on one J.
 
-  rows          forming J's rows with the chunk kernel (jacobian_spectrum.jacobian.jacobian_blocks,
+  rows          forming J's rows with the chunk kernel (jacobian_spectrum.jacobian.compute.jacobian_blocks,
                 as a chunk job does), block by block into one reused buffer: the bound of one pass
   pass          one streamed product J X with l probe columns (the same blocks, multiplied)
   normal_pass   one pass of the power iteration: J X and J^T J X from the same rows
@@ -35,9 +35,9 @@ import torch
 from timing import best_of_interleaved
 from torch.func import functional_call, jvp, vmap
 
-from jacobian_spectrum.jacobian import batch_slices, jacobian, jacobian_blocks, split_params
-from jacobian_spectrum.matrix_free import JacobianOperator, randomized_svd, vector_residuals
-from jacobian_spectrum.models import ModelSpec, build_model
+from jacobian_spectrum.jacobian.compute import batch_slices, jacobian, jacobian_blocks, split_params
+from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, randomized_svd, vector_residuals
+from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
 def jvp_product(model: torch.nn.Module, x: torch.Tensor, X: torch.Tensor, batch: int) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Spectrum throughput, in one run on the same matrix:
 
-  gram_hdf5     G = J J^T from an HDF5 file through jacobian_spectrum.spectrum.gram
+  gram_hdf5     G = J J^T from an HDF5 file through jacobian_spectrum.spectrum.dense.gram
   gram_memory   the same product with J already in memory (float64 BLAS: J @ J.T)
   eigh          the float64 symmetric eigensolver on G
   topk          randomized SVD of the stored J (dask svd_compressed), and its accuracy
@@ -20,8 +20,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from jacobian_spectrum.h5io import write_provenance
-from jacobian_spectrum.spectrum import eigh_descending, gram, topk_spectrum
+from jacobian_spectrum.common.h5io import write_provenance
+from jacobian_spectrum.spectrum.dense import eigh_descending, gram, topk_spectrum
 
 
 def main():

@@ -5,7 +5,7 @@
   gram_memory   the same product with J already on the device in float64 (J @ J.T): the
                 device's own speed for this shape, the baseline
   eigh          spectrum_device.eigh_checked on G (the residual check included)
-  spectrum      the whole step, HDF5 to U and s (jacobian_spectrum.spectrum.full_spectrum)
+  spectrum      the whole step, HDF5 to U and s (jacobian_spectrum.spectrum.methods.full_spectrum)
 
 Prints seconds and the ratio gram_memory / gram_stream (1.0 = streaming from disk costs
 nothing; the goal on a GPU is at least 0.7) as JSON. The paper's size is --rows 30000 (nK of
@@ -24,9 +24,9 @@ import h5py
 import numpy as np
 import torch
 
-from jacobian_spectrum.h5io import write_provenance
-from jacobian_spectrum.spectrum import full_spectrum
-from jacobian_spectrum.spectrum_device import eigh_checked, gram_on_device
+from jacobian_spectrum.common.h5io import write_provenance
+from jacobian_spectrum.spectrum.device import eigh_checked, gram_on_device
+from jacobian_spectrum.spectrum.methods import full_spectrum
 
 
 def sync(device: torch.device) -> None:

@@ -1,7 +1,7 @@
 """How many probe columns and power iterations the streamed top-k spectrum needs.
 
 Computes a 10-class J small enough for Gram + eigh, then runs the streamed randomized SVD
-(jacobian_spectrum.matrix_free) for each oversampling p and power-iteration count q, and
+(jacobian_spectrum.spectrum.matrix_free) for each oversampling p and power-iteration count q, and
 prints the top-k singular values' largest relative error against eigh, the subspace overlap
 (mean squared cosine of the principal angles) and how much the last power iteration moved the
 top k (what a run without a reference can see). Passes = q + 1 (and one more for the
@@ -15,10 +15,10 @@ import argparse
 import numpy as np
 import torch
 
-from jacobian_spectrum.jacobian import jacobian
-from jacobian_spectrum.matrix_free import JacobianOperator, randomized_svd
-from jacobian_spectrum.models import ModelSpec, build_model
-from jacobian_spectrum.spectrum import eigh_descending
+from jacobian_spectrum.jacobian.compute import jacobian
+from jacobian_spectrum.spectrum.dense import eigh_descending
+from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, randomized_svd
+from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Training throughput (images/s) and the data pipeline's share of the time.
 
-One epoch loop as jacobian_spectrum.train runs it (data on the device, batched tensor
+One epoch loop as jacobian_spectrum.train.loop runs it (data on the device, batched tensor
 augmentation), timed in parts: augmentation (the data pipeline) and forward/backward/step.
 CPU always, CUDA too where present.
 
@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from jacobian_spectrum.device import select_device
-from jacobian_spectrum.models import ModelSpec, build_model
-from jacobian_spectrum.train import augment, least_squares_loss
+from jacobian_spectrum.common.device import select_device
+from jacobian_spectrum.train.loop import augment, least_squares_loss
+from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
 def measure(device, args):

@@ -4,10 +4,10 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from jacobian_spectrum.codeversion import code_version as script_code_version
+from jacobian_spectrum.common.codeversion import code_version as script_code_version
 from jacobian_spectrum.config import check_config, level_tag, measured_epochs, run_epochs_needed, tracked_runs
 from jacobian_spectrum.config import reference_epoch as run_reference_epoch
-from jacobian_spectrum.spectrum import method_settings
+from jacobian_spectrum.spectrum.methods import method_settings
 
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
 # exist, counts that are available, runs that reference known levels...). Both stop the

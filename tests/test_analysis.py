@@ -4,7 +4,8 @@ angles, Theorem 3.2's terms, and the tracking grid."""
 import numpy as np
 import pytest
 
-from jacobian_spectrum.analysis import (
+from jacobian_spectrum.analysis.measure import projection_ratios
+from jacobian_spectrum.analysis.quantities import (
     best_cutoff,
     energy_share,
     no_memorisation_alignment,
@@ -14,8 +15,7 @@ from jacobian_spectrum.analysis import (
     theorem_terms,
 )
 from jacobian_spectrum.config import log_uniform_epochs, run_epochs_needed, tracked_epochs
-from jacobian_spectrum.measure import projection_ratios
-from jacobian_spectrum.trajectory import split_errors
+from jacobian_spectrum.train.trajectory import split_errors
 
 
 def svd_of(rng, rows, cols):

@@ -17,8 +17,8 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 
-from jacobian_spectrum.analysis import centred_mean, rank_correlation
-from jacobian_spectrum.figures import PAPER_TABLES
+from jacobian_spectrum.analysis.quantities import centred_mean, rank_correlation
+from jacobian_spectrum.figures.paper import PAPER_TABLES
 
 pytestmark = pytest.mark.cifar10
 

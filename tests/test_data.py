@@ -6,16 +6,10 @@ import numpy as np
 import pytest
 from conftest import ROOT
 
-from jacobian_spectrum.data import (
-    DataError,
-    build_subset,
-    corrupt_labels,
-    dataset_info,
-    draw_subset,
-    read_split,
-    write_labels,
-    write_subset,
-)
+from jacobian_spectrum.data.base import DataError
+from jacobian_spectrum.data.corruption import corrupt_labels, write_labels
+from jacobian_spectrum.data.sources import dataset_info
+from jacobian_spectrum.data.subset import build_subset, draw_subset, read_split, write_subset
 
 
 # ---------------------------------------------------------------- label corruption
@@ -252,7 +246,7 @@ def write_image_archive(path, top="images", per=(4, 2), classes=("ant", "bee", "
 
 @pytest.mark.parametrize("top", ["images", ""])
 def test_archive_is_listed_then_unpacked_into_root(tmp_path, top):
-    from jacobian_spectrum.data import ARCHIVE_MANIFEST, archive_info, extract_archive, file_sha256
+    from jacobian_spectrum.data.archive import ARCHIVE_MANIFEST, archive_info, extract_archive, file_sha256
 
     archive = write_image_archive(tmp_path / "images.tar.gz", top=top)
     listed = archive_info(archive)  # what the config check sees before anything is unpacked
@@ -278,7 +272,7 @@ def test_archive_is_listed_then_unpacked_into_root(tmp_path, top):
 
 
 def test_damaged_archive_is_refused_naming_it_and_leaves_the_old_folder(tmp_path):
-    from jacobian_spectrum.data import archive_info, extract_archive
+    from jacobian_spectrum.data.archive import archive_info, extract_archive
 
     good = write_image_archive(tmp_path / "good.tar.gz")
     root = tmp_path / "root"
@@ -301,7 +295,7 @@ def test_archive_without_the_image_folder_layout_or_escaping_its_folder_is_refus
     import io
     import tarfile
 
-    from jacobian_spectrum.data import archive_info, extract_archive
+    from jacobian_spectrum.data.archive import archive_info, extract_archive
 
     flat = tmp_path / "flat.tar"
     with tarfile.open(flat, "w") as tf:
@@ -465,7 +459,7 @@ def test_schema_enum_lists_exactly_the_registered_data_sets():
     """Adding a data set means one registry entry; the schema's enum must follow it."""
     import yaml
 
-    from jacobian_spectrum.data import DATASETS, open_source
+    from jacobian_spectrum.data.sources import DATASETS, open_source
 
     schema = yaml.safe_load((ROOT / "workflow" / "schemas" / "config.schema.yaml").read_text())
     assert schema["properties"]["dataset"]["properties"]["name"]["anyOf"][0]["enum"] == list(DATASETS)

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from jacobian_spectrum.data import build_subset, write_subset
-from jacobian_spectrum.h5io import open_checked
-from jacobian_spectrum.jacobian import jacobian, parameter_table
-from jacobian_spectrum.jacobian_probe import probe_errors
-from jacobian_spectrum.jacobian_store import compute_chunk, gather, layer_norms
-from jacobian_spectrum.models import ModelSpec, build_model, save_checkpoint
+from jacobian_spectrum.common.h5io import open_checked
+from jacobian_spectrum.data.subset import build_subset, write_subset
+from jacobian_spectrum.jacobian.compute import jacobian, parameter_table
+from jacobian_spectrum.jacobian.probe import probe_errors
+from jacobian_spectrum.jacobian.store import compute_chunk, gather, layer_norms
+from jacobian_spectrum.train.models import ModelSpec, build_model, save_checkpoint
 
 
 def small_resnet():
@@ -130,7 +130,8 @@ def test_gathered_J_is_a_virtual_dataset_over_the_chunks_written_once(subset_and
 
 
 def test_a_chunk_deleted_or_replaced_after_the_gather_is_named_when_J_is_read(subset_and_checkpoint):
-    from jacobian_spectrum.spectrum import compute_spectrum, gram, read_slab
+    from jacobian_spectrum.spectrum.dense import gram, read_slab
+    from jacobian_spectrum.spectrum.methods import compute_spectrum
 
     root = subset_and_checkpoint
     paths = chunks(root, 11)
@@ -189,7 +190,7 @@ def test_nan_in_a_chunk_is_refused(subset_and_checkpoint):
 
 
 def test_layer_path_equals_the_torch_func_path():
-    from jacobian_spectrum.jacobian import jacobian_by_layers, jacobian_vmap, plain_layers
+    from jacobian_spectrum.jacobian.compute import jacobian_by_layers, jacobian_vmap, plain_layers
 
     for spec in (ModelSpec("resnet20", 1, 8, 3, width=0.25), ModelSpec("resnet20", 3, 12, 4, width=0.125)):
         model = build_model(spec, seed=1).double()
@@ -234,7 +235,7 @@ def per_sample_conv_grads(conv, a, backprops):
     ],
 )
 def test_conv_grads_equal_per_sample_autograd(method, c_in, c_out, hw, kernel, stride, padding):
-    from jacobian_spectrum.jacobian import Workspace, conv_grads
+    from jacobian_spectrum.jacobian.compute import Workspace, conv_grads
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding).double()
@@ -250,7 +251,7 @@ def test_conv_grads_equal_per_sample_autograd(method, c_in, c_out, hw, kernel, s
 
 
 def test_larger_images_take_the_grouped_path_and_agree_with_torch_func():
-    from jacobian_spectrum.jacobian import grouped_conv_is_faster, jacobian_vmap, plain_layers
+    from jacobian_spectrum.jacobian.compute import grouped_conv_is_faster, jacobian_vmap, plain_layers
 
     spec = ModelSpec("resnet20", 3, 16, 3, width=0.5)  # 8 channels on 16x16 maps: grouped on CPU
     model = build_model(spec, seed=2).double()
@@ -268,7 +269,7 @@ def test_jacobian_is_bit_for_bit_reproducible():
 
 
 def test_workspace_views_are_disjoint_and_grow():
-    from jacobian_spectrum.jacobian import Workspace
+    from jacobian_spectrum.jacobian.compute import Workspace
 
     ws = Workspace()
     like = torch.empty(0)
@@ -281,7 +282,7 @@ def test_workspace_views_are_disjoint_and_grow():
 
 
 def test_batch_size_keeps_the_batch_memory_under_the_budget():
-    from jacobian_spectrum.jacobian import (
+    from jacobian_spectrum.jacobian.compute import (
         BATCH_MEMORY_BYTES,
         MAX_BATCH,
         _per_sample_sizes,
@@ -312,7 +313,7 @@ def test_jacobian_does_not_depend_on_the_batch_size():
 
 @pytest.mark.parametrize("n, batch_size", [(128, 87), (150, 512), (10, 3), (1, 5), (9, 3), (64, 64)])
 def test_batch_slices_are_the_fewest_and_even(n, batch_size):
-    from jacobian_spectrum.jacobian import batch_slices
+    from jacobian_spectrum.jacobian.compute import batch_slices
 
     slices = batch_slices(n, batch_size)
     assert slices[0].start == 0 and slices[-1].stop == n
@@ -323,7 +324,7 @@ def test_batch_slices_are_the_fewest_and_even(n, batch_size):
 
 
 def test_jacobian_blocks_reuse_one_buffer_and_equal_the_whole_jacobian():
-    from jacobian_spectrum.jacobian import jacobian_blocks
+    from jacobian_spectrum.jacobian.compute import jacobian_blocks
 
     model = small_resnet()
     x = torch.randn(10, 1, 8, 8)
@@ -336,9 +337,9 @@ def test_jacobian_blocks_reuse_one_buffer_and_equal_the_whole_jacobian():
 
 
 def test_streamed_chunk_equals_the_jacobian_in_memory(subset_and_checkpoint, monkeypatch):
-    from jacobian_spectrum import jacobian as jac
-    from jacobian_spectrum.data import read_split
-    from jacobian_spectrum.models import load_checkpoint
+    from jacobian_spectrum.data.subset import read_split
+    from jacobian_spectrum.jacobian import compute as jac
+    from jacobian_spectrum.train.models import load_checkpoint
 
     root = subset_and_checkpoint
     monkeypatch.setattr(jac, "MAX_BATCH", 4)  # 21 samples: six batches written one after another
@@ -351,8 +352,8 @@ def test_streamed_chunk_equals_the_jacobian_in_memory(subset_and_checkpoint, mon
 
 
 def test_probe_check_catches_a_wrong_or_missing_batch():
-    from jacobian_spectrum.jacobian import batch_slices
-    from jacobian_spectrum.jacobian_probe import ProbeCheck
+    from jacobian_spectrum.jacobian.compute import batch_slices
+    from jacobian_spectrum.jacobian.probe import ProbeCheck
 
     model = small_resnet()
     x = torch.randn(9, 1, 8, 8)
@@ -371,7 +372,7 @@ def test_probe_check_catches_a_wrong_or_missing_batch():
 
 
 def test_nan_in_a_batch_stops_the_chunk_job_naming_the_rows(subset_and_checkpoint, monkeypatch):
-    from jacobian_spectrum import jacobian as jac
+    from jacobian_spectrum.jacobian import compute as jac
 
     root = subset_and_checkpoint
     monkeypatch.setattr(jac, "MAX_BATCH", 4)  # 21 samples in batches of 3, 4, 3, ...: the second is rows 9..21
@@ -394,7 +395,7 @@ def test_nan_in_a_batch_stops_the_chunk_job_naming_the_rows(subset_and_checkpoin
 
 
 def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkpoint, monkeypatch):
-    from jacobian_spectrum import jacobian_store
+    from jacobian_spectrum.jacobian import store as jacobian_store
 
     root = subset_and_checkpoint
     paths = chunks(root, 5)
@@ -414,8 +415,8 @@ def test_gather_reading_row_blocks_equals_reading_whole_chunks(subset_and_checkp
 
 
 def test_a_failed_probe_check_stops_the_chunk_job_and_leaves_no_file(subset_and_checkpoint, monkeypatch):
-    from jacobian_spectrum import jacobian as jac
-    from jacobian_spectrum import jacobian_probe
+    from jacobian_spectrum.jacobian import compute as jac
+    from jacobian_spectrum.jacobian import probe as jacobian_probe
 
     root = subset_and_checkpoint
     real = jac.jacobian_by_layers

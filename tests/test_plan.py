@@ -11,7 +11,7 @@ import pytest
 from conftest import ROOT, TINY, snakemake
 
 from jacobian_spectrum import plan as P
-from jacobian_spectrum.models import build_model, count_parameters
+from jacobian_spectrum.train.models import build_model, count_parameters
 
 RATES = P.Rates(
     device="cpu",

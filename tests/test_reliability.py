@@ -15,8 +15,8 @@ import yaml
 from conftest import ROOT, TINY, snakemake
 from h5compare import assert_h5_trees_equal
 
-from jacobian_spectrum.h5io import atomic_h5, open_checked, require_finite
-from jacobian_spectrum.measure import measure_run
+from jacobian_spectrum.analysis.measure import measure_run
+from jacobian_spectrum.common.h5io import atomic_h5, open_checked, require_finite
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_nan_anywhere_is_named():
 
 
 def test_label_file_of_another_subset_is_refused(tiny_results, tmp_path):
-    from jacobian_spectrum.data import read_labels
+    from jacobian_spectrum.data.corruption import read_labels
 
     with pytest.raises(ValueError, match="labels but the subset has 61 training images"):
         read_labels(tiny_results / "data/labels_noise0.5.h5", n=61)
@@ -205,7 +205,8 @@ def test_same_config_and_seed_give_identical_results(tiny_results, tmp_path):
 def test_no_network_is_attempted_without_download(tmp_path, monkeypatch):
     from test_data import write_cifar_fixture
 
-    from jacobian_spectrum.data import DataError, build_subset
+    from jacobian_spectrum.data.base import DataError
+    from jacobian_spectrum.data.subset import build_subset
 
     def refuse(*args, **kwargs):
         raise AssertionError("a network connection was attempted")

@@ -9,18 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from jacobian_spectrum.data import one_hot
-from jacobian_spectrum.h5io import write_provenance
-from jacobian_spectrum.measure import flatten_rows, projection_ratios, residual_energies
-from jacobian_spectrum.spectrum import (
-    compute_spectrum,
-    eigh_descending,
-    gram,
-    read_spectrum,
-    slab_width,
-    spectrum_of_file,
-    symmetrize_upper,
-)
+from jacobian_spectrum.analysis.measure import flatten_rows, projection_ratios, residual_energies
+from jacobian_spectrum.common.h5io import write_provenance
+from jacobian_spectrum.data.corruption import one_hot
+from jacobian_spectrum.spectrum.dense import eigh_descending, gram, slab_width, symmetrize_upper
+from jacobian_spectrum.spectrum.methods import compute_spectrum, spectrum_of_file
+from jacobian_spectrum.spectrum.store import read_spectrum
 
 
 def write_J(path, J, chunks=None):
@@ -112,7 +106,7 @@ def test_nan_in_J_is_refused(tmp_path):
 GRAM_PEAK = textwrap.dedent("""
     import json, sys
     import numpy as np
-    from jacobian_spectrum.spectrum import gram
+    from jacobian_spectrum.spectrum.dense import gram
 
     def high_water_mb():  # VmHWM is per process image (ru_maxrss survives exec on Linux)
         for line in open("/proc/self/status"):
@@ -177,12 +171,30 @@ def test_vectors_are_ordered_as_J_rows():
     assert projection_ratios(class_major, U, np.array([1.0]))[0] < 0.9
 
 
+def test_a_long_matrix_free_pass_logs_its_progress(monkeypatch, caplog):
+    import torch
+
+    from jacobian_spectrum.spectrum import matrix_free
+    from jacobian_spectrum.train.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
+    x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = matrix_free.JacobianOperator(model, x, batch_size=16)  # three parts of 13 or 14 samples
+    monkeypatch.setattr(matrix_free, "PROGRESS_SECONDS", -1.0)  # a line after every part
+    with caplog.at_level("INFO", logger="jacobian_spectrum"):
+        op.matmat(np.ones((op.shape[1], 2)))
+    lines = [r.getMessage() for r in caplog.records]
+    done = [int(re.match(r"pass 1 \(J X\): (\d+) of 120 rows \(\d+%\) in \d+s$", m)[1]) for m in lines[:-1]]
+    assert len(done) == 2 and 0 < done[0] < done[1] < 120 and done[0] % 3 == 0  # whole samples (K = 3)
+    assert lines[-1].startswith("pass 1 (J X, 2 columns): 120 rows in")
+
+
 def test_matrix_free_randomized_svd_matches_the_materialised_spectrum():
     import torch
 
-    from jacobian_spectrum.jacobian import jacobian
-    from jacobian_spectrum.matrix_free import JacobianOperator, randomized_svd, vector_residuals
-    from jacobian_spectrum.models import ModelSpec, build_model
+    from jacobian_spectrum.jacobian.compute import jacobian
+    from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, randomized_svd, vector_residuals
+    from jacobian_spectrum.train.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
     x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
@@ -218,7 +230,7 @@ def streamed_case(samples=200, classes=10, width=0.125):
     """A 10-class J of (samples * 10) rows whose dense spectrum still fits: the issue's check size."""
     import torch
 
-    from jacobian_spectrum.models import ModelSpec, build_model
+    from jacobian_spectrum.train.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("resnet20", 3, 8, classes, width=width), seed=0).eval()
     x = torch.randn(samples, 3, 8, 8, generator=torch.Generator().manual_seed(0))
@@ -226,8 +238,8 @@ def streamed_case(samples=200, classes=10, width=0.125):
 
 
 def test_streamed_top_50_matches_gram_and_eigh_at_ten_classes():
-    from jacobian_spectrum.jacobian import jacobian
-    from jacobian_spectrum.matrix_free import JacobianOperator, randomized_svd
+    from jacobian_spectrum.jacobian.compute import jacobian
+    from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, randomized_svd
 
     model, x = streamed_case()
     J = jacobian(model, x).double().numpy()  # the same float32 rows the stream forms
@@ -244,7 +256,7 @@ def test_streamed_top_50_matches_gram_and_eigh_at_ten_classes():
 def test_streamed_products_on_a_two_worker_cluster_equal_the_local_ones():
     from dask.distributed import Client, LocalCluster
 
-    from jacobian_spectrum.matrix_free import JacobianOperator
+    from jacobian_spectrum.spectrum.matrix_free import JacobianOperator
 
     model, x = streamed_case(samples=60)
     op = JacobianOperator(model, x, batch_size=16)  # 8 tasks of 4 blocks: both workers get some
@@ -279,7 +291,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=NO_CUDA)]
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gram_on_device_equals_the_cpu_gram(tmp_path, device, dtype):
-    from jacobian_spectrum.spectrum_device import gram_on_device
+    from jacobian_spectrum.spectrum.device import gram_on_device
 
     J = random_J("low_rank", np.random.default_rng(1)).astype(dtype)
     path = write_J(tmp_path / "J.h5", J)
@@ -291,7 +303,7 @@ def test_gram_on_device_equals_the_cpu_gram(tmp_path, device, dtype):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_gram_on_device_names_the_columns_holding_nan(tmp_path, device):
-    from jacobian_spectrum.spectrum_device import gram_on_device
+    from jacobian_spectrum.spectrum.device import gram_on_device
 
     J = random_J("random", np.random.default_rng(2)).astype(np.float32)
     J[7, 650] = np.inf
@@ -304,7 +316,7 @@ def test_gram_on_device_names_the_columns_holding_nan(tmp_path, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_eigh_checked_equals_lapack_and_falls_back_when_the_solver_fails(device, monkeypatch, caplog):
-    from jacobian_spectrum.spectrum_device import eigh_checked
+    from jacobian_spectrum.spectrum.device import eigh_checked
 
     J = random_J("low_rank", np.random.default_rng(3))
     G = J @ J.T
@@ -343,7 +355,7 @@ def test_full_spectrum_on_the_gpu_equals_the_cpu_path(tmp_path):
 
 @NO_CUDA
 def test_streamed_products_on_a_gpu_equal_the_cpu_ones():
-    from jacobian_spectrum.matrix_free import JacobianOperator
+    from jacobian_spectrum.spectrum.matrix_free import JacobianOperator
 
     model, x = streamed_case(samples=40)
     X = np.random.default_rng(3).standard_normal((sum(p.numel() for p in model.parameters()), 7))

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 import yaml
 
-from jacobian_spectrum import theory as T
-from jacobian_spectrum import theory_figures as TF
+from jacobian_spectrum.figures import theory as TF
+from jacobian_spectrum.theory import linear as TL
+from jacobian_spectrum.theory import mixture as TM
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -30,7 +31,7 @@ LINEAR = schema_defaults("linear")
 MIXTURE = schema_defaults("mixture")
 
 
-def gd_iterates(model: T.LinearModel, iterations: int, eta: float) -> np.ndarray:
+def gd_iterates(model: TL.LinearModel, iterations: int, eta: float) -> np.ndarray:
     w = np.zeros(model.d)
     ws = [w]
     for _ in range(iterations):
@@ -47,8 +48,8 @@ def gd_iterates(model: T.LinearModel, iterations: int, eta: float) -> np.ndarray
 @pytest.fixture(scope="module")
 def linear_instance():
     s = LINEAR
-    model = T.linear_model_instance(s["n"], s["d"], s["rank"], s["sigma_x"], s["sigma_y"], s["seed"])
-    result = T.gradient_descent_losses(model, s["iterations"], s["step_size"])
+    model = TL.linear_model_instance(s["n"], s["d"], s["rank"], s["sigma_x"], s["sigma_y"], s["seed"])
+    result = TL.gradient_descent_losses(model, s["iterations"], s["step_size"])
     return model, result
 
 
@@ -74,8 +75,8 @@ def test_closed_form_losses_match_monte_carlo(linear_instance, t):
     """
     model, result = linear_instance
     w = gd_iterates(model, t, result.step_size)[t]
-    mc = T.monte_carlo_losses(model, w, draws=2000, seed=1)
-    closed = dict(zip(("loss", "loss_information", "loss_nuisance"), (v[0] for v in T.population_losses(model, w))))
+    mc = TL.monte_carlo_losses(model, w, draws=2000, seed=1)
+    closed = dict(zip(("loss", "loss_information", "loss_nuisance"), (v[0] for v in TL.population_losses(model, w))))
     for name, value in closed.items():
         mean, se = mc[name]
         assert abs(mean - value) < 4 * se, (name, mean, value, se)
@@ -100,7 +101,7 @@ def test_gradient_descent_shows_the_dip(seed):
     5.50 -> 4.88 / 4.76 / 4.75 -> 5.23 / 4.97 / 4.95. Margins asserted: 0.3 down, 0.1 back up.
     """
     s = {**LINEAR, "seed": seed}
-    result = T.run_linear(s)
+    result = TL.run_linear(s)
     best = int(np.argmin(result.loss))
     assert 0 < best < s["iterations"]
     assert result.loss[best] < result.loss[0] - 0.3
@@ -119,7 +120,7 @@ def test_gradient_descent_shows_the_dip(seed):
 def test_gradient_descent_diverging_step_is_reported(linear_instance):
     model, _ = linear_instance
     with pytest.raises(FloatingPointError):
-        T.gradient_descent_losses(model, 2000, step_size=10.0)
+        TL.gradient_descent_losses(model, 2000, step_size=10.0)
 
 
 # ---------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def test_gradient_descent_diverging_step_is_reported(linear_instance):
 
 def test_cluster_centres_are_separated_unit_vectors():
     rng = np.random.default_rng(0)
-    c = T.cluster_centres(12, 20, 0.5, rng)
+    c = TM.cluster_centres(12, 20, 0.5, rng)
     np.testing.assert_allclose(np.linalg.norm(c, axis=1), 1.0, atol=1e-12)
     dist = np.linalg.norm(c[:, None] - c[None], axis=2)
     assert dist[np.triu_indices(12, 1)].min() >= 0.5
@@ -138,11 +139,11 @@ def test_cluster_centres_are_separated_unit_vectors():
 def test_cluster_centres_impossible_separation_errors():
     # 20 points on the unit circle cannot be 1.5 apart (at most 4 fit).
     with pytest.raises(ValueError, match="could not place centre"):
-        T.cluster_centres(20, 2, 1.5, np.random.default_rng(0), max_tries=200)
+        TM.cluster_centres(20, 2, 1.5, np.random.default_rng(0), max_tries=200)
 
 
 def test_gaussian_mixture_balanced_labels():
-    data = T.gaussian_mixture(120, 3, 4, 20, 0.1, 0.5, np.random.default_rng(0))
+    data = TM.gaussian_mixture(120, 3, 4, 20, 0.1, 0.5, np.random.default_rng(0))
     assert np.bincount(data.clusters, minlength=12).tolist() == [10] * 12
     np.testing.assert_array_equal(data.Y.argmax(1), data.classes)
     np.testing.assert_array_equal(data.classes, data.clusters // 4)
@@ -154,11 +155,11 @@ def test_gaussian_mixture_balanced_labels():
 @pytest.mark.parametrize("activation", ["softplus", "relu"])
 def test_torch_func_jacobian_matches_closed_form(activation):
     """(f) torch.func (vmap + jacrev) rows == (V_l * phi'(W x_i)) kron x_i, sample-major."""
-    data = T.gaussian_mixture(9, 3, 1, 5, 0.3, 0.5, np.random.default_rng(0))
-    net = T.make_network(5, 7, 3, activation, output_scale=1.5, seed=3)
-    J = T.one_hidden_jacobian(net, data.X)
+    data = TM.gaussian_mixture(9, 3, 1, 5, 0.3, 0.5, np.random.default_rng(0))
+    net = TM.make_network(5, 7, 3, activation, output_scale=1.5, seed=3)
+    J = TM.one_hidden_jacobian(net, data.X)
     assert J.shape == (9 * 3, 7 * 5)
-    np.testing.assert_allclose(J, T.closed_form_jacobian(net, data.X), rtol=0, atol=1e-13)
+    np.testing.assert_allclose(J, TM.closed_form_jacobian(net, data.X), rtol=0, atol=1e-13)
     # row i*K + l is the gradient of f_l(x_i): check one row with autograd directly
     import torch
 
@@ -171,8 +172,8 @@ def test_torch_func_jacobian_matches_closed_form(activation):
 def test_relu_kernel_matches_arc_cosine():
     """Monte-Carlo Sigma_1 for relu vs E[1{w.x>0} 1{w.y>0}] = (pi - angle)/(2 pi).
     Tolerance 0.01 absolute on entries of size <= 1 (MC std <= 0.5/sqrt(2e5) ~ 1e-3; measured 2e-3)."""
-    X = T.gaussian_mixture(12, 2, 2, 6, 0.3, 0.5, np.random.default_rng(0)).X
-    S1 = T.kernel_single(X, "relu", 200_000, np.random.default_rng(2))
+    X = TM.gaussian_mixture(12, 2, 2, 6, 0.3, 0.5, np.random.default_rng(0)).X
+    S1 = TM.kernel_single(X, "relu", 200_000, np.random.default_rng(2))
     Xn = X / np.linalg.norm(X, axis=1, keepdims=True)
     angle = np.arccos(np.clip(Xn @ Xn.T, -1.0, 1.0))
     np.testing.assert_allclose(S1, (np.pi - angle) / (2 * np.pi) * (X @ X.T), atol=0.01)
@@ -188,24 +189,24 @@ def test_kernel_scaling_matches_sampled_gram(activation):
     nu^2 Sigma (no 1/K) or k nu^2/K Sigma would be off by 100 % or more.
     """
     K, nu, k = 2, 2.0, 5000
-    X = T.gaussian_mixture(12, K, 2, 6, 0.3, 0.5, np.random.default_rng(0)).X
-    net = T.make_network(6, k, K, activation, nu, seed=1)
-    J = T.one_hidden_jacobian(net, X)
+    X = TM.gaussian_mixture(12, K, 2, 6, 0.3, 0.5, np.random.default_rng(0)).X
+    net = TM.make_network(6, k, K, activation, nu, seed=1)
+    J = TM.one_hidden_jacobian(net, X)
     gram = J @ J.T
-    S1 = T.kernel_single(X, activation, 200_000, np.random.default_rng(1))
+    S1 = TM.kernel_single(X, activation, 200_000, np.random.default_rng(1))
     expected = (nu**2 / K) * np.kron(S1, np.eye(K))
     assert np.linalg.norm(gram - expected) / np.linalg.norm(expected) < 0.06
     # the class-major Sigma(X) of Definition 3.1 is the same matrix up to a permutation
-    Sigma = T.multiclass_kernel(X, K, activation, 200_000, np.random.default_rng(1), ordering="class")
+    Sigma = TM.multiclass_kernel(X, K, activation, 200_000, np.random.default_rng(1), ordering="class")
     perm = np.arange(12 * K).reshape(12, K).T.flatten()  # class-major position -> sample-major row
     np.testing.assert_allclose(Sigma, expected[np.ix_(perm, perm)] * K / nu**2, atol=1e-12)
-    sv = T.expected_jacobian_singular_values(S1, K, nu)
+    sv = TM.expected_jacobian_singular_values(S1, K, nu)
     np.testing.assert_allclose(np.sort(sv**2), np.sort(np.linalg.eigvalsh(expected)).clip(0), atol=1e-10)
 
 
 @pytest.fixture(scope="module")
 def mixture_default():
-    return T.mixture_spectra({**MIXTURE, "kernel_samples": 500})
+    return TM.mixture_spectra({**MIXTURE, "kernel_samples": 500})
 
 
 def test_top_singular_values_grow_like_sqrt_n(mixture_default):
@@ -227,7 +228,7 @@ def test_sqrt_n_growth_with_uniform_membership():
     """(d') the paper's i.i.d. uniform cluster membership: tolerance 0.15, measured
     |ratio/sqrt2 - 1| <= 0.047 over seeds 0..4 (softplus and relu); cluster counts of
     Binomial(n, 1/KC) fluctuate by ~30 % at n = 30C, hence the looser bound."""
-    r = T.mixture_spectra({**MIXTURE, "kernel_samples": 10, "seed": 4}, balanced=False)
+    r = TM.mixture_spectra({**MIXTURE, "kernel_samples": 10, "seed": 4}, balanced=False)
     KC = MIXTURE["num_classes"] * MIXTURE["clusters_per_class"]
     a, b = r.singular_values
     assert abs(np.mean(b[:KC] / a[:KC]) / math.sqrt(2) - 1) < 0.15
@@ -240,16 +241,16 @@ def test_rank_and_gap(mixture_default):
     and the top K^2 C carry > 90 % of ||J||_F^2 (measured 0.953-0.994)."""
     K, C = MIXTURE["num_classes"], MIXTURE["clusters_per_class"]
     K2C = K * K * C
-    clean = T.mixture_spectra({**MIXTURE, "sigma": 0.0, "n_over_C": [MIXTURE["n_over_C"][0]], "kernel_samples": 10})
+    clean = TM.mixture_spectra({**MIXTURE, "sigma": 0.0, "n_over_C": [MIXTURE["n_over_C"][0]], "kernel_samples": 10})
     sv = clean.singular_values[0]
     assert np.sum(sv > 1e-8 * sv[0]) == K2C
     for n, sv in zip(mixture_default.n, mixture_default.singular_values):
         assert len(sv) == n * K and np.sum(sv > 1e-8 * sv[0]) == n * K
         assert sv[K2C] / sv[K2C - 1] < 0.35
         assert np.sum(sv[:K2C] ** 2) / np.sum(sv**2) > 0.9
-        assert T.count_before_gap(sv) == K2C
+        assert TM.count_before_gap(sv) == K2C
     for ev in mixture_default.expected_singular_values:
-        assert T.count_before_gap(ev) == K2C
+        assert TM.count_before_gap(ev) == K2C
 
 
 def test_expected_spectrum_tracks_sampled(mixture_default):

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from jacobian_spectrum.data import SplitData
-from jacobian_spectrum.models import (
+from jacobian_spectrum.data.subset import SplitData
+from jacobian_spectrum.train.loop import TrainSettings, augment, least_squares_loss, predict, train
+from jacobian_spectrum.train.models import (
     ModelSpec,
     build_model,
     count_parameters,
@@ -12,8 +13,7 @@ from jacobian_spectrum.models import (
     read_checkpoint,
     save_checkpoint,
 )
-from jacobian_spectrum.train import TrainSettings, augment, least_squares_loss, predict, train
-from jacobian_spectrum.trajectory import errors, read_trajectory, write_trajectory
+from jacobian_spectrum.train.trajectory import errors, read_trajectory, write_trajectory
 
 
 def test_resnet20_has_the_papers_parameter_count():

@@ -306,8 +306,8 @@ def test_own_network_and_data_run_through_the_whole_workflow(tmp_path):
     """examples/config.yaml: a small CNN with batch-norm from a factory, on images from a loader."""
     import torch
 
-    from jacobian_spectrum.data import read_split
-    from jacobian_spectrum.models import load_checkpoint, read_checkpoint
+    from jacobian_spectrum.data.subset import read_split
+    from jacobian_spectrum.train.models import load_checkpoint, read_checkpoint
 
     out = tmp_path / "results"
     snakemake("--cores", "2", "--configfile", str(ROOT / "examples/config.yaml"), "--config", f"results={out}")

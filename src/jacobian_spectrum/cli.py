@@ -29,7 +29,7 @@ def _fmt_attr(value: object, width: int = 100) -> str:
 
 def describe(path: str | Path, out=sys.stdout) -> None:
     """Write the tree of an HDF5 file to ``out``."""
-    from .h5io import open_checked
+    from .common.h5io import open_checked
 
     with open_checked(path) as f:
         print(f"{path}", file=out)
@@ -49,7 +49,7 @@ def describe(path: str | Path, out=sys.stdout) -> None:
         f.visititems(visit)
         is_jacobian = f.attrs.get("artifact") in ("jacobian", "jacobian_chunk")
     if is_jacobian:
-        from .jacobian_store import layer_norms
+        from .jacobian.store import layer_norms
 
         norms = layer_norms(path)
         total = float(np.sqrt(sum(v**2 for _, v in norms)))

@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .data import DataError, dataset_info, resolve_classes
+from .data.base import DataError
+from .data.sources import dataset_info, resolve_classes
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
 
@@ -129,7 +130,7 @@ def _check_model(model: Mapping, shape: tuple[int, int, int] | None, k: int) -> 
     """Your own network (model.name package.module:factory) imports, builds a torch.nn.Module
     and gives K outputs on the data's images; where the image shape is not known yet (an
     archive still to unpack) only the import is checked here, the rest by the initialise job."""
-    from .plugins import import_object, is_reference
+    from .common.plugins import import_object, is_reference
 
     if not is_reference(model["name"]):
         return
@@ -137,7 +138,7 @@ def _check_model(model: Mapping, shape: tuple[int, int, int] | None, k: int) -> 
         if shape is None:
             import_object(model["name"], "model.name")
             return
-        from .models import ModelSpec, factory_model
+        from .train.models import ModelSpec, factory_model
 
         spec = ModelSpec(model["name"], shape[0], shape[1], k, kwargs=dict(model.get("kwargs") or {}))
         factory_model(spec)

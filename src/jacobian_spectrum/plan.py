@@ -85,8 +85,8 @@ class Plan:
 
 # ---------------------------------------------------------------- the workflow's jobs, from the config
 def _model_spec(config: Mapping):
-    from .data import dataset_info
-    from .models import ModelSpec
+    from .data.sources import dataset_info
+    from .train.models import ModelSpec
 
     c, h, _ = dataset_info(config["dataset"]).image_shape or IMAGE_SHAPES.get(config["dataset"]["name"], (3, 32, 32))
     m = config["model"]
@@ -161,7 +161,7 @@ def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
 
 
 def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int) -> list[Step]:
-    from .spectrum import stored_vector_count
+    from .spectrum.store import stored_vector_count
 
     jac, spec = config["jacobian"], config["spectrum"]
     itemsize = 8 if jac["dtype"] == "float64" else 4
@@ -226,11 +226,11 @@ def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int)
 def _matrix_free_step(
     spec: Mapping, rates: Rates, device: str, tag: str, samples: int, k: int, waits: list[str]
 ) -> Step:
-    """The streamed spectrum of one J (jacobian_spectrum.matrix_free): power_iterations + 1
+    """The streamed spectrum of one J (jacobian_spectrum.spectrum.matrix_free): power_iterations + 1
     passes that form every row and make two float64 products (J Z, J^T J Z) and one that makes
     one (the residual check), each with topk + oversampling columns; J is never stored."""
-    from .matrix_free import PRODUCT_BYTES, ROWS_BUDGET_BYTES
-    from .spectrum import stored_vector_count
+    from .spectrum.matrix_free import PRODUCT_BYTES, ROWS_BUDGET_BYTES
+    from .spectrum.store import stored_vector_count
 
     rows, p = samples * k, rates.parameters
     ell = min(spec["topk"] + spec["oversampling"], rows, p)
@@ -256,7 +256,7 @@ def _matrix_free_step(
 
 def _computed_vectors(spec: Mapping, rows: int) -> int:
     """Left singular vectors the configured method computes for a J of ``rows`` rows."""
-    from .spectrum import choose_method
+    from .spectrum.methods import choose_method
 
     return rows if choose_method(spec["method"], rows, spec["memory_budget_mb"]) == "full" else min(spec["topk"], rows)
 
@@ -295,11 +295,11 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     """A few seconds of micro-benchmarks of the configured model on ``device``."""
     import torch
 
-    from .device import select_device
-    from .jacobian import jacobian, plain_layers
-    from .jacobian_probe import probe_errors
-    from .models import build_model, count_parameters
-    from .train import least_squares_loss
+    from .common.device import select_device
+    from .jacobian.compute import jacobian, plain_layers
+    from .jacobian.probe import probe_errors
+    from .train.loop import least_squares_loss
+    from .train.models import build_model, count_parameters
 
     dev = select_device(device)
     threads = int(config["training"].get("threads", 2))
@@ -324,7 +324,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     gpu = float(torch.cuda.max_memory_allocated(dev)) if dev.type == "cuda" else 0.0
     train_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024.0
     layers = plain_layers(model) or []
-    from .jacobian import _per_sample_sizes, batch_size_for
+    from .jacobian.compute import _per_sample_sizes, batch_size_for
 
     k, activations = _per_sample_sizes(model.eval(), layers, x[:1]) if layers else (spec.num_classes, 0)
     jb = batch_size_for(k, activations, layers, 4) if layers else 64
@@ -424,7 +424,7 @@ def _job_start() -> tuple[float, float]:
     # process, after its own measurements) whenever that is larger: read the child's own high-water
     # mark, VmHWM, where /proc has it.
     code = (
-        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian_store\n"
+        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian.store\n"
         "try:\n"
         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
         "except (OSError, IndexError):\n"
@@ -561,7 +561,7 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     from snakemake.utils import validate
 
     from .config import ConfigError, check_config
-    from .data import DataError
+    from .data.base import DataError
 
     # the workflow folder: where the plan runs, or the checkout this package is installed from
     here, checkout = Path.cwd(), Path(__file__).resolve().parents[2]

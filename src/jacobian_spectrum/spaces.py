@@ -17,11 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .analysis import projection_curves
-from .data import one_hot
-from .jacobian import jacobian
-from .matrix_free import JacobianOperator, randomized_svd
-from .spectrum import eigh_descending
+from .analysis.quantities import projection_curves
+from .data.corruption import one_hot
+from .jacobian.compute import jacobian
+from .spectrum.dense import eigh_descending
+from .spectrum.matrix_free import JacobianOperator, randomized_svd
 
 
 @dataclass

@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.analysis_figures import cutoff_figure
+from jacobian_spectrum.figures.analysis import cutoff_figure
 
 at_info_dim = cutoff_figure(
     dict(zip(snakemake.params.runs, snakemake.input.measurements)),

@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.data import extract_archive
+from jacobian_spectrum.data.archive import extract_archive
 
 log.info("checking and unpacking %s into %s", snakemake.input[0], snakemake.output[0])
 info = extract_archive(snakemake.input[0], snakemake.output[0], snakemake.params.sha256)

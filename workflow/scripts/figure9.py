@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.figures import figure9
+from jacobian_spectrum.figures.paper import figure9
 
 runs = {
     run: (m, t) for run, m, t in zip(snakemake.params.runs, snakemake.input.measurements, snakemake.input.trajectories)

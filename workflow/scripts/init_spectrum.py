@@ -1,15 +1,15 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
 import torch
 
-from jacobian_spectrum.analysis_figures import init_spectrum_figure, write_init_row
-from jacobian_spectrum.data import read_split
-from jacobian_spectrum.figures import scale_statement
-from jacobian_spectrum.measure import init_alignment
-from jacobian_spectrum.models import load_checkpoint
-from jacobian_spectrum.spectrum import read_spectrum
-from jacobian_spectrum.train import predict
+from jacobian_spectrum.analysis.measure import init_alignment
+from jacobian_spectrum.data.subset import read_split
+from jacobian_spectrum.figures.analysis import init_spectrum_figure, write_init_row
+from jacobian_spectrum.figures.paper import scale_statement
+from jacobian_spectrum.spectrum.store import read_spectrum
+from jacobian_spectrum.train.loop import predict
+from jacobian_spectrum.train.models import load_checkpoint
 
 info_dim = snakemake.params.info_dim
 data = read_split(snakemake.input.subset, "train")

@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.measure import measure_run
+from jacobian_spectrum.analysis.measure import measure_run
 
 spectra = {k: snakemake.input[k] for k in ("init", "final", "ref_train", "ref_test")}
 m = measure_run(

@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.figures import residual_figure
+from jacobian_spectrum.figures.paper import residual_figure
 
 summary = residual_figure(
     int(snakemake.wildcards.number),

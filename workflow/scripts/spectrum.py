@@ -1,6 +1,6 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 start_log(snakemake.log[0])
-from jacobian_spectrum.spectrum import spectrum_of_file
+from jacobian_spectrum.spectrum.methods import spectrum_of_file
 
 spectrum_of_file(snakemake.input[0], snakemake.output[0], dict(snakemake.params.settings), snakemake.params.device)

@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 start_log(snakemake.log[0])
-from jacobian_spectrum.matrix_free import spectrum_matrix_free
+from jacobian_spectrum.spectrum.matrix_free import spectrum_matrix_free
 
 spectrum_matrix_free(
     snakemake.params.checkpoint,

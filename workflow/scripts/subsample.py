@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.data import build_subset, write_subset
+from jacobian_spectrum.data.subset import build_subset, write_subset
 
 subset, source = build_subset(snakemake.params.dataset)
 write_subset(snakemake.output[0], subset, source, snakemake.params.dataset)

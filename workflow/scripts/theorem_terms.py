@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.analysis_figures import theorem_figure
+from jacobian_spectrum.figures.analysis import theorem_figure
 
 runs = dict(zip(snakemake.params.runs, zip(snakemake.input.measurements, snakemake.input.trajectories)))
 rho = theorem_figure(

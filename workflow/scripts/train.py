@@ -1,7 +1,7 @@
-from jacobian_spectrum.logs import start_log
+from jacobian_spectrum.common.logs import start_log
 
 log = start_log(snakemake.log[0])
-from jacobian_spectrum.train import train_run
+from jacobian_spectrum.train.loop import train_run
 
 train_run(
     run=snakemake.wildcards.run,

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .h5io import open_checked
-from .plugins import import_object, is_reference
+from ..common.h5io import open_checked
+from ..common.plugins import import_object, is_reference
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden")
@@ -186,7 +186,7 @@ def count_parameters(model: nn.Module) -> int:
 
 def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, epoch: int, **meta: object) -> None:
     """Write a weights-only checkpoint atomically (temporary name, then rename)."""
-    from .h5io import atomic_path
+    from ..common.h5io import atomic_path
 
     payload = {
         "format": CHECKPOINT_FORMAT,

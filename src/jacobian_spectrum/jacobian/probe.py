@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .jacobian import VMAP_BATCH, batch_slices, outputs_and_batch_size, plain_layers, split_params
+from .compute import VMAP_BATCH, batch_slices, outputs_and_batch_size, plain_layers, split_params
 
 
 class ProbeCheck:

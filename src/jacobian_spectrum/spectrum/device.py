@@ -8,7 +8,7 @@ fail on some sizes and library versions (cuSOLVER's syevd above n ~ 25k,
 NVIDIA/CUDALibrarySamples#246, pytorch#92141, #105359), so a failed call or check falls
 back to LAPACK on the CPU with a log line. The same code runs on ``device="cpu"``, which is
 how the tests exercise it where no GPU is present; the workflow's CPU path is
-:func:`jacobian_spectrum.spectrum.gram`.
+:func:`jacobian_spectrum.spectrum.dense.gram`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import h5py
 import numpy as np
 import torch
 
-from .h5io import open_checked
-from .logs import logger
-from .spectrum import slab_width
+from ..common.h5io import open_checked
+from ..common.logs import logger
+from .dense import slab_width
 
 # eigenpairs whose residual max_i ||G u_i - lambda_i u_i|| exceeds this share of max |lambda|
 # are not trusted (float64 LAPACK-quality solvers stay near n * 1e-16)

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from . import __version__
+from .. import __version__
 
 
 @contextlib.contextmanager

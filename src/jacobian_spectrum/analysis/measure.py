@@ -16,7 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import (
+from ..common.h5io import atomic_h5, open_checked, write_provenance
+from ..data.corruption import one_hot
+from ..spectrum.store import SpectrumData, read_spectrum
+from ..train.trajectory import TrajectoryData, read_trajectory
+from .quantities import (
     CUTOFF_COLUMNS,
     best_cutoff,
     energy_share,
@@ -26,10 +30,6 @@ from .analysis import (
     subspace_overlap,
     theorem_terms,
 )
-from .data import one_hot
-from .h5io import atomic_h5, open_checked, write_provenance
-from .spectrum import SpectrumData, read_spectrum
-from .trajectory import TrajectoryData, read_trajectory
 
 TABLE_COLUMNS = (
     "||P_I y||/||y||",

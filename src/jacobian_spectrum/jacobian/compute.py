@@ -5,7 +5,7 @@ Rows sample-major (row = i*K + k: sample i, output k), columns in the order of
 ``J[:, offset:offset + size]`` is one layer. Plain Conv2d/Linear networks take the per-layer
 path (:func:`jacobian_by_layers`: one backward per output, per-sample weight gradients from
 the saved activations); any other network the ``torch.func`` path (:func:`jacobian_vmap`).
-:mod:`jacobian_probe` checks the result, :mod:`jacobian_store` writes it to chunk files and
+:mod:`.probe` checks the result, :mod:`.store` writes it to chunk files and
 gathers them.
 """
 

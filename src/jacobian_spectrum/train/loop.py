@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from .data import SplitData, one_hot
-from .device import select_device
-from .h5io import atomic_path
-from .logs import logger
+from ..common.device import select_device
+from ..common.h5io import atomic_path
+from ..common.logs import logger
+from ..data.corruption import one_hot
+from ..data.subset import SplitData
 from .models import ModelSpec, save_checkpoint
 from .trajectory import Trajectory, errors, write_trajectory
 
@@ -341,7 +342,8 @@ def train_run(
     stop_after: int | None = None,
 ) -> Trajectory:
     """Read the data, train from the shared initialisation, write trajectory and checkpoints."""
-    from .data import read_labels, read_split
+    from ..data.corruption import read_labels
+    from ..data.subset import read_split
     from .models import load_checkpoint
 
     torch.set_num_threads(max(1, int(threads)))

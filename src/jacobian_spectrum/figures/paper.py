@@ -16,9 +16,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .h5io import atomic_path, open_checked  # noqa: E402
-from .measure import TABLE_COLUMNS, TABLE_ROWS  # noqa: E402
-from .trajectory import TrajectoryData, read_trajectory  # noqa: E402
+from ..analysis.measure import TABLE_COLUMNS, TABLE_ROWS  # noqa: E402
+from ..common.h5io import atomic_path, open_checked  # noqa: E402
+from ..train.trajectory import TrajectoryData, read_trajectory  # noqa: E402
 
 # The paper's printed Tables 1-3 (CIFAR-10, 3 classes, n = 9999, ResNet20, r = 50):
 # rows J_init, J_final; columns as TABLE_COLUMNS.
@@ -161,7 +161,7 @@ def _error_panel(ax, traj: TrajectoryData, window: int, title: str, mark_epoch: 
 
 
 def _read_run(measurements: str | Path, trajectory: str | Path) -> tuple[dict, TrajectoryData]:
-    from .measure import read_measurements
+    from ..analysis.measure import read_measurements
 
     return read_measurements(measurements), read_trajectory(trajectory)
 
@@ -362,7 +362,7 @@ def comparison_table(tables: Mapping[int, str | Path], out_path: str | Path, sca
 
 def scale_statement(subset_path: str | Path, checkpoint_path: str | Path, info_dim: int) -> str:
     """Which data set and scale produced the measured numbers, for table captions."""
-    from .models import count_parameters, load_checkpoint
+    from ..train.models import count_parameters, load_checkpoint
 
     with open_checked(subset_path, ["train/y"], artifact="subset") as f:
         dataset = f.attrs["dataset"]

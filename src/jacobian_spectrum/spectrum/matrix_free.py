@@ -2,7 +2,7 @@
 
 For J too large to store (full CIFAR-10, 10 classes: 500k x 270k, 538 GB in float32, a 2 TB
 Gram matrix), each product J X (p x l -> nK x l) or J^T Y (nK x l -> p x l) forms J's rows a
-block of samples at a time with the Jacobian kernel (:func:`jacobian_spectrum.jacobian.jacobian`:
+block of samples at a time with the Jacobian kernel (:func:`jacobian_spectrum.jacobian.compute.jacobian`:
 the per-layer kernel for Conv2d/Linear networks, ``torch.func`` otherwise), multiplies the block
 in float64 and drops it. A pass therefore costs about one J's worth of rows, whatever the
 number of probe columns l, and holds one block (not J). Earlier versions applied J with one
@@ -38,12 +38,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .jacobian import ROW_ORDER, batch_slices, jacobian_blocks, jacobian_shape
-from .logs import logger
-from .spectrum import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
+from ..common.logs import logger
+from ..jacobian.compute import ROW_ORDER, batch_slices, jacobian_blocks, jacobian_shape
+from .store import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
 PRODUCT_BYTES = 256 << 20  # rows cast to float64 at a time for a product: the float64 copy stays small
+LOCAL_TASKS = 20  # parts of a pass run here (no dask client), for its progress lines
+PROGRESS_SECONDS = 60  # at most one progress line a minute within a pass
 
 
 @dataclass
@@ -94,9 +96,23 @@ class JacobianOperator:
 
     def _pass(self, what: str, fn, M: np.ndarray, split_rows: bool = False):
         """One pass: yields (J's rows of a task, fn's result) for every task of sample ranges."""
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         M = np.ascontiguousarray(M, dtype=np.float64)
-        yield from _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows)
+        done, total = 0, self.shape[0]
+        for rows, part in _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows):
+            yield rows, part
+            done += rows.stop - rows.start
+            if time.perf_counter() - last > PROGRESS_SECONDS and done < total:
+                last = time.perf_counter()
+                logger.info(
+                    "pass %d (%s): %d of %d rows (%.0f%%) in %.0fs",
+                    self.passes + 1,
+                    what,
+                    done,
+                    total,
+                    100 * done / total,
+                    last - t0,
+                )
         self.passes += 1
         dt = time.perf_counter() - t0
         self.seconds += dt
@@ -161,8 +177,8 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
     """Yield (a task's rows of J, fn(model, x of the task, M or its rows, batch_size)) for each
     task of one pass.
 
-    Without a ``dask.distributed`` client the pass is one task, run here (its blocks one after
-    the other, each on torch's threads). With one, the samples are cut into about four tasks
+    Without a ``dask.distributed`` client the tasks run here one after the other (their blocks
+    each on torch's threads). With one, the samples are cut into about four tasks
     per worker; the model and M go to the workers once per pass (scattered), and results are
     taken as they finish, so the driver holds one beside the sum. torch.func transforms keep
     process-global state, so two tasks never share a process at once (workers: one thread each).
@@ -174,8 +190,10 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
     except (ImportError, ValueError):
         client = None
     n = len(x)
-    if client is None:
-        yield slice(0, n * k), fn(model, x, M, batch_size)
+    if client is None:  # here, in about LOCAL_TASKS parts (each whole kernel batches) for progress lines
+        for t in batch_slices(n, max(batch_size, -(-n // LOCAL_TASKS))):
+            rows = slice(t.start * k, t.stop * k)
+            yield rows, fn(model, x[t], M[rows] if split_rows else M, batch_size)
         return
     workers = max(1, len(client.scheduler_info()["workers"]))
     tasks = batch_slices(n, max(1, -(-n // (4 * workers))))
@@ -293,9 +311,9 @@ def matrix_free_spectrum(
     """Spectrum of J(checkpoint) on ``split`` without storing J, checked by one more pass. The
     passes run on the workers of ``scheduler`` (see :func:`dask_workers`) when given, else here
     on ``device`` (``auto`` = CUDA when present: rows and float64 products on the GPU)."""
-    from .data import read_split
-    from .device import select_device
-    from .models import load_checkpoint
+    from ..common.device import select_device
+    from ..data.subset import read_split
+    from ..train.models import load_checkpoint
 
     dev = torch.device("cpu") if scheduler else select_device(device)
     model, _ = load_checkpoint(checkpoint, dev)
@@ -348,7 +366,7 @@ def spectrum_matrix_free(
     device: str = "cpu",
 ) -> Spectrum:
     """The matrix-free spectrum rule: compute and write ``spectrum/{split}_epoch{E}.h5``."""
-    from .models import read_checkpoint
+    from ..train.models import read_checkpoint
 
     spec = matrix_free_spectrum(
         checkpoint,

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .figures import plt, save_figure, write_csv
-from .theory import LinearLosses, MixtureSpectra
+from ..theory.linear import LinearLosses
+from ..theory.mixture import MixtureSpectra
+from .paper import plt, save_figure, write_csv
 
 FIG2_COLUMNS = ("iteration", "loss", "loss_information", "loss_nuisance")
 FIG4_COLUMNS = ("n", "index", "singular_value_normalised", "expected_singular_value_normalised")

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .analysis import rank_correlation
-from .figures import format_value, markdown_columns, plt, save_figure, window_min, write_csv
-from .h5io import atomic_path
-from .measure import LABEL_SYMBOLS, TABLE_COLUMNS, TABLE_ROWS, InitAlignment, read_measurements
-from .trajectory import TrajectoryData, read_trajectory
+from ..analysis.measure import LABEL_SYMBOLS, TABLE_COLUMNS, TABLE_ROWS, InitAlignment, read_measurements
+from ..analysis.quantities import rank_correlation
+from ..common.h5io import atomic_path
+from ..train.trajectory import TrajectoryData, read_trajectory
+from .paper import format_value, markdown_columns, plt, save_figure, window_min, write_csv
 
 LABEL_COLOURS = {"labels": "k", "clean_labels": "tab:green", "label_noise": "tab:red"}
 LABEL_TEX = {"labels": "y", "clean_labels": r"y_{\rm clean}", "label_noise": r"(y - y_{\rm clean})"}

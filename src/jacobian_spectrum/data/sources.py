@@ -1,10 +1,10 @@
-"""Data stage: read a data set, draw the class-balanced subset, corrupt labels.
+"""The data sets the workflow reads: one registry, one reader per source, read cheaply at parse time.
 
 Sources (one contract, ``results/data/subset.h5``):
   digits        scikit-learn's embedded 8x8 digits (offline default)
   cifar10       the official ``cifar-10-batches-py`` pickle release (torchvision downloads it)
   imagefolder   ``train/<class>/*`` and ``test/<class>/*`` image files, optionally unpacked
-                from a tar archive by the workflow (:func:`extract_archive`)
+                from a tar archive by the workflow (:func:`.archive.extract_archive`)
   mnist, fashion_mnist   through torchvision
   package.module:loader  a researcher's own: a function returning the train and test images
                 (uint8, n x C x H x W), their labels and the class names (:func:`own_data`)
@@ -15,23 +15,18 @@ parse time to check the config.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import pickle
-import shutil
-import tarfile
-import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .h5io import atomic_h5, open_checked, write_provenance
-from .plugins import import_object, is_reference
+from ..common.plugins import import_object, is_reference
+from .archive import ARCHIVE_MANIFEST, archive_info
+from .base import IMAGE_SUFFIXES, SPLITS, DataError, DatasetInfo
 
-SPLITS = ("train", "test")
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 # The official release has exactly these per-class counts; the reader checks the real
 # counts again when it loads, this is only the parse-time check.
@@ -48,11 +43,6 @@ FASHION_CLASSES = (
     "Bag",
     "Ankle boot",
 )
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
-
-
-class DataError(ValueError):
-    """A data source is missing or does not hold what the config asks for."""
 
 
 @dataclass
@@ -273,128 +263,6 @@ def _read_image(path: Path, shape: tuple[int, int, int] | None) -> np.ndarray:
     return a
 
 
-# ---------------------------------------------------------------- image archives
-ARCHIVE_MANIFEST = "ARCHIVE.json"  # written last by extract_archive: the folder is complete
-
-
-def _archive_layout(names: list[str]) -> tuple[str, dict[str, dict[str, int]]]:
-    """The folder prefix holding train/ and test/ in an archive, and image counts per split and class.
-
-    The image-folder layout may sit at the archive's top or inside one top-level folder.
-    """
-    counts: dict[str, dict[str, dict[str, int]]] = {}
-    for name in names:
-        parts = name.strip("/").split("/")
-        if len(parts) < 3 or Path(parts[-1]).suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if parts[-3] in SPLITS:
-            prefix = "/".join(parts[:-3])
-            split_counts = counts.setdefault(prefix, {s: {} for s in SPLITS})[parts[-3]]
-            split_counts[parts[-2]] = split_counts.get(parts[-2], 0) + 1
-    complete = {p: c for p, c in counts.items() if all(c[s] for s in SPLITS)}
-    if len(complete) != 1:
-        found = "none" if not complete else sorted(complete)
-        raise DataError(
-            f"expected one image-folder layout train/<class>/<image> and test/<class>/<image> "
-            f"(at the top or inside one folder); found {found}"
-        )
-    return next(iter(complete.items()))
-
-
-def _open_archive(path: Path) -> tarfile.TarFile:
-    if not path.is_file():
-        raise DataError(
-            f"dataset.archive: {path} does not exist; point dataset.archive at the image archive "
-            "(a .tar or .tar.gz of train/<class>/<image> and test/<class>/<image>) or remove the key"
-        )
-    try:
-        return tarfile.open(path, "r:*")
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(
-            f"dataset.archive: {path} is not a readable tar archive (truncated or damaged?): {exc}"
-        ) from exc
-
-
-def archive_info(path: str | os.PathLike) -> DatasetInfo:
-    """Class names and per-class image counts from an archive's member list (no extraction)."""
-    path = Path(path)
-    with _open_archive(path) as tf:
-        try:
-            names = tf.getnames()
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-            raise DataError(f"dataset.archive: {path} is damaged (truncated or corrupted?): {exc}") from exc
-    try:
-        _, counts = _archive_layout(names)
-    except DataError as exc:
-        raise DataError(f"dataset.archive: {path}: {exc}") from exc
-    classes = sorted(counts["train"])
-    return DatasetInfo(classes, {s: np.array([counts[s].get(c, 0) for c in classes]) for s in SPLITS}, True)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def extract_archive(archive: str | os.PathLike, dest: str | os.PathLike, sha256: str | None = None) -> DatasetInfo:
-    """Unpack an image-folder archive into ``dest`` (``dest/train/<class>/...``), checked and atomic.
-
-    The checksum (when given) and every member are checked before ``dest`` appears: a damaged
-    archive raises :class:`DataError` naming it and leaves no folder behind. Members are
-    extracted with tarfile's ``data`` filter (no links out of the folder, no device files).
-    """
-    archive, dest = Path(archive), Path(dest)
-    if sha256:
-        got = file_sha256(archive) if archive.is_file() else None
-        if got is not None and got != sha256.lower():
-            raise DataError(
-                f"dataset.archive: {archive} has sha256 {got}, expected {sha256} (dataset.archive_sha256): "
-                "the file is damaged or another version; fetch it again"
-            )
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        with _open_archive(archive) as tf:
-            try:
-                prefix, _ = _archive_layout(tf.getnames())
-                tf.extractall(tmp, filter="data")
-            except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
-                raise DataError(f"dataset.archive: {archive} is damaged (truncated or corrupted?): {exc}") from exc
-            except DataError as exc:
-                raise DataError(f"dataset.archive: {archive}: {exc}") from exc
-        top = tmp / prefix if prefix else tmp
-        info = dataset_info({"name": "imagefolder", "root": str(top)})
-        (top / ARCHIVE_MANIFEST).write_text(
-            json.dumps(
-                {
-                    "archive": str(archive),
-                    "sha256": sha256 or file_sha256(archive),
-                    "classes": info.class_names,
-                    "per_class": {s: info.per_class[s].tolist() for s in SPLITS},
-                },
-                indent=1,
-            )
-        )
-        if dest.exists():
-            shutil.rmtree(dest)
-        os.replace(top, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return info
-
-
-# ---------------------------------------------------------------- parse-time information
-@dataclass
-class DatasetInfo:
-    class_names: list[str]
-    per_class: dict[str, np.ndarray]  # split -> available images per class
-    has_test_split: bool
-    image_shape: tuple[int, int, int] | None = None  # (C, H, W) where known without decoding every image
-
-
 IDX_MAGIC = {1: 2049, 3: 2051}  # labels (1-d), images (3-d): the MNIST idx headers
 
 
@@ -592,183 +460,3 @@ def resolve_classes(requested: list, class_names: list[str]) -> list[int]:
     if len(set(out)) != len(out):
         raise DataError(f"dataset.classes: {requested} names a class twice")
     return out
-
-
-# ---------------------------------------------------------------- subsampling
-@dataclass
-class Subset:
-    x: dict[str, np.ndarray]  # split -> uint8 (n, C, H, W)
-    y: dict[str, np.ndarray]  # split -> int labels 0..K-1 (position in the configured class list)
-    source_index: dict[str, np.ndarray]  # split -> row in the original data set's split
-    class_names: list[str]
-    class_source_index: list[int]
-
-
-def draw_subset(
-    labels: Mapping[str, np.ndarray],
-    classes: list[int],
-    train_per_class: int,
-    test_per_class: int,
-    seed: int,
-    has_test_split: bool = True,
-) -> dict[str, np.ndarray]:
-    """Seeded class-balanced choice of rows: split -> source indices, shuffled across classes.
-
-    Without a test split (digits) the test rows are drawn from the rows of each class that
-    the training draw did not take, so train and test never share an image.
-    """
-    rng = np.random.default_rng(seed)
-    chosen: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-    for c in classes:
-        pool_train = np.flatnonzero(labels["train"] == c)
-        need = train_per_class + (0 if has_test_split else test_per_class)
-        if len(pool_train) < need:
-            raise DataError(
-                f"dataset.train_per_class/test_per_class: class {c} has {len(pool_train)} images, {need} requested"
-            )
-        perm = rng.permutation(pool_train)
-        chosen["train"].append(perm[:train_per_class])
-        if has_test_split:
-            pool_test = np.flatnonzero(labels["test"] == c)
-            if len(pool_test) < test_per_class:
-                raise DataError(
-                    f"dataset.test_per_class: class {c} has {len(pool_test)} test images, {test_per_class} requested"
-                )
-            chosen["test"].append(rng.permutation(pool_test)[:test_per_class])
-        else:
-            chosen["test"].append(perm[train_per_class:need])
-    return {s: rng.permutation(np.concatenate(chosen[s])) for s in SPLITS}
-
-
-def build_subset(dataset: Mapping) -> tuple[Subset, Source]:
-    """Open the configured data set and draw the subset (images loaded for chosen rows only)."""
-    source = open_source(dataset)
-    classes = resolve_classes(list(dataset["classes"]), source.class_names)
-    rows = draw_subset(
-        source.labels,
-        classes,
-        dataset["train_per_class"],
-        dataset["test_per_class"],
-        dataset["seed"],
-        source.has_test_split,
-    )
-    remap = {c: k for k, c in enumerate(classes)}
-    subset = Subset(
-        x={s: source.images(s, rows[s]) for s in SPLITS},
-        y={s: np.array([remap[int(c)] for c in source.labels[s][rows[s]]], dtype=np.int64) for s in SPLITS},
-        source_index=rows,
-        class_names=[source.class_names[c] for c in classes],
-        class_source_index=classes,
-    )
-    return subset, source
-
-
-def write_subset(path: str | os.PathLike, subset: Subset, source: Source, dataset: Mapping) -> None:
-    """Write ``subset.h5`` (artifact contract): train/ and test/ groups with x, y, source_index."""
-    x_train = subset.x["train"].astype(np.float64) / source.pixel_max
-    mean = x_train.mean(axis=(0, 2, 3))
-    std = x_train.std(axis=(0, 2, 3))
-    std[std == 0] = 1.0
-    with atomic_h5(path) as f:
-        write_provenance(
-            f,
-            "subset",
-            dict(dataset),
-            dataset=source.name,
-            classes=subset.class_names,
-            class_source_index=subset.class_source_index,
-            seed=int(dataset["seed"]),
-            num_classes=len(subset.class_names),
-            image_shape=list(source.image_shape),
-            pixel_max=source.pixel_max,
-            channel_mean=mean,
-            channel_std=std,
-            normalisation="x are raw uint8 pixels; the network sees (x / pixel_max - channel_mean) / channel_std "
-            "(mean and std per channel over the training subset)",
-            test_source="official test split" if source.has_test_split else "rows of each class not drawn for training",
-        )
-        for s in SPLITS:
-            g = f.create_group(s)
-            g.create_dataset("x", data=subset.x[s], compression="gzip")
-            g.create_dataset("y", data=subset.y[s])
-            g.create_dataset("source_index", data=subset.source_index[s])
-            g.attrs["n"] = len(subset.y[s])
-
-
-@dataclass
-class SplitData:
-    x: np.ndarray  # float32 (n, C, H, W), normalised as the network sees it
-    y: np.ndarray  # int labels 0..K-1 (clean)
-    num_classes: int
-    image_shape: tuple[int, int, int]
-
-
-def read_split(path: str | os.PathLike, split: str) -> SplitData:
-    """Read one split of ``subset.h5`` normalised as documented in its attrs."""
-    with open_checked(path, [f"{split}/x", f"{split}/y"], artifact="subset") as f:
-        x = f[f"{split}/x"][...].astype(np.float32)
-        y = f[f"{split}/y"][...]
-        mean = np.asarray(f.attrs["channel_mean"], dtype=np.float32)[None, :, None, None]
-        std = np.asarray(f.attrs["channel_std"], dtype=np.float32)[None, :, None, None]
-        x = (x / np.float32(f.attrs["pixel_max"]) - mean) / std
-        return SplitData(x, y, int(f.attrs["num_classes"]), tuple(int(v) for v in f.attrs["image_shape"]))
-
-
-# ---------------------------------------------------------------- label corruption
-def one_hot(labels: np.ndarray, num_classes: int, dtype: type = np.float64) -> np.ndarray:
-    """One-hot rows (n, K) of int labels: the least-squares targets y of the paper."""
-    return np.eye(num_classes, dtype=dtype)[np.asarray(labels)]
-
-
-def corrupt_labels(y: np.ndarray, num_classes: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Replace exactly round(fraction * n) labels by a label drawn uniformly from the K - 1 others.
-
-    The corrupted rows are the first m of one seeded permutation and the offsets come from one
-    seeded draw, so for a fixed seed the rows corrupted at a lower level are a subset of those
-    at a higher level (the levels are nested, differing only in how much is corrupted).
-    """
-    if not 0.0 <= fraction <= 1.0:
-        raise ValueError(f"corruption fraction {fraction} is outside [0, 1]")
-    if num_classes < 2:
-        raise ValueError("label corruption needs at least 2 classes")
-    n = len(y)
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(n)
-    offsets = rng.integers(1, num_classes, size=n)  # 1..K-1: never the same class
-    m = int(round(fraction * n))
-    corrupted = np.zeros(n, dtype=bool)
-    corrupted[order[:m]] = True
-    y_new = np.where(corrupted, (y + offsets) % num_classes, y)
-    return y_new.astype(np.int64), corrupted
-
-
-def write_labels(path: str | os.PathLike, subset_path: str | os.PathLike, fraction: float, seed: int) -> None:
-    """Write ``labels_noise{level}.h5``: y (used for training), y_clean, corrupted."""
-    with open_checked(subset_path, ["train/y"], artifact="subset") as f:
-        y_clean = f["train/y"][...]
-        k = int(f.attrs["num_classes"])
-    y, corrupted = corrupt_labels(y_clean, k, fraction, seed)
-    with atomic_h5(path) as f:
-        write_provenance(
-            f,
-            "labels",
-            None,
-            fraction=float(fraction),
-            seed=int(seed),
-            num_classes=k,
-            num_corrupted=int(corrupted.sum()),
-            subset=str(subset_path),
-            rule="exactly round(fraction * n) training labels replaced by a uniformly drawn different class",
-        )
-        f.create_dataset("y", data=y)
-        f.create_dataset("y_clean", data=y_clean)
-        f.create_dataset("corrupted", data=corrupted)
-
-
-def read_labels(path: str | os.PathLike, n: int | None = None) -> np.ndarray:
-    """Training labels of a label file, checked against the subset size when given."""
-    with open_checked(path, ["y", "y_clean", "corrupted"], artifact="labels") as f:
-        y = f["y"][...]
-    if n is not None and len(y) != n:
-        raise ValueError(f"{path}: {len(y)} labels but the subset has {n} training images; rerun corrupt_labels")
-    return y

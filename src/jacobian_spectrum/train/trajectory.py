@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import one_hot
-from .h5io import atomic_h5, open_checked, require_finite, write_provenance
+from ..common.h5io import atomic_h5, open_checked, require_finite, write_provenance
+from ..data.corruption import one_hot
 
 
 @dataclass

@@ -6,7 +6,7 @@ table beside it (name, offset, size, shape of every trained tensor), so
 
 Memory of one chunk job (b samples per batch, s = itemsize, 4 for float32, p_max = the
 largest layer's parameter count, A = layer-output values per sample; b is chosen by
-:func:`jacobian.batch_size_for` to keep all but the first term under 512 MiB). The job
+:func:`.compute.batch_size_for` to keep all but the first term under 512 MiB). The job
 computes J batch by batch and writes each batch's rows to its file before the next
 (:func:`compute_chunk`), so nothing scales with the chunk size:
   b K p s                 one batch's rows of J (one buffer, reused)
@@ -32,10 +32,10 @@ import h5py
 import numpy as np
 import torch
 
-from .h5io import atomic_h5, open_checked, require_finite, write_provenance
-from .jacobian import ROW_ORDER, ParameterEntry, jacobian_blocks, jacobian_shape, parameter_table
-from .jacobian_probe import ProbeCheck
-from .logs import logger
+from ..common.h5io import atomic_h5, open_checked, require_finite, write_provenance
+from ..common.logs import logger
+from .compute import ROW_ORDER, ParameterEntry, jacobian_blocks, jacobian_shape, parameter_table
+from .probe import ProbeCheck
 
 
 def _write_table(f: h5py.File, table: Sequence[ParameterEntry]) -> None:
@@ -109,9 +109,9 @@ def compute_chunk(
     comes after the last batch, before the file gets its final name. Returns where its time
     went.
     """
-    from .data import read_split
-    from .device import select_device
-    from .models import load_checkpoint
+    from ..common.device import select_device
+    from ..data.subset import read_split
+    from ..train.models import load_checkpoint
 
     dev = select_device(device)
     model, payload = load_checkpoint(checkpoint, dev)
@@ -218,7 +218,7 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
     split or parameter layout), a gap in the rows, or NaN/Inf stops with a message naming the
     chunk file. The chunks stay the storage of J (each Jacobian is written once, so its peak
     disk is its size); they are referred to by paths relative to ``out_path``'s folder, and
-    :func:`jacobian_spectrum.h5io.open_checked` checks them again whenever J is opened. The
+    :func:`jacobian_spectrum.common.h5io.open_checked` checks them again whenever J is opened. The
     fill value is NaN, so a source that went missing after the checks reads as NaN, which
     every reader of J refuses.
     """
