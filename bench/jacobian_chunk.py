@@ -28,7 +28,7 @@ from jacobian_spectrum.train.models import ModelSpec, build_model, save_checkpoi
 CHILD = """
 import json, resource, sys, time, torch
 from dataclasses import asdict
-from jacobian_spectrum.jacobian.store import compute_chunk
+from jacobian_spectrum.jacobian.chunk import compute_chunk
 torch.set_num_threads({threads})
 t = time.perf_counter()
 parts = compute_chunk("{root}/epoch0.pt", "{root}/subset.h5", "train", 0, {samples}, "{root}/chunk.h5")

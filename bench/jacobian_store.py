@@ -25,8 +25,7 @@ import h5py
 import numpy as np
 
 from jacobian_spectrum.common.h5io import write_provenance
-from jacobian_spectrum.jacobian.compute import ParameterEntry
-from jacobian_spectrum.jacobian.store import _checked_chunks, _write_table, gather
+from jacobian_spectrum.jacobian.store import ParameterEntry, _checked_chunks, _write_table, gather
 from jacobian_spectrum.spectrum.dense import gram
 
 

@@ -5,7 +5,14 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from jacobian_spectrum.common.codeversion import code_version as script_code_version
-from jacobian_spectrum.config import check_config, level_tag, measured_epochs, run_epochs_needed, tracked_runs
+from jacobian_spectrum.config import (
+    check_config,
+    jacobian_kept,
+    level_tag,
+    measured_epochs,
+    run_epochs_needed,
+    tracked_runs,
+)
 from jacobian_spectrum.config import reference_epoch as run_reference_epoch
 from jacobian_spectrum.spectrum.methods import method_settings
 
@@ -54,10 +61,6 @@ def reference_epoch(run):
 def owner(run, epoch):
     """Epoch 0 of every run is the shared initialisation, stored once under init/."""
     return "init" if int(epoch) == 0 else f"runs/{run}"
-
-
-def jacobian_path(run, split, epoch):
-    return f"{R}/{owner(run, epoch)}/jacobian/{split}_epoch{epoch}.h5"
 
 
 def spectrum_path(run, split, epoch):
@@ -164,18 +167,32 @@ def checkpoint_input(w):
     return f"{R}/{w.owner}/checkpoints"
 
 
-def jacobian_output(path):
-    """J's files (the chunks that store it and the virtual dataset over them) are deleted once
-    their spectrum is written when jacobian.temporary is set."""
-    return temp(path) if config["jacobian"]["temporary"] else path
+def jacobian_folder(owner_, epoch):
+    """Where a J and its chunks live: jacobian/, or jacobian/temporary/ for a J that is deleted
+    once its spectrum is written (jacobian.keep)."""
+    kept = jacobian_kept(config, owner_, int(epoch))
+    return f"{R}/{owner_}/jacobian" + ("" if kept else "/temporary")
+
+
+def jacobian_of_spectrum(w):
+    """The stored J a spectrum job reads, and the chunk files that hold its values (they must
+    outlive the spectrum: J is a virtual dataset over them)."""
+    folder = jacobian_folder(w.owner, w.epoch)
+    return {"J": f"{folder}/{w.split}_epoch{w.epoch}.h5", "chunks": chunk_files(folder, w.split, w.epoch)}
+
+
+def chunk_files(folder, split, epoch):
+    return [f"{folder}/chunks/{split}_epoch{epoch}.chunk{c}.h5" for c in range(n_chunks(split))]
 
 
 def jacobian_chunks(w):
-    """The chunk files that store J of {owner}/{split}_epoch{epoch}."""
-    return expand(
-        f"{R}/{w.owner}/jacobian/chunks/{w.split}_epoch{w.epoch}.chunk{{chunk}}.h5",
-        chunk=range(n_chunks(w.split)),
-    )
+    """The chunk files that store J of {owner}/{split}_epoch{epoch} (kept)."""
+    return chunk_files(f"{R}/{w.owner}/jacobian", w.split, w.epoch)
+
+
+def temporary_jacobian_chunks(w):
+    """The chunk files that store J of {owner}/{split}_epoch{epoch} (deleted after its spectrum)."""
+    return chunk_files(f"{R}/{w.owner}/jacobian/temporary", w.split, w.epoch)
 
 
 def run_files(run):

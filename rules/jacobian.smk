@@ -1,5 +1,7 @@
 # Jacobian stage: one job per chunk of samples (scatter), then J as one virtual dataset over
-# the chunk files (gather): each Jacobian is written once.
+# the chunk files (gather): each Jacobian is written once. A J that jacobian.keep does not keep
+# is made by the same two rules under jacobian/temporary/, marked temp(): Snakemake deletes it
+# and its chunks once its spectrum is written.
 
 
 rule jacobian_chunk:
@@ -7,7 +9,7 @@ rule jacobian_chunk:
         subset=f"{R}/data/subset.h5",
         checkpoint=checkpoint_input,
     output:
-        jacobian_output(f"{R}/{{owner}}/jacobian/chunks/{{split}}_epoch{{epoch}}.chunk{{chunk}}.h5"),
+        f"{R}/{{owner}}/jacobian/chunks/{{split}}_epoch{{epoch}}.chunk{{chunk}}.h5",
     log:
         f"{R}/logs/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.chunk{{chunk}}.log",
     benchmark:
@@ -32,7 +34,7 @@ rule jacobian_gather:
     input:
         jacobian_chunks,
     output:
-        jacobian_output(f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5"),
+        f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5",
     log:
         f"{R}/logs/jacobian/{{owner}}/{{split}}_epoch{{epoch}}.gather.log",
     benchmark:
@@ -45,3 +47,23 @@ rule jacobian_gather:
         code=code_version("jacobian_gather.py"),
     script:
         "../workflow/scripts/jacobian_gather.py"
+
+
+use rule jacobian_chunk as jacobian_chunk_temporary with:
+    output:
+        temp(f"{R}/{{owner}}/jacobian/temporary/chunks/{{split}}_epoch{{epoch}}.chunk{{chunk}}.h5"),
+    log:
+        f"{R}/logs/jacobian/{{owner}}/temporary/{{split}}_epoch{{epoch}}.chunk{{chunk}}.log",
+    benchmark:
+        f"{R}/benchmarks/jacobian/{{owner}}/temporary/{{split}}_epoch{{epoch}}.chunk{{chunk}}.tsv"
+
+
+use rule jacobian_gather as jacobian_gather_temporary with:
+    input:
+        temporary_jacobian_chunks,
+    output:
+        temp(f"{R}/{{owner}}/jacobian/temporary/{{split}}_epoch{{epoch}}.h5"),
+    log:
+        f"{R}/logs/jacobian/{{owner}}/temporary/{{split}}_epoch{{epoch}}.gather.log",
+    benchmark:
+        f"{R}/benchmarks/jacobian/{{owner}}/temporary/{{split}}_epoch{{epoch}}.gather.tsv"

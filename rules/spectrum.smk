@@ -33,9 +33,7 @@ else:
 
     rule spectrum:
         input:
-            f"{R}/{{owner}}/jacobian/{{split}}_epoch{{epoch}}.h5",
-            # the chunks store J (a virtual dataset over them): they must outlive the spectrum
-            chunks=jacobian_chunks,
+            unpack(jacobian_of_spectrum),
         output:
             f"{R}/{{owner}}/spectrum/{{split}}_epoch{{epoch}}.h5",
         log:

@@ -7,9 +7,10 @@ import torch
 
 from jacobian_spectrum.common.h5io import open_checked
 from jacobian_spectrum.data.subset import build_subset, write_subset
+from jacobian_spectrum.jacobian.chunk import compute_chunk
 from jacobian_spectrum.jacobian.compute import jacobian, parameter_table
 from jacobian_spectrum.jacobian.probe import probe_errors
-from jacobian_spectrum.jacobian.store import compute_chunk, gather, layer_norms
+from jacobian_spectrum.jacobian.store import gather, layer_norms
 from jacobian_spectrum.train.models import ModelSpec, build_model, save_checkpoint
 
 

@@ -48,7 +48,11 @@ def test_plan_lists_the_workflows_jobs_and_their_sizes(tmp_path):
     for s in plan.steps:
         by_rule[s.rule] += s.jobs
     assert by_rule["train"] == counts["train"]
-    assert by_rule["jacobian_chunk"] == counts["jacobian_chunk"] + counts["jacobian_gather"]
+    jobs = sum(counts.get(f"jacobian_{r}{t}", 0) for r in ("chunk", "gather") for t in ("", "_temporary"))
+    assert by_rule["jacobian_chunk"] == jobs
+    # the J's the plan deletes are those the workflow marks temporary
+    temporary = sum(s.jobs for s in plan.steps if s.rule == "jacobian_chunk" and s.temporary)
+    assert temporary == counts.get("jacobian_chunk_temporary", 0) + counts.get("jacobian_gather_temporary", 0) > 0
     assert by_rule["spectrum"] == counts["spectrum"]
     # J's disk is its rows x p float32 values, written once
     j = next(s for s in plan.steps if s.key == "jacobian:init/train_epoch0")
@@ -63,10 +67,23 @@ def test_plan_lists_the_workflows_jobs_and_their_sizes(tmp_path):
 
 def test_temporary_jacobians_lower_the_disk_peak(tmp_path):
     config, rates = tiny_config(tmp_path / "results")
-    kept = P.make_plan(config, rates, cores=2).disk_peak_bytes
-    config["jacobian"]["temporary"] = True
-    temporary = P.make_plan(config, rates, cores=2).disk_peak_bytes
-    assert temporary < kept
+    peaks = {}
+    for keep in ("all", "measured", "none"):
+        config["jacobian"]["keep"] = keep
+        plan = P.make_plan(config, rates, cores=2)
+        peaks[keep] = plan.disk_peak_bytes
+        kept = {s.key for s in plan.steps if s.rule == "jacobian_chunk" and not s.temporary}
+        if keep == "measured":  # J_init, each run's final J and its reference J on both splits
+            wanted = set()
+            for run, r in config["runs"].items():
+                ref = P.reference_epoch(r)
+                wanted |= {
+                    f"jacobian:runs/{run}/{s}_epoch{e}"
+                    for s, e in (("train", r["epochs"]), ("train", ref), ("test", ref))
+                }
+            assert kept == {"jacobian:init/train_epoch0"} | wanted
+    # (the tiny config has few tracked J's: as many as are in flight at once)
+    assert peaks["none"] < peaks["measured"] <= peaks["all"]
 
 
 def test_plan_warns_before_the_run_when_disk_or_memory_will_not_hold(tmp_path, monkeypatch):
@@ -79,10 +96,10 @@ def test_plan_warns_before_the_run_when_disk_or_memory_will_not_hold(tmp_path, m
     disk = [w for w in plan.warnings if w.startswith("disk: the run needs about") and str(tmp_path) in w]
     assert len(disk) == 1
     # the remedy it names is one the config has not taken yet
-    assert ("jacobian.temporary: true" in disk[0]) != bool(config["jacobian"]["temporary"])
-    config["jacobian"]["temporary"] = not config["jacobian"]["temporary"]
+    assert ("jacobian.keep: none" in disk[0]) != (config["jacobian"]["keep"] == "none")
+    config["jacobian"]["keep"] = "none" if config["jacobian"]["keep"] != "none" else "all"
     disk = [w for w in P.make_plan(config, rates, cores=2).warnings if w.startswith("disk:")]
-    assert ("jacobian.temporary: true" in disk[0]) != bool(config["jacobian"]["temporary"])
+    assert ("jacobian.keep: none" in disk[0]) != (config["jacobian"]["keep"] == "none")
     memory = collections.namedtuple("memory", "available")
     monkeypatch.setattr(psutil, "virtual_memory", lambda: memory(10**8))
     plan = P.make_plan(config, rates, cores=2)

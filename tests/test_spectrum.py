@@ -95,6 +95,23 @@ def test_spectrum_file_contract(tmp_path):
     assert sp.attrs["numerical_floor"] == pytest.approx(1e-8 * sp.singular_values[0])
 
 
+def test_a_small_spectrum_job_and_a_gather_job_never_import_torch(tmp_path):
+    # torch's import alone (1.6 s here) is more than such a job's work: the default's 29 spectrum
+    # and 29 gather jobs would each pay it
+    write_J(tmp_path / "J.h5", random_J("low_rank", np.random.default_rng(3)).astype(np.float32))
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from jacobian_spectrum.spectrum.methods import spectrum_of_file
+        from jacobian_spectrum.jacobian.store import gather, layer_norms
+        spectrum_of_file({str(tmp_path / "J.h5")!r}, {str(tmp_path / "s.h5")!r}, {SETTINGS!r}, "auto")
+        assert "torch" not in sys.modules, "torch imported"
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert read_spectrum(tmp_path / "s.h5").attrs["method"] == "full"
+
+
 def test_nan_in_J_is_refused(tmp_path):
     J = np.ones((10, 30))
     J[4, 7] = np.nan

@@ -49,6 +49,19 @@ def log_uniform_epochs(final: int, count: int) -> list[int]:
     return sorted({0, *(int(round(e)) for e in spread)})
 
 
+def jacobian_kept(config: Mapping, owner: str, epoch: int) -> bool:
+    """Whether the Jacobian of ``owner`` ("init" or "runs/{run}") at ``epoch`` stays on disk once
+    its spectrum is written (jacobian.keep): with ``measured``, J_init and each run's final and
+    reference-epoch J stay, and those of epochs only the tracking reads are deleted."""
+    keep = config["jacobian"]["keep"]
+    if keep != "measured":
+        return keep == "all"
+    if owner == "init":
+        return True
+    run = config["runs"][owner.split("/", 1)[1]]
+    return int(epoch) in (int(run["epochs"]), reference_epoch(run))
+
+
 def tracked_runs(config: Mapping) -> list[str]:
     """Runs whose alignment is measured over training (analysis.track_runs; null = all)."""
     runs = config["analysis"].get("track_runs")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import level_tag, measured_epochs, reference_epoch, run_epochs_needed
+from .config import jacobian_kept, level_tag, measured_epochs, reference_epoch, run_epochs_needed
 
 IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}  # others: 3x32x32
 GiB = 1 << 30
@@ -68,7 +68,7 @@ class Step:
     disk_bytes: float  # what it writes
     threads: int = 1
     gpu_bytes: float = 0.0
-    temporary: bool = False  # deleted once read (jacobian.temporary)
+    temporary: bool = False  # deleted once read (jacobian.keep)
     source: str = "estimate"
     after: list[str] = field(default_factory=list)  # names of the steps it waits for
 
@@ -197,7 +197,7 @@ def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int)
                 chunk_memory if device != "cuda" else rates.base_bytes + b * k * p * itemsize,
                 J,
                 gpu_bytes=chunk_memory - rates.base_bytes if device == "cuda" else 0.0,
-                temporary=bool(jac["temporary"]),
+                temporary=not jacobian_kept(config, owner, epoch),
                 after=waits,
             )
         )
@@ -424,7 +424,7 @@ def _job_start() -> tuple[float, float]:
     # process, after its own measurements) whenever that is larger: read the child's own high-water
     # mark, VmHWM, where /proc has it.
     code = (
-        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian.store\n"
+        "import resource, torch, h5py, dask.array, scipy.linalg, jacobian_spectrum.jacobian.chunk\n"
         "try:\n"
         "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]\n"
         "except (OSError, IndexError):\n"
@@ -478,7 +478,7 @@ def _warnings(plan: Plan, results: Path, device: str) -> list[str]:
     free = shutil.disk_usage(folder).free
     if plan.disk_peak_bytes > free:
         all_temporary = all(s.temporary for s in plan.steps if s.rule == "jacobian_chunk")
-        remedy = "" if all_temporary else "set jacobian.temporary: true, "
+        remedy = "" if all_temporary else "set jacobian.keep: none, "
         out.append(
             f"disk: the run needs about {_size(plan.disk_peak_bytes)} at its peak, {folder} has {_size(free)} free; "
             f"{remedy}a smaller n, or results on a larger disk"

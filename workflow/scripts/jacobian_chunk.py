@@ -3,7 +3,7 @@ from jacobian_spectrum.common.logs import start_log
 start_log(snakemake.log[0])
 import torch
 
-from jacobian_spectrum.jacobian.store import compute_chunk
+from jacobian_spectrum.jacobian.chunk import compute_chunk
 
 torch.set_num_threads(snakemake.threads)
 compute_chunk(

@@ -2,5 +2,6 @@
 
 compute  J's rows for a batch of samples (layer-wise kernels, torch.func elsewhere)
 probe    each chunk's check against torch.func on a few rows
-store    the chunk and gather jobs and the file ``jacobian/{split}_epoch{E}.h5``
+chunk    the chunk job: one block of samples' rows, checked, in a chunk file
+store    the file ``jacobian/{split}_epoch{E}.h5`` and the gather job (no torch)
 """

@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.func import functional_call, jacrev, vmap
 from torch.nn import functional as F
 
-ROW_ORDER = "sample-major: row = i*K + k (sample i of the split, output k)"
-
-
-@dataclass(frozen=True)
-class ParameterEntry:
-    name: str
-    offset: int
-    size: int
-    shape: tuple[int, ...]
+from .store import ParameterEntry
 
 
 def parameter_table(model: nn.Module) -> list[ParameterEntry]:

@@ -39,7 +39,8 @@ import numpy as np
 import torch
 
 from ..common.logs import logger
-from ..jacobian.compute import ROW_ORDER, batch_slices, jacobian_blocks, jacobian_shape
+from ..jacobian.compute import batch_slices, jacobian_blocks, jacobian_shape
+from ..jacobian.store import ROW_ORDER
 from .store import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
