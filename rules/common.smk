@@ -170,8 +170,9 @@ def checkpoint_input(w):
 def jacobian_folder(owner_, epoch):
     """Where a J and its chunks live: jacobian/, or jacobian/temporary/ for a J that is deleted
     once its spectrum is written (jacobian.keep)."""
-    kept = jacobian_kept(config, owner_, int(epoch))
-    return f"{R}/{owner_}/jacobian" + ("" if kept else "/temporary")
+    if jacobian_kept(config, owner_, int(epoch)):
+        return f"{R}/{owner_}/jacobian"
+    return f"{R}/{owner_}/jacobian/temporary"
 
 
 def jacobian_of_spectrum(w):

@@ -58,6 +58,18 @@ def test_every_artifact_of_the_contract(tiny_results):
         assert f["parameters/offset"][-1] + f["parameters/size"][-1] == p
     # the shared initialisation: J_init is one file, and every run's epoch-0 checkpoint equals it
     assert not (r / "runs/sgd_clean/jacobian/train_epoch0.h5").exists()
+    # jacobian.keep: measured. J_init and each run's final and reference J stay; the J of a
+    # tracked-only epoch (1) and its chunks are gone once its spectrum is written
+    kept = {p.relative_to(r).as_posix() for p in r.glob("**/jacobian/**/*.h5") if "chunks" not in p.parts}
+    assert kept == {"init/jacobian/train_epoch0.h5"} | {
+        f"runs/{run}/jacobian/{split}_epoch{e}.h5"
+        for run, epochs in (("sgd_clean", (6,)), ("adam_clean", (4,)), ("sgd_corrupt50", (6, 3)))
+        for e in epochs
+        for split in ("train", "test")
+        if split == "train" or e == epochs[-1]
+    }
+    assert not list(r.glob("**/jacobian/temporary/**/*.h5"))
+    assert (r / "runs/sgd_clean/spectrum/train_epoch1.h5").is_file()
     for spectrum, rows in (("init/spectrum/train_epoch0.h5", 180), ("runs/sgd_corrupt50/spectrum/test_epoch3.h5", 90)):
         with h5py.File(r / spectrum) as f:
             s = f["singular_values"][...]
@@ -123,10 +135,12 @@ def test_a_changed_tracking_grid_reruns_only_the_new_epochs_and_what_reads_them(
     assert new > 0
     jobs = dry_run_jobs(tiny_results, {"analysis": {"track_epochs": grid}}, tmp_path)
     assert "train" not in jobs and "initialise" not in jobs
-    # per new epoch: one training Jacobian (60 samples in chunks of 25: 3 chunk jobs) and its spectrum
-    assert jobs.count("spectrum") == new and jobs.count("jacobian_gather") == new
-    assert jobs.count("jacobian_chunk") == 3 * new
-    assert sorted(set(jobs) - {"jacobian_chunk", "jacobian_gather", "spectrum"}) == sorted(
+    # per new epoch: one training Jacobian (60 samples in chunks of 25: 3 chunk jobs), temporary
+    # (jacobian.keep: measured), and its spectrum
+    assert jobs.count("spectrum") == new and jobs.count("jacobian_gather_temporary") == new
+    assert jobs.count("jacobian_chunk_temporary") == 3 * new
+    temporary = {"jacobian_chunk_temporary", "jacobian_gather_temporary"}
+    assert sorted(set(jobs) - temporary - {"spectrum"}) == sorted(
         {"measure", "alignment_over_training", "cutoff", "theorem_terms", "memorisation", "table", "comparison"}
         | {"figure9", "residual_figure", "all"}
     )
@@ -208,8 +222,10 @@ def test_paper_config_lists_the_full_job_set(tmp_path):
     # 6 runs; 29,997 training rows in chunks of 1000 samples = 10 chunks, 3000 test samples = 3
     assert counts["train"] == 6 and counts["corrupt_labels"] == 5
     # J_init, 6 J_final (train), 6 J_ref (test), J at epoch 100 (train) of the 50% run: 8 train + 6 test
-    assert counts["jacobian_gather"] == 14 and counts["spectrum"] == 14
-    assert counts["jacobian_chunk"] == 8 * 10 + 6 * 3  # 9999 samples in chunks of 1000; 3000 test samples
+    # (jacobian.keep: none: every J is temporary, only spectra stay)
+    assert counts["jacobian_gather_temporary"] == 14 and counts["spectrum"] == 14
+    assert counts["jacobian_chunk_temporary"] == 8 * 10 + 6 * 3  # 9999 samples in chunks of 1000; 3000 test
+    assert "jacobian_gather" not in counts and "jacobian_chunk" not in counts
     assert counts["table"] == 3 and counts["residual_figure"] == 3
 
 
