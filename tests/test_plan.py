@@ -201,3 +201,27 @@ def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path
     config["spectrum"]["power_iterations"] = 2
     (fewer,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
     assert "4 passes" in fewer.name and fewer.seconds < big.seconds
+
+
+def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
+    # the products of a pass, not the Gram update's rate, set its time: the plan times one pass at
+    # the configured width, and the step's time is passes x samples x that
+    import torch
+
+    from jacobian_spectrum.train.models import build_model
+
+    config, _ = tiny_config(tmp_path / "results")
+    config["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
+    model = build_model(P._model_spec(config), seed=0)
+    pass_s = P._matrix_free_pass_seconds(config, model, torch.randn(8, 1, 8, 8), torch.device("cpu"))
+    assert 0 < pass_s < 60
+    config["runs"], config["analysis"]["track_runs"] = {}, []
+    config["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
+    rates = P.Rates(**{**RATES.__dict__, "parameters": count_parameters(model), "matrix_free_pass_seconds": pass_s})
+    (step,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
+    samples = config["dataset"]["train_per_class"] * 3
+    assert step.seconds - rates.job_start_seconds == pytest.approx(8 * samples * pass_s, rel=1e-9)
+    # without the measurement the model of the Gram update's rate stands in
+    modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
+    (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]
+    assert other.seconds != step.seconds

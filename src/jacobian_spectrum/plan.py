@@ -55,6 +55,8 @@ class Rates:
     jacobian_batch: int = 1  # samples per batch of the chunk job
     largest_layer: int = 0
     jacobian_rows_seconds: float = 0.0  # K rows of J without the check, per sample (0: use jacobian_sample_seconds)
+    # one matrix-free power-iteration pass (rows, J Z and J^T J Z at the configured width), per sample
+    matrix_free_pass_seconds: float = 0.0  # 0: not measured (another method), modelled from the rates above
 
 
 @dataclass
@@ -235,9 +237,12 @@ def _matrix_free_step(
     rows, p = samples * k, rates.parameters
     ell = min(spec["topk"] + spec["oversampling"], rows, p)
     passes, products = spec["power_iterations"] + 2, 2 * (spec["power_iterations"] + 1) + 1
-    per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
-    # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
-    seconds = passes * samples * per_sample + products * rows * p * ell / rates.gram_flops
+    if rates.matrix_free_pass_seconds:  # measured: a pass's products are far slower than the Gram update
+        seconds = passes * samples * rates.matrix_free_pass_seconds
+    else:
+        per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
+        # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
+        seconds = passes * samples * per_sample + products * rows * p * ell / rates.gram_flops
     block = min(ROWS_BUDGET_BYTES, rows * p * 4)
     memory = block + PRODUCT_BYTES + 8 * ell * (rows + 3 * p) + 2 * block  # rows, float64 piece, Y, Z, W, workspace
     return Step(
@@ -333,6 +338,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     jac_s = _best_seconds(lambda: probe_errors(model, xs, jacobian(model, xs)), dev, repeats=1) / len(xs)
     rows_s = _best_seconds(lambda: jacobian(model, xs), dev, repeats=2) / len(xs)  # a streamed pass: no check
     del J
+    pass_s = _matrix_free_pass_seconds(config, model, xs, dev) if config["spectrum"]["method"] == "matrix_free" else 0.0
     # more BLAS threads than cores would measure the oversubscription, not the machine
     gram_flops, eigh_c = _linear_algebra_rates(min(int(config["spectrum"]["threads"]), os.cpu_count() or 1), dev)
     write_bps, read_bps = _disk_rates(scratch)
@@ -355,7 +361,29 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
         jacobian_batch=jb,
         largest_layer=max((m.weight.numel() for _, m in layers), default=0),
         jacobian_rows_seconds=rows_s,
+        matrix_free_pass_seconds=pass_s,
     )
+
+
+def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> float:
+    """Seconds per sample of one power-iteration pass of ``spectrum.method: matrix_free`` as the
+    spectrum job runs it (its rows formed, J Z and J^T J Z in float64 at topk + oversampling
+    columns), on the samples ``xs``."""
+    import torch
+
+    from .spectrum.matrix_free import JacobianOperator
+
+    spec = config["spectrum"]
+    threads = min(int(spec["threads"]), os.cpu_count() or 1)
+    op = JacobianOperator(model.eval(), xs, batch_size=len(xs))
+    ell = min(int(spec["topk"]) + int(spec["oversampling"]), *op.shape)
+    Z = np.random.default_rng(0).standard_normal((op.shape[1], ell))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # the spectrum job's threads
+    try:
+        return _best_seconds(lambda: op.normal_matmat(Z), dev, repeats=1) / len(xs)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _best_seconds(fn, dev, repeats: int = 3) -> float:
@@ -543,7 +571,13 @@ def format_plan(plan: Plan) -> str:
         "",
         f"on {r.device} (p = {r.parameters:,}); measured here: training {1 / r.train_image_seconds:,.0f} images/s, "
         f"Jacobian {1 / r.jacobian_sample_seconds:,.0f} samples/s with its check, Gram update "
-        f"{r.gram_flops / 1e9:.1f} G multiply-adds/s, a job's start {r.job_start_seconds:.1f} s",
+        f"{r.gram_flops / 1e9:.1f} G multiply-adds/s, "
+        + (
+            f"a matrix-free pass {1 / r.matrix_free_pass_seconds:,.0f} samples/s, "
+            if r.matrix_free_pass_seconds
+            else ""
+        )
+        + f"a job's start {r.job_start_seconds:.1f} s",
         f"total: {_duration(total)} of core time; about {_duration(plan.wall_seconds)} on {plan.cores} cores; "
         f"disk at its peak {_size(plan.disk_peak_bytes)}",
     ]
