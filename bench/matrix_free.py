@@ -106,7 +106,8 @@ def main() -> None:
     t_streamed = time.perf_counter() - t0
     t0 = time.perf_counter()
     J = jacobian(model, x).double().numpy()
-    G = J @ J.T
+    # J @ J.T would take OpenBLAS's threaded dsyrk, which segfaults at these sizes (spectrum.dense.SYRK_MAX_ROWS)
+    G = scipy.linalg.blas.dgemm(1.0, J.T, J.T, trans_a=1)
     del J
     # the top k of the dense spectrum (LAPACK's subset solver: the whole eigh of a 20,000-row
     # Gram matrix takes minutes more and gives the same top k)

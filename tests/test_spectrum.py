@@ -67,6 +67,19 @@ def test_gram_matches_in_memory_product_for_any_slab_width(tmp_path):
     assert slab_width(50, 333, 0.01, 3) == 5
 
 
+def test_a_tall_gram_takes_dgemm_and_gives_the_same_matrix(tmp_path, monkeypatch):
+    # above SYRK_MAX_ROWS OpenBLAS's threaded dsyrk segfaults; the dgemm route must agree
+    from jacobian_spectrum.spectrum import dense
+
+    J = np.random.default_rng(2).standard_normal((60, 200)).astype(np.float32)
+    path = write_J(tmp_path / "J.h5", J, chunks=(60, 32))
+    syrk = gram(path, 0.05, threads=2)
+    monkeypatch.setattr(dense, "SYRK_MAX_ROWS", 59)
+    gemm = gram(path, 0.05, threads=2)
+    assert np.allclose(gemm, J.astype(np.float64) @ J.astype(np.float64).T, rtol=1e-12, atol=1e-9)
+    assert np.allclose(gemm, syrk, rtol=1e-12, atol=1e-9) and np.array_equal(gemm, gemm.T)
+
+
 def test_symmetrize_upper_in_blocks():
     A = np.random.default_rng(0).standard_normal((70, 70))
     S = A + A.T
