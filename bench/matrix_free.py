@@ -36,6 +36,7 @@ from timing import best_of_interleaved
 from torch.func import functional_call, jvp, vmap
 
 from jacobian_spectrum.jacobian.compute import batch_slices, jacobian, jacobian_blocks, split_params
+from jacobian_spectrum.spectrum.dense import rank_update, symmetrize_upper
 from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, randomized_svd, vector_residuals
 from jacobian_spectrum.train.models import ModelSpec, build_model
 
@@ -106,8 +107,9 @@ def main() -> None:
     t_streamed = time.perf_counter() - t0
     t0 = time.perf_counter()
     J = jacobian(model, x).double().numpy()
-    # J @ J.T would take OpenBLAS's threaded dsyrk, which segfaults at these sizes (spectrum.dense.SYRK_MAX_ROWS)
-    G = scipy.linalg.blas.dgemm(1.0, J.T, J.T, trans_a=1)
+    # the Gram step's own update (J @ J.T would take OpenBLAS's threaded dsyrk, which segfaults at
+    # these sizes: spectrum.dense.SYRK_MAX_ROWS)
+    G = symmetrize_upper(rank_update(np.zeros((rows, rows), order="F"), J))
     del J
     # the top k of the dense spectrum (LAPACK's subset solver: the whole eigh of a 20,000-row
     # Gram matrix takes minutes more and gives the same top k)

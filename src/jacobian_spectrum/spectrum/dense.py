@@ -32,6 +32,17 @@ def slab_width(
 SYRK_MAX_ROWS = 15_000
 
 
+def rank_update(G: np.ndarray, slab: np.ndarray) -> np.ndarray:
+    """G += slab slab^T in place (G Fortran-ordered, float64): the upper triangle by dsyrk, or
+    both triangles by dgemm above :data:`SYRK_MAX_ROWS`. Returns G."""
+    from scipy.linalg.blas import dgemm, dsyrk
+
+    # slab.T is a Fortran-ordered view of the C-ordered slab: no copy; trans=1 gives slab slab^T
+    if G.shape[0] <= SYRK_MAX_ROWS:
+        return dsyrk(1.0, slab.T, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
+    return dgemm(1.0, slab.T, slab.T, trans_a=1, beta=1.0, c=G, overwrite_c=1)
+
+
 def read_slab(path: str | Path, start: int, stop: int) -> np.ndarray:
     """Columns [start, stop) of the file's J as float64. Opens the file itself, so a Dask task
     can run it in any thread, process or cluster node that sees the file."""
@@ -46,13 +57,12 @@ def gram(
 
     Locally, Dask's threaded scheduler reads and casts ``threads`` slabs at a time, one batch
     ahead, while the main thread adds each finished slab into G with one in-place BLAS
-    rank-w update (dsyrk); the slab width keeps the 2 x ``threads`` slabs in memory within
+    rank-w update (:func:`rank_update`); the slab width keeps the 2 x ``threads`` slabs in memory within
     ``memory_budget_mb``.
     With ``scheduler`` (a dask.distributed address) each worker returns the partial Gram
     matrix of its slabs and the partials are summed as they arrive.
     """
     import dask
-    from scipy.linalg.blas import dgemm, dsyrk
 
     with open_checked(path, ["J"]) as f:
         rows, cols = f["J"].shape
@@ -64,10 +74,7 @@ def gram(
     def add(slab: np.ndarray, start: int) -> np.ndarray:
         if not np.isfinite(slab).all():
             raise ValueError(f"{path}: J holds NaN or Inf in columns {start}..{start + slab.shape[1]}")
-        # slab.T is a Fortran-ordered view of the C-ordered slab: no copy; trans=1 gives slab slab^T
-        if rows <= SYRK_MAX_ROWS:
-            return dsyrk(1.0, slab.T, beta=1.0, c=G, trans=1, lower=0, overwrite_c=1)
-        return dgemm(1.0, slab.T, slab.T, trans_a=1, beta=1.0, c=G, overwrite_c=1)
+        return rank_update(G, slab)
 
     if scheduler:
         return _gram_distributed(path, bounds, G, scheduler)
@@ -102,18 +109,14 @@ def _gram_distributed(path: str | Path, bounds: list[tuple[int, int]], G: np.nda
         slab = read_slab(path, a, b)
         if not np.isfinite(slab).all():
             raise ValueError(f"{path}: J holds NaN or Inf in columns {a}..{b}")
-        if slab.shape[0] <= SYRK_MAX_ROWS:
-            return slab @ slab.T  # numpy takes dsyrk for this product
-        from scipy.linalg.blas import dgemm
-
-        return dgemm(1.0, slab.T, slab.T, trans_a=1)
+        return rank_update(np.zeros((len(slab), len(slab)), order="F"), slab)
 
     with Client(scheduler) as client:
         futures = [client.submit(partial_gram, a, b, pure=False) for a, b in bounds]
         for fut in as_completed(futures):
             G += fut.result()
             fut.release()
-    return G
+    return symmetrize_upper(G)  # partials from dsyrk hold the upper triangle
 
 
 def symmetrize_upper(G: np.ndarray, block: int = 1024) -> np.ndarray:
