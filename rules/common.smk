@@ -7,6 +7,7 @@ from snakemake.utils import validate
 from jacobian_spectrum.common.codeversion import code_version as script_code_version
 from jacobian_spectrum.config import (
     check_config,
+    check_replaced_keys,
     jacobian_kept,
     level_tag,
     measured_epochs,
@@ -19,6 +20,7 @@ from jacobian_spectrum.spectrum.methods import method_settings
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
 # exist, counts that are available, runs that reference known levels...). Both stop the
 # workflow before any job runs.
+check_replaced_keys(config)
 validate(config, workflow.source_path("../workflow/schemas/config.schema.yaml"))
 check_config(config)
 

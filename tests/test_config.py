@@ -8,7 +8,7 @@ from conftest import ROOT, TINY, snakemake
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from jacobian_spectrum.config import ConfigError, check_config
+from jacobian_spectrum.config import ConfigError, check_config, check_replaced_keys
 
 SCHEMA = str(ROOT / "workflow" / "schemas" / "config.schema.yaml")
 
@@ -101,6 +101,17 @@ def test_bad_config_is_refused_with_a_message(make, error, words):
     with pytest.raises(error) as exc:
         validated(make())
     assert words in str(exc.value)
+
+
+def test_a_replaced_key_is_refused_naming_its_replacement(tmp_path):
+    cfg = load()
+    cfg.setdefault("jacobian", {})["temporary"] = True
+    with pytest.raises(ConfigError, match=r"'jacobian.temporary' was replaced by jacobian.keep .*keep: none"):
+        check_replaced_keys(cfg)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = snakemake("-n", "--cores", "1", "--configfile", str(path), "--config", f"results={tmp_path}/r", check=False)
+    assert proc.returncode != 0 and "was replaced by jacobian.keep" in proc.stdout + proc.stderr
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):

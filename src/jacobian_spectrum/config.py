@@ -22,6 +22,20 @@ class ConfigError(ValueError):
     """A config value is not allowed; the message names the key and what is allowed."""
 
 
+# keys a release replaced: the schema would only call them unexpected
+REPLACED_KEYS = {
+    ("jacobian", "temporary"): "jacobian.keep (all, measured, none); temporary: true is keep: none",
+}
+
+
+def check_replaced_keys(config: Mapping) -> None:
+    """Raise :class:`ConfigError` for a key that a release replaced, naming its replacement (run
+    before the schema, whose error would not)."""
+    for (section, key), replacement in REPLACED_KEYS.items():
+        if isinstance(config.get(section), Mapping) and key in config[section]:
+            raise ConfigError(f"config key '{section}.{key}' was replaced by {replacement}")
+
+
 def level_tag(level: float) -> str:
     """How a corruption level appears in file names: 0, 0.25, 0.5, 1."""
     return f"{float(level):g}"

@@ -594,7 +594,7 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     import yaml
     from snakemake.utils import validate
 
-    from .config import ConfigError, check_config
+    from .config import ConfigError, check_config, check_replaced_keys
     from .data.base import DataError
 
     # the workflow folder: where the plan runs, or the checkout this package is installed from
@@ -605,6 +605,7 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
         raise FileNotFoundError(f"--configfile: {path} does not exist")
     with open(path) as fh:
         config = yaml.safe_load(fh)
+    check_replaced_keys(config)
     validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
     try:
         check_config(config)
