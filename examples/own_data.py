@@ -9,9 +9,11 @@ provenance exactly as for the built-in sets (docs/own.md).
 import numpy as np
 
 
-def stripes(per_class: int = 40, size: int = 8, noise: float = 40.0, seed: int = 0) -> dict:
-    """Three classes of grey images: horizontal stripes, vertical stripes and a centred square,
-    each with Gaussian pixel noise; ``per_class`` train and as many test images of each."""
+def stripes(per_class: int = 40, size: int = 8, noise: float = 40.0, seed: int = 0, channels: int = 1) -> dict:
+    """Three classes of images: horizontal stripes, vertical stripes and a centred square, each
+    with Gaussian pixel noise; ``per_class`` train and as many test images of each, with
+    ``channels`` channels (1: grey; 3: the same pattern in each, with noise of its own, for
+    networks that read colour images)."""
     rng = np.random.default_rng(seed)
     grid = np.arange(size)
     patterns = [
@@ -22,7 +24,8 @@ def stripes(per_class: int = 40, size: int = 8, noise: float = 40.0, seed: int =
     out = {"class_names": ["horizontal", "vertical", "square"]}
     for split in ("train", "test"):
         labels = np.repeat(np.arange(len(patterns)), per_class)
-        clean = np.stack([patterns[c] for c in labels]).astype(np.float64) * 200 + 25
+        clean = np.stack([patterns[c] for c in labels]).astype(np.float64)[:, None] * 200 + 25
+        clean = np.repeat(clean, channels, axis=1)
         images = np.clip(clean + noise * rng.standard_normal(clean.shape), 0, 255).astype(np.uint8)
-        out[f"{split}_images"], out[f"{split}_labels"] = images[:, None], labels
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
     return out

@@ -4,6 +4,8 @@
 rule initialise:
     input:
         f"{R}/data/subset.h5",
+        # model.weights: a changed weights file re-initialises (and so reruns everything after)
+        weights=config["model"]["weights"] or [],
     output:
         f"{R}/init/checkpoints/epoch0.pt",
     log:

@@ -154,21 +154,29 @@ def _check_dataset(ds: Mapping) -> tuple[int, tuple[int, int, int] | None]:
 
 
 def _check_model(model: Mapping, shape: tuple[int, int, int] | None, k: int) -> None:
-    """Your own network (model.name package.module:factory) imports, builds a torch.nn.Module
-    and gives K outputs on the data's images; where the image shape is not known yet (an
-    archive still to unpack) only the import is checked here, the rest by the initialise job."""
-    from .common.plugins import import_object, is_reference
+    """A zoo network (model.name torchvision:<name>, timm:<name>) or your own factory
+    (package.module:factory) builds a torch.nn.Module with K outputs on the data's images, and
+    model.weights is a weights file that fits it. Where the image shape is not known yet (an
+    archive still to unpack) only the name and the weights file are checked here, the rest by
+    the initialise job."""
+    from .common.plugins import is_reference
 
-    if not is_reference(model["name"]):
+    weights = model.get("weights")
+    if not is_reference(model["name"]) and not weights:
         return
+    from .train.models import apply_weights, build_model, load_weights, model_spec
+    from .train.zoo import check_model_name
+
     try:
         if shape is None:
-            import_object(model["name"], "model.name")
+            if is_reference(model["name"]):
+                check_model_name(model["name"])
+            if weights:
+                load_weights(weights)
             return
-        from .train.models import ModelSpec, factory_model
-
-        spec = ModelSpec(model["name"], shape[0], shape[1], k, kwargs=dict(model.get("kwargs") or {}))
-        factory_model(spec)
+        net = build_model(model_spec(model, shape[0], shape[1], k))
+        if weights:
+            apply_weights(net, weights)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
 

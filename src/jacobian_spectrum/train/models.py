@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..common.h5io import open_checked
-from ..common.plugins import import_object, is_reference
+from ..common.plugins import is_reference
+from .zoo import build_named_model
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden")
@@ -30,7 +31,7 @@ ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
 class ModelSpec:
     """Everything needed to rebuild a network; stored in every checkpoint."""
 
-    name: str  # one of MODEL_NAMES, or a factory "package.module:factory"
+    name: str  # one of MODEL_NAMES, a zoo name "torchvision:<name>" / "timm:<name>", or "package.module:factory"
     in_channels: int
     image_size: int
     num_classes: int
@@ -143,20 +144,13 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
 
 
 def factory_model(spec: ModelSpec) -> nn.Module:
-    """The network of a factory ``package.module:factory``, called as factory(in_channels=C,
-    image_size=H, num_classes=K, **kwargs); ValueError naming model.name when it is not a
-    torch.nn.Module or does not give one output per class (checked on two blank images, in eval
-    mode, so that batch-norm's running statistics are left as they are)."""
-    factory = import_object(spec.name, "model.name")
-    try:
-        model = factory(
-            in_channels=spec.in_channels, image_size=spec.image_size, num_classes=spec.num_classes, **spec.kwargs
-        )
-    except Exception as exc:
-        raise ValueError(
-            f"config key 'model.name': {spec.name}(in_channels={spec.in_channels}, image_size={spec.image_size}, "
-            f"num_classes={spec.num_classes}, **model.kwargs {spec.kwargs}) failed: {type(exc).__name__}: {exc}"
-        ) from exc
+    """The network of a zoo name (``torchvision:<name>``, ``timm:<name>``) or a factory
+    ``package.module:factory``, called with the data's channels, image size and number of
+    classes under the names it accepts, and ``spec.kwargs`` (:mod:`.zoo`); ValueError naming
+    model.name when it is not a torch.nn.Module or does not give one output per class (checked
+    on two blank images, in eval mode, so that batch-norm's running statistics are left as
+    they are)."""
+    model = build_named_model(spec.name, spec.in_channels, spec.image_size, spec.num_classes, spec.kwargs)
     if not isinstance(model, nn.Module):
         raise ValueError(
             f"config key 'model.name': {spec.name} returned a {type(model).__name__}, not a torch.nn.Module"
@@ -168,7 +162,9 @@ def factory_model(spec: ModelSpec) -> nn.Module:
         except Exception as exc:
             raise ValueError(
                 f"config key 'model.name': the network of {spec.name} fails on images of shape {shape}: "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}. Images smaller than the network was made for need its own "
+                "arguments in model.kwargs (timm: img_size, patch_size; torchvision ViTs: image_size) or a "
+                "network made for this size"
             ) from exc
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, spec.num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
@@ -222,17 +218,92 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model.to(device), payload
 
 
+# ---------------------------------------------------------------- local weights (model.weights)
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``path``: a safetensors file (``.safetensors``), or a torch file read
+    with ``weights_only=True`` holding a state dict, one under ``state_dict`` or ``model``, or
+    one of our checkpoints. ValueError naming model.weights and the file when it is missing or
+    holds no weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config key 'model.weights': {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            payload = load_file(str(path))
+        else:
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # truncated, foreign or unsafe pickles
+        raise ValueError(
+            f"config key 'model.weights': {path} is not a weights file (a torch state dict, read with "
+            f"weights_only=True, or .safetensors): {type(exc).__name__}: {exc}"
+        ) from exc
+    payload = _state_dict_in(payload)
+    if (
+        not isinstance(payload, Mapping)
+        or not payload
+        or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in payload.items())
+    ):
+        raise ValueError(
+            f"config key 'model.weights': {path} holds a {type(payload).__name__}, not a state dict "
+            "(a mapping from parameter names to tensors)"
+        )
+    return dict(payload)
+
+
+def _state_dict_in(payload: object) -> object:
+    """The state dict inside a saved object: one of our checkpoints, or a training script's
+    dict with it under ``state_dict`` or ``model``; else the object itself."""
+    if isinstance(payload, Mapping):
+        if payload.get("format") == CHECKPOINT_FORMAT:
+            return payload.get("state_dict")
+        for key in ("state_dict", "model"):
+            if isinstance(payload.get(key), Mapping):
+                return payload[key]
+    return payload
+
+
+def apply_weights(model: nn.Module, path: str | Path) -> None:
+    """Load the state dict in ``path`` into ``model``; ValueError naming model.weights, the file,
+    and the first missing, unexpected or misshapen tensors when they do not fit the network."""
+    weights = load_weights(path)
+    own = model.state_dict()
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    misshapen = [
+        f"{k} {tuple(weights[k].shape)} (network {tuple(v.shape)})"
+        for k, v in own.items()
+        if k in weights and weights[k].shape != v.shape
+    ]
+    problems = [
+        f"{what}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+        for what, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshapen))
+        if items
+    ]
+    if problems:
+        raise ValueError(
+            f"config key 'model.weights': {path} does not fit the network ({len(own)} tensors): " + "; ".join(problems)
+        )
+    model.load_state_dict(weights)
+
+
 # ---------------------------------------------------------------- the initialise rule
 def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec:
     """The network for this subset: input channels and size from the data, K outputs."""
     with open_checked(subset_path, ["train/x"], artifact="subset") as f:
         c, h, _ = (int(v) for v in f.attrs["image_shape"])
         k = int(f.attrs["num_classes"])
+    return model_spec(model_config, c, h, k)
+
+
+def model_spec(model_config: Mapping, in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
+    """The network of the config's ``model`` section for images of this shape and K classes."""
     return ModelSpec(
         name=model_config["name"],
-        in_channels=c,
-        image_size=h,
-        num_classes=k,
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
         width=float(model_config.get("width", 1.0)),
         hidden=int(model_config.get("hidden", 256)),
         activation=model_config.get("activation", "softplus"),
@@ -245,5 +316,16 @@ def initialise(subset_path: str | Path, model_config: Mapping, out_path: str | P
     """Write the shared epoch-0 checkpoint: every run starts from (and J_init is taken at) it."""
     spec = model_spec_from(subset_path, model_config)
     model = build_model(spec, seed=int(model_config.get("init_seed", 0)))
-    save_checkpoint(out_path, model, spec, 0, run="init", init_seed=int(model_config.get("init_seed", 0)))
+    weights = model_config.get("weights")
+    if weights:
+        apply_weights(model, weights)
+    save_checkpoint(
+        out_path,
+        model,
+        spec,
+        0,
+        run="init",
+        init_seed=int(model_config.get("init_seed", 0)),
+        weights=str(weights or ""),
+    )
     return model, spec
