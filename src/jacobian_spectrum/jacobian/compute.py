@@ -11,6 +11,7 @@ gathers them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator, Sequence
 
@@ -340,6 +341,15 @@ def _per_sample_sizes(model: nn.Module, layers: list[tuple[str, nn.Module]], x1:
     return k, sum(sizes)
 
 
+def math_attention() -> contextlib.AbstractContextManager:
+    """Attention (``scaled_dot_product_attention``, as in timm's ViTs) by its plain-maths kernel:
+    the fused CPU kernel has no vmap batching rule (a slow fallback) and no forward-mode
+    derivative (the probe's jvp fails), the maths one has both."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    return sdpa_kernel([SDPBackend.MATH])
+
+
 def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = VMAP_BATCH) -> torch.Tensor:
     """J by ``vmap`` over samples of ``jacrev`` over the K outputs (torch.func)."""
     model.eval()
@@ -353,7 +363,8 @@ def jacobian_vmap(model: nn.Module, x: torch.Tensor, batch_size: int = VMAP_BATC
     blocks = []
     for batch in batch_slices(len(x), batch_size):
         xb = x[batch]
-        jac = per_sample(params, xb)  # name -> (b, K, *shape)
+        with math_attention():
+            jac = per_sample(params, xb)  # name -> (b, K, *shape)
         b, k = len(xb), jac[names[0]].shape[1]
         blocks.append(torch.cat([jac[n].reshape(b, k, -1) for n in names], dim=2).reshape(b * k, -1))
     return torch.cat(blocks)

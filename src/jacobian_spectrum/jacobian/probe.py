@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp
 
-from .compute import VMAP_BATCH, batch_slices, outputs_and_batch_size, plain_layers, split_params
+from .compute import VMAP_BATCH, batch_slices, math_attention, outputs_and_batch_size, plain_layers, split_params
 
 
 class ProbeCheck:
@@ -49,7 +49,8 @@ class ProbeCheck:
             raise ValueError(f"ProbeCheck.add: {len(J_rows)} rows of J given for rows {rows.start}..{rows.stop}")
 
         def f(p: dict) -> torch.Tensor:
-            return functional_call(self.model, (p, self.buffers), (x,))
+            with math_attention():  # the fused attention kernel has no forward-mode derivative
+                return functional_call(self.model, (p, self.buffers), (x,))
 
         _, jv = jvp(f, (self.params,), (self.tangents,))
         # the vjp by reverse mode directly: torch.func.vjp computes the same through
