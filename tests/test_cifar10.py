@@ -241,3 +241,48 @@ def test_label_energy_on_the_nuisance_space_follows_what_is_left_unfitted(cifar,
     assert rank_correlation(errors, energies) >= RHO_UNFITTED, rank_correlation(errors, energies)
     # every fitted checkpoint (at most 2% training error) holds the labels in J's top 50
     assert np.all(energies[errors <= 0.02] <= 0.15), energies[errors <= 0.02]
+
+
+# ---------------------------------------------------------------- the paper's epoch counts at n = 900
+PAPER_EPOCHS = ROOT / "config" / "cifar10-paper-epochs.yaml"
+
+
+@pytest.fixture(scope="module")
+def paper_epochs():
+    """The recipe with the paper's epoch counts (400 clean and Adam, 800 corrupted): 2:35 on 2 cores."""
+    return finished_workflow(PAPER_EPOCHS, 200)
+
+
+def test_paper_epochs_initial_jacobian_row_is_the_papers(paper_epochs):
+    cfg, results = paper_epochs
+    a = alignment(results, cfg["figures"]["table1"])
+    assert np.abs(a[0, :2] - PAPER_TABLES[1][0, :2]).max() <= 0.03, (a[0, :2], PAPER_TABLES[1][0, :2])
+
+
+@pytest.mark.parametrize("table", ["table1", "table2"])
+def test_paper_epochs_final_jacobian_of_clean_sgd_and_adam_aligns_more(paper_epochs, table):
+    cfg, results = paper_epochs
+    a = alignment(results, cfg["figures"][table])
+    assert a[1, 0] > a[0, 0], a[:, 0]
+
+
+def test_paper_epochs_50_percent_run_dips_and_rises(paper_epochs):
+    cfg, results = paper_epochs
+    curve = centred_mean(run_errors(results, cfg["figures"]["table3"])["test"], cfg["figures"]["min_window"])
+    best = int(np.argmin(curve))
+    assert best < len(curve) - 1 and curve[-1] - curve[best] >= 0.03, (best, curve[best], curve[-1])
+
+
+def test_paper_epochs_table3_final_is_near_the_papers(paper_epochs):
+    cfg, results = paper_epochs
+    final = alignment(results, cfg["figures"]["table3"])[1, 0]
+    assert abs(final - PAPER_TABLES[3][1, 0]) <= 0.1, final
+
+
+def test_paper_epochs_figure9_label_energy_and_test_error_rise_with_corruption(paper_epochs):
+    cfg, results = paper_epochs
+    by_level = runs_by_level(cfg)
+    energy = [label_energy_final(results, by_level[level]) for level in LEVELS]
+    error = [run_errors(results, by_level[level])["test"][-1] for level in LEVELS]
+    assert np.all(np.diff(energy) > 0), energy
+    assert np.all(np.diff(error) > 0), error
