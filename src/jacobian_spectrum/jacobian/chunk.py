@@ -108,8 +108,8 @@ def compute_chunk(
         err_jvp, err_vjp = check.errors()
         if not (err_jvp <= tolerance and err_vjp <= tolerance):
             raise ArithmeticError(
-                f"{out_path}: Jacobian probe check failed: |Jv - jvp|/|jvp| = {err_jvp:.2e}, "
-                f"|u^T J - vjp|/|vjp| = {err_vjp:.2e} "
+                f"{out_path}: Jacobian probe check failed: |J_s v - jvp_s|/|J_s|_F = {err_jvp:.2e} (worst "
+                f"sample), |u_b^T J_b - vjp_b|/|diag(u_b) J_b|_F = {err_vjp:.2e} (worst batch) "
                 f"(tolerance {tolerance:.0e})"
             )
         write_provenance(
