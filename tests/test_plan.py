@@ -151,8 +151,72 @@ def test_plan_of_a_config_whose_data_is_not_there_yet_notes_it(tmp_path):
     notes = []
     loaded = P.load_config(path, notes)
     assert loaded["dataset"]["name"] == "cifar10"
-    assert len(notes) == 1 and notes[0].startswith("data: not checked (dataset.root: no CIFAR-10 at")
+    assert len(notes) == 1 and notes[0].startswith("data: not checked against the config, planned with 3x32x32")
+    assert f"(dataset.root: no CIFAR-10 at {tmp_path / 'cifar' / 'cifar-10-batches-py'}" in notes[0]
     with pytest.raises(ValueError, match="no CIFAR-10"):  # without notes, as Snakemake stops
+        P.load_config(path)
+
+
+def test_the_paper_config_is_planned_before_its_cifar10_files_are_there(tmp_path, monkeypatch):
+    """config/paper.yaml on a fresh clone: the plan measures ResNet20 on CIFAR-10's declared 3 x 32
+    x 32 images and notes the missing release, naming where it goes and how to get it."""
+    import yaml
+
+    config = yaml.safe_load((ROOT / "config" / "paper.yaml").read_text())
+    config["dataset"]["root"] = str(tmp_path / "cifar")  # not there, wherever data/cifar10 is
+    config["results"] = str(tmp_path / "results")
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(config))
+    specs = []
+
+    def rates(config, device, scratch):  # the model the plan measures, without the seconds of measuring
+        specs.append(P._model_spec(config))
+        return P.Rates(**{**RATES.__dict__, "parameters": count_parameters(build_model(specs[-1]))})
+
+    monkeypatch.setattr(P, "measure_rates", rates)
+    plan = P.run_plan(path, "cpu", cores=2)
+    assert (specs[0].in_channels, specs[0].image_size, specs[0].num_classes) == (3, 32, 3)
+    assert plan.rates.parameters == 268_579  # the paper's ResNet20 without batch-norm
+    data = next(s for s in plan.steps if s.key == "data")
+    assert data.disk_bytes >= (9999 + 3000) * 3 * 32 * 32  # the subset's images at CIFAR-10's shape
+    text = P.format_plan(plan)
+    missing = tmp_path / "cifar" / "cifar-10-batches-py"
+    (note,) = [line for line in text.splitlines() if line.startswith("WARNING data:")]
+    assert f"no CIFAR-10 at {missing}" in note and "dataset.download: true" in note and "3x32x32" in note
+    with pytest.raises(ValueError, match="no CIFAR-10"):  # Snakemake's parse-time check still refuses it
+        P.load_config(path)
+
+
+@pytest.mark.parametrize("kind", ["imagefolder", "loader"])
+def test_a_plan_without_the_images_of_a_set_that_declares_no_shape_says_what_it_cannot_know(
+    tmp_path, monkeypatch, capsys, kind
+):
+    """An image folder or a loader declares no image shape, and no config key sets one: the plan
+    stops before measuring, in one line naming the shape, the key and the missing data."""
+    import yaml
+
+    from jacobian_spectrum.cli import main
+
+    config = yaml.safe_load(TINY.read_text())
+    if kind == "imagefolder":
+        config["dataset"].update(name="imagefolder", root=str(tmp_path / "images"), classes=["a", "b", "c"])
+        words = [f"dataset.root: no image folder at {tmp_path / 'images'}"]
+    else:
+        loader = "import numpy as np\n\ndef load(path):\n    return dict(np.load(path))\n"
+        (tmp_path / "npz_loader.py").write_text(loader)
+        monkeypatch.syspath_prepend(str(tmp_path))
+        config["dataset"].update(name="npz_loader:load", kwargs={"path": str(tmp_path / "own.npz")})
+        words = ["dataset.name: npz_loader:load(**dataset.kwargs) failed: FileNotFoundError", str(tmp_path / "own.npz")]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(config))
+    monkeypatch.setattr(P, "measure_rates", lambda *a: pytest.fail("measured a model of an unknown shape"))
+    assert main(["plan", "--configfile", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "measuring" not in err
+    assert err.startswith(f"error: dataset.name {config['dataset']['name']!r}: the plan cannot know its image shape")
+    assert all(w in err for w in words), err
+    # Snakemake refuses it as before, naming the missing data
+    with pytest.raises(ValueError, match=re.escape(words[0])):
         P.load_config(path)
 
 

@@ -30,7 +30,8 @@ import numpy as np
 
 from .config import jacobian_kept, level_tag, measured_epochs, reference_epoch, run_epochs_needed
 
-IMAGE_SHAPES = {"digits": (1, 8, 8), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}  # others: 3x32x32
+# the image shapes the built-in sets declare: a plan before their download still knows them
+IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
 GiB = 1 << 30
 
 
@@ -86,11 +87,30 @@ class Plan:
 
 
 # ---------------------------------------------------------------- the workflow's jobs, from the config
-def _model_spec(config: Mapping):
+def image_shape(dataset: Mapping) -> tuple[int, int, int]:
+    """(C, H, W) of the data set's images: read from its files where they are there, else the
+    shape a built-in set declares. An image folder or a loader declares none, and no config key
+    sets it: without its data the plan stops, naming what it cannot know."""
+    from .data.base import DataError
     from .data.sources import dataset_info
+
+    name = dataset["name"]
+    try:
+        shape = dataset_info(dataset).image_shape
+    except DataError as exc:
+        if name not in IMAGE_SHAPES:
+            raise DataError(
+                f"dataset.name {name!r}: the plan cannot know its image shape (channels, height, width) "
+                f"before its data is there, and no config key declares it: {exc}"
+            ) from exc
+        shape = None
+    return shape or IMAGE_SHAPES.get(name, (3, 32, 32))  # None: an archive not unpacked yet
+
+
+def _model_spec(config: Mapping):
     from .train.models import ModelSpec
 
-    c, h, _ = dataset_info(config["dataset"]).image_shape or IMAGE_SHAPES.get(config["dataset"]["name"], (3, 32, 32))
+    c, h, _ = image_shape(config["dataset"])
     m = config["model"]
     return ModelSpec(
         name=m["name"],
@@ -124,8 +144,7 @@ def jacobians(config: Mapping) -> dict[tuple[str, str, int], list[str]]:
 def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
     ds, k = config["dataset"], len(config["dataset"]["classes"])
     n = {"train": ds["train_per_class"] * k, "test": ds["test_per_class"] * k}
-    shape = IMAGE_SHAPES.get(ds["name"], (3, 32, 32))
-    pixels = int(np.prod(shape))
+    pixels = int(np.prod(image_shape(ds)))
     p = rates.parameters
     start = rates.job_start_seconds
     data_jobs = 1 + len(config["corruption"]["levels"])
@@ -589,7 +608,8 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     """The config as the workflow sees it: the schema fills defaults, then the parse-time checks.
 
     A data set that is not there yet (the plan may come before the download) is added to
-    ``notes`` instead of stopping the plan; any other mistake stops it as it stops Snakemake.
+    ``notes`` instead of stopping the plan, which goes on with the image shape the data set
+    declares (:func:`image_shape`); any other mistake stops it as it stops Snakemake.
     """
     import yaml
     from snakemake.utils import validate
@@ -612,7 +632,8 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     except ConfigError as exc:  # the data set's own problems come as a ConfigError caused by a DataError
         if notes is None or not isinstance(exc.__cause__, DataError):
             raise
-        notes.append(f"data: not checked ({exc.__cause__})")
+        shape = "x".join(map(str, image_shape(config["dataset"])))  # an image folder or loader stops here
+        notes.append(f"data: not checked against the config, planned with {shape} images ({exc.__cause__})")
     return config
 
 
