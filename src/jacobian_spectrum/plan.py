@@ -151,7 +151,7 @@ def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
     data_disk = sum(n.values()) * pixels + data_jobs * n["train"] * 8
     steps = [Step("data", "subsample + labels", "subsample", data_jobs, data_jobs * start, rates.base_bytes, data_disk)]
     steps.append(Step("initialise", "initialise", "initialise", 1, start, rates.base_bytes, p * 4, after=["data"]))
-    threads = int(config["training"].get("threads", 2))
+    threads = int(config["training"].get("threads", 1))
     for run, r in config["runs"].items():
         epochs = int(r["epochs"])
         per_epoch = n["train"] * rates.train_image_seconds + sum(n.values()) * rates.eval_image_seconds
@@ -326,7 +326,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     from .train.models import build_model, count_parameters
 
     dev = select_device(device)
-    threads = int(config["training"].get("threads", 2))
+    threads = int(config["training"].get("threads", 1))
     torch.set_num_threads(threads)
     spec = _model_spec(config)
     model = build_model(spec, seed=0).to(dev)
