@@ -102,7 +102,9 @@ def run_job(params: dict, out: str) -> None:
         threads=p["threads"],
         output=NS(trajectory=str(out / "trajectory.h5"), checkpoints=str(out / "checkpoints")),
     )
-    runpy.run_path(str(ROOT / "workflow" / "scripts" / "train.py"), init_globals={"snakemake": smk}, run_name="__main__")
+    runpy.run_path(
+        str(ROOT / "workflow" / "scripts" / "train.py"), init_globals={"snakemake": smk}, run_name="__main__"
+    )
 
 
 EPOCH_LINE = re.compile(r"epoch (\d+)/\d+ .* ([0-9.]+)s$")

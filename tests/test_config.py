@@ -81,6 +81,11 @@ BAD = [
     ),
     (lambda: with_("dataset.classes", [1]), WorkflowError, "classes"),
     (lambda: with_("spectrum.stored_vectors", 4), ConfigError, "spectrum.stored_vectors': 4 is below"),
+    (
+        lambda: {**load(), "spectrum": {"method": "matrix_free", "memory_budget_mb": 1, "info_dim": 10}},
+        ConfigError,
+        "spectrum.memory_budget_mb = 1: a matrix-free spectrum of J",
+    ),
     (lambda: with_("spectrum.stored_vectors", "some"), WorkflowError, "some"),
     (lambda: with_("spectrum.scheduler", "local:two"), ConfigError, "spectrum.scheduler': 'local:two' is not a worker"),
     (lambda: with_("spectrum.scheduler", "local:0"), ConfigError, "allowed: null, local:N"),

@@ -239,7 +239,7 @@ def test_a_jobs_start_memory_is_the_fresh_process_not_the_planners_peak():
 def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path):
     """runs: {} with spectrum.method matrix_free (config/cifar10-full*.yaml): the plan lists the
     dry run's jobs, no J on disk, and the spectrum's time grows with the rows (one pass forms
-    every row), with the passes the power iterations ask for."""
+    every row), with power_iterations + 1 passes (the checks come from the last)."""
     import yaml
 
     config, rates = tiny_config(tmp_path / "results")
@@ -257,14 +257,14 @@ def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path
     assert by_rule["spectrum"] == counts["spectrum_matrix_free"] == 1
     assert "jacobian_chunk" not in by_rule and "train" not in by_rule
     (step,) = [s for s in plan.steps if s.rule == "spectrum"]
-    assert "8 passes" in step.name and step.disk_bytes < 60 * 3 * rates.parameters  # vectors, not J
+    assert "7 passes" in step.name and step.disk_bytes < 60 * 3 * rates.parameters  # vectors, not J
     config["dataset"]["train_per_class"] *= 5
     (big,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
     start = rates.job_start_seconds
     assert big.seconds - start == pytest.approx(5 * (step.seconds - start), rel=1e-9)
     config["spectrum"]["power_iterations"] = 2
     (fewer,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
-    assert "4 passes" in fewer.name and fewer.seconds < big.seconds
+    assert "3 passes" in fewer.name and fewer.seconds < big.seconds
 
 
 def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
@@ -284,7 +284,12 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
     rates = P.Rates(**{**RATES.__dict__, "parameters": count_parameters(model), "matrix_free_pass_seconds": pass_s})
     (step,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
     samples = config["dataset"]["train_per_class"] * 3
-    assert step.seconds - rates.job_start_seconds == pytest.approx(8 * samples * pass_s, rel=1e-9)
+    assert step.seconds - rates.job_start_seconds == pytest.approx(7 * samples * pass_s, rel=1e-9)
+    # its memory is the one the job plans and logs when it starts (matrix_free_plan)
+    from jacobian_spectrum.spectrum.matrix_free import matrix_free_plan
+
+    mf = matrix_free_plan(samples * 3, 3, rates.parameters, 20, 20, 6, config["spectrum"]["memory_budget_mb"])
+    assert mf.iteration == "block_krylov" and step.memory_bytes == rates.base_bytes + mf.bytes
     # without the measurement the model of the Gram update's rate stands in
     modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
     (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]

@@ -243,17 +243,83 @@ def test_matrix_free_randomized_svd_matches_the_materialised_spectrum():
     U_ref, s_ref, _ = np.linalg.svd(J, full_matrices=False)
     assert np.abs(s - s_ref[:10]).max() <= 1e-6 * s_ref[0]
     assert np.allclose(np.abs(np.sum(U * U_ref[:, :10], axis=0)), 1, atol=1e-6)
-    assert op.passes == 6 + 1  # one pass per power iteration, and the first
-    # J^T U from the last pass, without one more
-    assert np.allclose(top.JtU, J.T @ U, rtol=1e-8, atol=1e-10 * s[0])
-    # converged: the last power iteration left the top values in place, and each vector is an
-    # eigenvector of J J^T to rounding
-    assert len(top.estimates) == 7 and top.movement(10) < 1e-6
-    residuals, checks = vector_residuals(op, s, U, top.JtU)
-    # the leading vectors converge first: u_1 to rounding, u_10 (oversampled by 30) to 1e-4
-    assert residuals.shape == (10,) and residuals[0] < 1e-12 and residuals.max() < 1e-4
-    assert checks["eigen_residual"] < 1e-6 and op.passes == 6 + 2
-    assert np.allclose(vector_residuals(op, s, U)[0], residuals, rtol=1e-6, atol=1e-14)  # J^T U by a pass
+    # one pass per block; the checks come from the last. Z_1 .. Z_3 span J's whole row space
+    # (120 rows, blocks of 40), so the iteration stops at 4 passes of the 7 it may take
+    assert op.passes == 4
+    # the last pass's values are exact, so the movement is the error of the pass before (3 blocks
+    # do not yet hold all of the row space: Z_0 lies mostly outside it); each pair (u_i, v_i) is
+    # a singular pair to rounding
+    previous_error = np.max(np.abs(top.estimates[-2][:10] - s_ref[:10]) / s_ref[:10])
+    assert len(top.estimates) == 4 and np.isclose(top.movement(10), previous_error, rtol=1e-3)
+    assert top.residuals.shape == (10,) and top.residuals.max() < 1e-8
+    assert np.allclose(top.JtU_norms, np.linalg.norm(J.T @ U, axis=0), rtol=1e-8)
+    assert top.checks()["eigen_residual"] < 1e-8 and top.checks()["norm_residual"] < 1e-8
+    # the last pass's residuals bound the independent ones of two more passes: u_i = J v_i / s_i,
+    # so ||J J^T u_i - s_i^2 u_i|| / s_i^2 <= (s_1 / s_i) ||J^T J v_i - s_i^2 v_i|| / s_i^2
+    left, _ = vector_residuals(op, s, U)
+    assert op.passes == 4 + 2 and np.all(left <= (s[0] / s) * top.residuals * (1 + 1e-6) + 1e-13)
+    # subspace iteration: the same values from the last block only
+    sub = randomized_svd(op, k=10, oversampling=30, power_iterations=6, iteration="subspace")
+    assert np.abs(sub.singular_values - s_ref[:10]).max() <= 1e-6 * s_ref[0]
+    assert sub.residuals[0] < 1e-10 and sub.residuals.max() < 1e-3
+
+
+def test_a_planted_error_in_a_pass_shows_in_the_residuals(monkeypatch):
+    """The stored residuals are those of the pairs the method returns: a J^T J Z off by 1e-4 of
+    its size in a pass whose block those pairs are built from (the last one for subspace
+    iteration; any for block Krylov, whose top pairs lie mostly in the first block) is seen."""
+    import torch
+
+    from jacobian_spectrum.spectrum import matrix_free
+    from jacobian_spectrum.train.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
+    x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    op = matrix_free.JacobianOperator(model, x, batch_size=16)
+    for iteration, passes, wrong in (("block_krylov", 4, 1), ("subspace", 7, 7)):
+        good = matrix_free.randomized_svd(op, k=10, oversampling=30, power_iterations=6, iteration=iteration)
+        real, calls = op.normal_matmat, []
+
+        def one_pass_off(X, precise=True, real=real, calls=calls, wrong=wrong):
+            Y, W = real(X, precise)
+            calls.append(1)
+            if len(calls) == wrong:
+                W = W + 1e-4 * np.abs(W).max() * np.random.default_rng(0).standard_normal(W.shape)
+            return Y, W
+
+        monkeypatch.setattr(op, "normal_matmat", one_pass_off)
+        bad = matrix_free.randomized_svd(op, k=10, oversampling=30, power_iterations=6, iteration=iteration)
+        monkeypatch.undo()
+        assert len(calls) == passes and good.residuals[0] < 1e-8 and bad.residuals.min() > 1e-6
+
+
+def test_matrix_free_panels_follow_the_rows_dtype_and_the_memory_budget():
+    import torch
+
+    from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, matrix_free_plan
+
+    model, x = streamed_case(samples=20)
+    op = JacobianOperator(model, x, batch_size=8)
+    Z = np.random.default_rng(0).standard_normal((op.shape[1], 4)).astype(np.float32)
+    JZ, W = op.normal_matmat(Z)
+    assert W.dtype == np.float32 and JZ.dtype == np.float64  # a p x l panel of 4 bytes a value
+    assert torch.get_default_dtype() == torch.float32
+    # ResNet-18 at nK = 2,700: 7 passes of 100 columns
+    args = (2700, 3, 11_178_051, 50, 50, 6)
+    krylov = matrix_free_plan(*args, budget_mb=70_000)
+    assert krylov.iteration == "block_krylov" and krylov.panels == 14 and krylov.bytes <= 70_000e6
+    sub = matrix_free_plan(*args, budget_mb=12_000)
+    assert sub.iteration == "subspace" and sub.panels == 2 and sub.bytes <= 12_000e6
+    assert sub.panel_bytes == 11_178_051 * 100 * 4
+    with pytest.raises(ValueError, match=r"spectrum.memory_budget_mb = 2000: .* needs at least ([\d,]+) MB") as refused:
+        matrix_free_plan(*args, budget_mb=2000)
+    # the minimum it names is the true one: one MB more fits, one less does not
+    least = int(re.search(r"at least ([\d,]+) MB", str(refused.value)).group(1).replace(",", ""))
+    assert matrix_free_plan(*args, budget_mb=least + 1).iteration == "subspace"
+    with pytest.raises(ValueError):
+        matrix_free_plan(*args, budget_mb=least - 1)
+    with pytest.raises(ValueError, match=r"spectrum.iteration = block_krylov: its 14 panels"):
+        matrix_free_plan(*args, budget_mb=12_000, iteration="block_krylov")
 
 
 def streamed_case(samples=200, classes=10, width=0.125):

@@ -84,11 +84,18 @@ def test_timm_names_without_timm_say_how_to_install_it(monkeypatch):
         build_named_model("timm:vit_tiny_patch16_224", 3, 8, 3, SMALL_VIT)
 
 
+@pytest.mark.parametrize("kernel", ["vmap", "per_sample"])
 @pytest.mark.parametrize(
     "name, kwargs", [("torchvision:shufflenet_v2_x0_5", {}), ("timm:vit_tiny_patch16_224", SMALL_VIT)]
 )
-def test_zoo_jacobian_rows_agree_with_torch_func(name, kwargs):
-    """Batch-norm (ShuffleNet, in eval mode with moved running statistics) and attention (ViT)."""
+def test_zoo_jacobian_rows_agree_with_torch_func(name, kwargs, kernel, monkeypatch):
+    """Batch-norm (ShuffleNet, in eval mode with moved running statistics) and attention (ViT),
+    by both kernels: vmap over samples, and one sample at a time (what networks from
+    PER_SAMPLE_PARAMETERS on take, ResNet-18 among them)."""
+    from jacobian_spectrum.jacobian import compute
+
+    monkeypatch.setattr(compute, "PER_SAMPLE_PARAMETERS", 0 if kernel == "per_sample" else 10**12)
+    monkeypatch.setattr(compute, "BATCH_MEMORY_BYTES", 1)  # per sample: batches of one, one reused buffer
     model = build_model(ModelSpec(name, 3, 8, 3, kwargs=kwargs), seed=0)
     model.train()(torch.randn(8, 3, 8, 8))  # running statistics away from their initial values
     model.eval()
@@ -102,6 +109,9 @@ def test_zoo_jacobian_rows_agree_with_torch_func(name, kwargs):
         err = (J[3 * i : 3 * i + 3] - ref).norm(dim=1) / ref.norm(dim=1)
         assert float(err.max()) < 1e-5, (name, i, err)
     assert J.shape == (9, count_parameters(model))
+    # block by block into one reused buffer (as a streamed pass forms them): the same rows
+    blocks = torch.cat([rows.clone() for _, rows in compute.jacobian_blocks(model, x)])
+    assert torch.equal(blocks, J)
 
 
 def test_local_weights_load_in_both_formats_and_bad_ones_are_refused(tmp_path):

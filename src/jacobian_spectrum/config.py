@@ -114,6 +114,7 @@ def check_config(config: Mapping) -> None:
     k, shape = _check_dataset(config["dataset"])
     _check_model(config["model"], shape, k)
     _check_spectrum(config["spectrum"], config["dataset"], k)
+    _check_matrix_free_memory(config, shape, k)
     _check_runs(config["runs"], [float(x) for x in config["corruption"]["levels"]])
     _check_figures(config["figures"], config["runs"])
     _check_analysis(config)
@@ -202,6 +203,32 @@ def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
             f"config key 'spectrum.scheduler': {scheduler!r} is not a worker count; allowed: null, local:N "
             "(N local worker processes, N >= 1) or a dask.distributed scheduler address such as tcp://host:8786"
         )
+
+
+def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | None, k: int) -> None:
+    """spectrum.method: matrix_free holds p x l panels, whatever nK: refuse, before any job, a
+    J whose panels do not fit spectrum.memory_budget_mb (the network's p from building it)."""
+    spec = config["spectrum"]
+    if spec["method"] != "matrix_free" or shape is None:
+        return
+    from .spectrum.matrix_free import matrix_free_plan
+    from .train.models import build_model, model_spec
+
+    p = sum(t.numel() for t in build_model(model_spec(config["model"], shape[0], shape[1], k)).parameters())
+    rows = max(config["dataset"]["train_per_class"], config["dataset"]["test_per_class"]) * k * k
+    try:
+        matrix_free_plan(
+            rows,
+            k,
+            p,
+            spec["topk"],
+            spec["oversampling"],
+            spec["power_iterations"],
+            spec["memory_budget_mb"],
+            spec.get("iteration", "auto"),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"config key 'spectrum': {exc}") from exc
 
 
 def _check_runs(runs: Mapping, levels: list[float]) -> None:

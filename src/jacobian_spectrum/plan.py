@@ -248,32 +248,40 @@ def _matrix_free_step(
     spec: Mapping, rates: Rates, device: str, tag: str, samples: int, k: int, waits: list[str]
 ) -> Step:
     """The streamed spectrum of one J (jacobian_spectrum.spectrum.matrix_free): power_iterations + 1
-    passes that form every row and make two float64 products (J Z, J^T J Z) and one that makes
-    one (the residual check), each with topk + oversampling columns; J is never stored."""
-    from .spectrum.matrix_free import PRODUCT_BYTES, ROWS_BUDGET_BYTES
+    passes that each form every row and make two products (J Z, J^T J Z) with topk + oversampling
+    columns; J is never stored. Memory from :func:`.spectrum.matrix_free.matrix_free_plan`, the
+    plan the job itself follows (it logs the same figure when it starts)."""
+    from .spectrum.matrix_free import matrix_free_plan
     from .spectrum.store import stored_vector_count
 
     rows, p = samples * k, rates.parameters
-    ell = min(spec["topk"] + spec["oversampling"], rows, p)
-    passes, products = spec["power_iterations"] + 2, 2 * (spec["power_iterations"] + 1) + 1
-    if rates.matrix_free_pass_seconds:  # measured: a pass's products are far slower than the Gram update
+    mf = matrix_free_plan(
+        rows,
+        k,
+        p,
+        spec["topk"],
+        spec["oversampling"],
+        spec["power_iterations"],
+        spec["memory_budget_mb"],
+        spec.get("iteration", "auto"),
+    )
+    passes = spec["power_iterations"] + 1
+    if rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
         seconds = passes * samples * rates.matrix_free_pass_seconds
     else:
         per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
         # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
-        seconds = passes * samples * per_sample + products * rows * p * ell / rates.gram_flops
-    block = min(ROWS_BUDGET_BYTES, rows * p * 4)
-    memory = block + PRODUCT_BYTES + 8 * ell * (rows + 3 * p) + 2 * block  # rows, float64 piece, Y, Z, W, workspace
+        seconds = passes * (samples * per_sample + 2 * rows * p * mf.columns / rates.gram_flops)
     return Step(
         f"spectrum:{tag}",
-        f"spectrum {tag} (matrix_free: {passes} passes over {rows} x {p:,}, {ell} columns)",
+        f"spectrum {tag} (matrix_free {mf.iteration}: {passes} passes over {rows} x {p:,}, {mf.columns} columns)",
         "spectrum",
         1,
         rates.job_start_seconds + seconds,
-        rates.base_bytes + (0 if device == "cuda" else memory),
+        rates.base_bytes + (0 if device == "cuda" else mf.bytes),
         rows * (stored_vector_count(spec, min(spec["topk"], rows)) + 1) * 8,
         threads=int(spec["threads"]),
-        gpu_bytes=memory if device == "cuda" else 0.0,
+        gpu_bytes=mf.bytes if device == "cuda" else 0.0,
         after=waits,
     )
 
@@ -385,9 +393,10 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
 
 
 def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> float:
-    """Seconds per sample of one power-iteration pass of ``spectrum.method: matrix_free`` as the
-    spectrum job runs it (its rows formed, J Z and J^T J Z in float64 at topk + oversampling
-    columns), on the samples ``xs``."""
+    """Seconds per sample of one pass of ``spectrum.method: matrix_free`` as the spectrum job runs
+    it (its rows formed, J Z and J^T J Z from float32 panels in float64) at topk + oversampling
+    columns, on the samples ``xs``. Timed at 2 and at 16 columns and extrapolated (a pass is
+    linear in the columns), so that the plan never holds a whole p x l panel itself."""
     import torch
 
     from .spectrum.matrix_free import JacobianOperator
@@ -396,13 +405,21 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> float:
     threads = min(int(spec["threads"]), os.cpu_count() or 1)
     op = JacobianOperator(model.eval(), xs, batch_size=len(xs))
     ell = min(int(spec["topk"]) + int(spec["oversampling"]), *op.shape)
-    Z = np.random.default_rng(0).standard_normal((op.shape[1], ell))
+    few, more = min(2, ell), min(16, ell)
+    rng = np.random.default_rng(0)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the spectrum job's threads
     try:
-        return _best_seconds(lambda: op.normal_matmat(Z), dev, repeats=1) / len(xs)
+        t = {
+            c: _best_seconds(
+                lambda c=c: op.normal_matmat(rng.standard_normal((op.shape[1], c)).astype(np.float32)), dev, repeats=1
+            )
+            for c in {few, more}
+        }
     finally:
         torch.set_num_threads(before)
+    slope = (t[more] - t[few]) / (more - few) if more > few else 0.0
+    return (t[few] + max(slope, 0.0) * (ell - few)) / len(xs)
 
 
 def _best_seconds(fn, dev, repeats: int = 3) -> float:

@@ -41,6 +41,7 @@ import torch
 from ..common.logs import logger
 from ..jacobian.compute import batch_slices, jacobian_blocks, jacobian_shape
 from ..jacobian.store import ROW_ORDER
+from .dense import eigh_descending
 from .store import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
@@ -74,31 +75,38 @@ class JacobianOperator:
         return len(self.x) * self.k, self.cols
 
     def matmat(self, X: np.ndarray) -> np.ndarray:
-        """J X for X (p x l): one pass over the data."""
+        """J X for X (p x l): one pass over the data, products in float64."""
         out = np.empty((self.shape[0], X.shape[1]))
-        for rows, part in self._pass("J X", _jx, X):
+        for rows, part in self._pass("J X", _jx, np.asarray(X, dtype=np.float64)):
             out[rows] = part
         return out
 
     def rmatmat(self, Y: np.ndarray) -> np.ndarray:
         """J^T Y for Y (nK x l): one pass, the blocks' contributions summed in float64."""
         out = np.zeros((self.shape[1], Y.shape[1]))
-        for _, part in self._pass("J^T Y", _jty, Y, split_rows=True):
+        for _, part in self._pass("J^T Y", _jty, np.asarray(Y, dtype=np.float64), split_rows=True):
             out += part
         return out
 
-    def normal_matmat(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(J X, J^T J X) for X (p x l) from one pass: each block's rows are formed once."""
-        JX, JtJX = np.empty((self.shape[0], X.shape[1])), np.zeros((self.shape[1], X.shape[1]))
-        for rows, (y, w) in self._pass("J X, J^T J X", _jtjx, X):
+    def normal_matmat(self, X: np.ndarray, precise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(J X, J^T J X) for X (p x l) from one pass: each block's rows are formed once. J X
+        is float64 (from float64 products where ``precise``, else from products in the rows'
+        dtype); J^T J X has X's dtype, so that a float32 panel costs p x l x 4 bytes, not 8."""
+        JX = np.empty((self.shape[0], X.shape[1]))
+        JtJX = np.zeros((self.shape[1], X.shape[1]), dtype=X.dtype)
+        what = "J X, J^T J X" + ("" if precise else f" in {str(self.x.dtype).removeprefix('torch.')}")
+        # here on the CPU the blocks add into JtJX itself: no second p x l panel per task
+        into = torch.from_numpy(JtJX) if _client() is None and self.x.device.type == "cpu" else None
+        for rows, (y, w) in self._pass(what, functools.partial(_jtjx, precise=precise, out=into), X):
             JX[rows] = y
-            JtJX += w
+            if w is not None:
+                JtJX += w
         return JX, JtJX
 
     def _pass(self, what: str, fn, M: np.ndarray, split_rows: bool = False):
         """One pass: yields (J's rows of a task, fn's result) for every task of sample ranges."""
         t0 = last = time.perf_counter()
-        M = np.ascontiguousarray(M, dtype=np.float64)
+        M = np.ascontiguousarray(M)
         done, total = 0, self.shape[0]
         for rows, part in _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows):
             yield rows, part
@@ -128,40 +136,76 @@ class JacobianOperator:
         )
 
 
-def _products(model: torch.nn.Module, x: torch.Tensor, batch_size: int):
+def _products(model: torch.nn.Module, x: torch.Tensor, batch_size: int, dtype: torch.dtype):
     """J's rows of the samples x, one kernel batch at a time (one reused buffer), with their
-    offset, cast to float64 PRODUCT_BYTES at a time."""
+    offset; cast to ``dtype`` PRODUCT_BYTES at a time where it is not the rows' own."""
     for batch, rows in jacobian_blocks(model, x, batch_size):
         k = len(rows) // (batch.stop - batch.start)
+        if rows.dtype == dtype:
+            yield batch.start * k, rows
+            continue
         step = max(1, PRODUCT_BYTES // (8 * rows.shape[1]))
         for i in range(0, len(rows), step):
-            yield batch.start * k + i, rows[i : i + step].double()
+            yield batch.start * k + i, rows[i : i + step].to(dtype)
 
 
-def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int) -> np.ndarray:
-    """J_x X: the rows of the samples x times X (p x l)."""
+def _slabs(rows: int, cols: int) -> range:
+    """Column offsets of slabs of a (rows x cols) block that PRODUCT_BYTES holds in float64."""
+    return range(0, cols, max(1, PRODUCT_BYTES // (8 * max(rows, 1))))
+
+
+def _times(R: torch.Tensor, X: torch.Tensor, precise: bool) -> torch.Tensor:
+    """R X in float64: in R's dtype where not ``precise``, else with R and X cast to float64
+    a slab of columns of R at a time (X, a float32 panel of p x l, is never copied whole)."""
+    if not precise or (R.dtype == torch.float64 and X.dtype == torch.float64):
+        return (R @ X.to(R.dtype)).double()
+    out = torch.zeros(len(R), X.shape[1], dtype=torch.float64, device=R.device)
+    step = _slabs(len(R), R.shape[1]).step
+    for j in range(0, R.shape[1], step):
+        out.addmm_(R[:, j : j + step].double(), X[j : j + step].double())
+    return out
+
+
+def _add_transposed_times(W: torch.Tensor, R: torch.Tensor, Y: torch.Tensor) -> torch.Tensor:
+    """W += R^T Y in W's dtype (the panels' precision), R^T Y computed in R's dtype."""
+    return W.addmm_(R.T.to(W.dtype), Y.to(W.dtype)) if R.dtype != W.dtype else W.addmm_(R.T, Y.to(R.dtype))
+
+
+def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int, precise: bool = True) -> np.ndarray:
+    """J_x X: the rows of the samples x times X (p x l), in float64."""
     Xt = torch.as_tensor(X, device=x.device)
-    parts = [R @ Xt for _, R in _products(model, x, batch_size)]
+    parts = [_times(R, Xt, precise) for _, R in _products(model, x, batch_size, x.dtype)]
     return torch.cat(parts).cpu().numpy()
 
 
-def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int) -> np.ndarray:
-    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y."""
+def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int, precise: bool = True) -> np.ndarray:
+    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y (summed in float64)."""
     Yt, out = torch.as_tensor(Y, device=x.device), None
-    for off, R in _products(model, x, batch_size):
-        part = R.T @ Yt[off : off + len(R)]
-        out = part if out is None else out.add_(part)
+    for off, R in _products(model, x, batch_size, torch.float64 if precise else x.dtype):
+        part = R.T @ Yt[off : off + len(R)].to(R.dtype)
+        out = part.double() if out is None else out.add_(part)
     return out.cpu().numpy()
 
 
-def _jtjx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(J_x X, J_x^T J_x X) with each of the samples' rows formed once."""
-    Xt, parts, out = torch.as_tensor(X, device=x.device), [], None
-    for _, R in _products(model, x, batch_size):
-        y = R @ Xt
+def _jtjx(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    X: np.ndarray,
+    batch_size: int,
+    precise: bool = True,
+    out: torch.Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(J_x X in float64, J_x^T J_x X in X's dtype) with each of the samples' rows formed once.
+    ``precise``: J_x X from float64 products (the Rayleigh-Ritz data), else in the rows' dtype;
+    J^T (J X) is summed in X's dtype, the panels' precision, either way: into ``out`` when
+    given (then None is returned in its place)."""
+    Xt = torch.as_tensor(X, device=x.device)
+    parts, W = [], out if out is not None else torch.zeros(Xt.shape, dtype=Xt.dtype, device=x.device)
+    for _, R in _products(model, x, batch_size, x.dtype):
+        y = _times(R, Xt, precise)
         parts.append(y)
-        out = R.T @ y if out is None else out.addmm_(R.T, y)
-    return torch.cat(parts).cpu().numpy(), out.cpu().numpy()
+        _add_transposed_times(W, R, y)
+    return torch.cat(parts).cpu().numpy(), None if out is not None else W.cpu().numpy()
 
 
 @functools.lru_cache(maxsize=1)
@@ -174,6 +218,16 @@ def _on_worker(fn, blob: bytes, *args):
     return fn(_unpickled(blob), *args)
 
 
+def _client():
+    """The active ``dask.distributed`` client, or None (the passes then run here)."""
+    try:
+        from dask.distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
 def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator[tuple[slice, object]]:
     """Yield (a task's rows of J, fn(model, x of the task, M or its rows, batch_size)) for each
     task of one pass.
@@ -184,18 +238,15 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
     taken as they finish, so the driver holds one beside the sum. torch.func transforms keep
     process-global state, so two tasks never share a process at once (workers: one thread each).
     """
-    try:
-        from dask.distributed import as_completed, default_client
-
-        client = default_client()
-    except (ImportError, ValueError):
-        client = None
+    client = _client()
     n = len(x)
     if client is None:  # here, in about LOCAL_TASKS parts (each whole kernel batches) for progress lines
         for t in batch_slices(n, max(batch_size, -(-n // LOCAL_TASKS))):
             rows = slice(t.start * k, t.stop * k)
             yield rows, fn(model, x[t], M[rows] if split_rows else M, batch_size)
         return
+    from dask.distributed import as_completed
+
     workers = max(1, len(client.scheduler_info()["workers"]))
     tasks = batch_slices(n, max(1, -(-n // (4 * workers))))
     # the model as pickled bytes: dask's own torch serialisation loses the modules' hook dicts
@@ -212,61 +263,191 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
         fut.release()
 
 
+ITERATIONS = ("block_krylov", "subspace")
+SLAB_BYTES = 64 << 20  # rows of a p x l panel cast to float64 at a time (orthonormalisation, residuals)
+DROP = 1e-5  # a new Krylov direction shorter than this (relative) lies in the basis to float32 rounding
+
+
 @dataclass
 class TopK:
-    """Randomized SVD's result: the top-k singular values and left vectors, J^T U from the same
-    pass (for the residuals), and the estimates of the top singular values after each pass (to
-    see whether the power iterations sufficed)."""
+    """Randomized SVD's result: the top-k singular values and left vectors; the residuals of
+    their pairs, ||J^T J v_i - s_i^2 v_i|| / s_i^2, and ||J^T u_i||, from the last pass; and
+    the estimates of the top singular values after each pass (to see whether the passes
+    sufficed)."""
 
     singular_values: np.ndarray
     U: np.ndarray
     estimates: list[np.ndarray] = field(default_factory=list)
-    JtU: np.ndarray | None = None
+    residuals: np.ndarray | None = None
+    JtU_norms: np.ndarray | None = None
+    iteration: str = "block_krylov"
 
     def movement(self, r: int) -> float:
-        """Largest relative change of the top-r singular values in the last power iteration
-        (NaN without power iterations)."""
+        """Largest relative change of the top-r singular values in the last pass (NaN with one
+        pass)."""
         if len(self.estimates) < 2:
             return float("nan")
         a, b = self.estimates[-2][:r], self.estimates[-1][:r]
         return float(np.max(np.abs(b - a) / np.maximum(b, np.finfo(float).tiny)))
 
+    def checks(self) -> dict:
+        """The stored checks (:func:`.store.spectrum_checks`' keys) from the last pass: the
+        residuals of the right singular vectors v_i (u_i = J v_i / s_i), the same pairs."""
+        s, s1 = self.singular_values, self.singular_values[0] if self.singular_values[0] > 0 else 1.0
+        return {
+            "orthogonality_error": float(np.abs(self.U.T @ self.U - np.eye(self.U.shape[1])).max()),
+            "eigen_residual": float(np.max(self.residuals * s**2) / s1**2),
+            "norm_residual": float(np.abs(self.JtU_norms - s).max() / s1),
+            "checked_vectors": len(s),
+        }
+
+
+def _row_slabs(p: int, cols: int) -> range:
+    return range(0, p, max(1, SLAB_BYTES // (8 * max(cols, 1))))
+
+
+def _orthonormal(W: np.ndarray, basis: list[np.ndarray], in_place: bool = False) -> np.ndarray | None:
+    """W's columns orthonormalised against the blocks of ``basis`` and among themselves: block
+    classical Gram-Schmidt and a Gram-matrix (eigh) normalisation, twice, in float64 on slabs
+    of rows, stored in W's dtype. Directions that lie in the basis to within DROP of their
+    length are dropped; None when none is left (the space is invariant)."""
+    Z = W if in_place else W.copy()
+    scale = float(np.max(np.einsum("ij,ij->j", Z, Z, dtype=np.float64))) if Z.size else 0.0
+    for _ in range(2):
+        for Q in basis:
+            C = sum(Q[a : a + n].astype(np.float64).T @ Z[a : a + n] for a, n in _slab_spans(Q))
+            for a, n in _slab_spans(Q):
+                Z[a : a + n] -= (Q[a : a + n].astype(np.float64) @ C).astype(Z.dtype)
+        G = sum(Z[a : a + n].astype(np.float64).T @ Z[a : a + n].astype(np.float64) for a, n in _slab_spans(Z))
+        lam, V = np.linalg.eigh(G)
+        keep = lam > DROP**2 * max(scale, np.finfo(float).tiny)
+        if not keep.any():
+            return None
+        T = V[:, keep] / np.sqrt(lam[keep])
+        out = np.empty((len(Z), int(keep.sum())), dtype=Z.dtype) if T.shape[1] != Z.shape[1] else Z
+        for a, n in _slab_spans(Z):
+            out[a : a + n] = Z[a : a + n].astype(np.float64) @ T
+        Z, scale = out, 1.0
+    return Z
+
+
+def _slab_spans(A: np.ndarray) -> list[tuple[int, int]]:
+    step = _row_slabs(*A.shape).step
+    return [(a, min(step, len(A) - a)) for a in range(0, len(A), step)]
+
+
+def _gram(Ys: list[np.ndarray], G: np.ndarray | None) -> np.ndarray:
+    """[Y_1 .. Y_m]^T [Y_1 .. Y_m] from the previous m - 1 blocks' G and the new block, without
+    joining the blocks (each is rows x l in float64: a copy would double their memory)."""
+    new = [Y.T @ Ys[-1] for Y in Ys]
+    L = sum(Y.shape[1] for Y in Ys)
+    out = np.zeros((L, L))
+    m = L - Ys[-1].shape[1]
+    if G is not None:
+        out[:m, :m] = G
+    column = np.vstack(new)
+    out[:, m:], out[m:, :] = column, column.T
+    return out
+
+
+def _ritz(Qs: list[np.ndarray], Ws: list[np.ndarray], Ys: list[np.ndarray], G: np.ndarray, k: int):
+    """Rayleigh-Ritz of J on the span of the blocks Qs (J Qs = Ys, whose Gram matrix is G;
+    J^T J Qs = Ws): the top k singular values and left vectors, the residuals
+    ||J^T J v - s^2 v|| / s^2 and ||J^T u||. Q^T Q is measured (the blocks are float32,
+    orthonormal to 1e-7) and corrected for. From Gram matrices: s_i^2 within eps s_1^2, ample
+    for the top k, and no rows x L copy."""
+    L = sum(q.shape[1] for q in Qs)
+    M = np.zeros((L, L))
+    offs = np.cumsum([0] + [q.shape[1] for q in Qs])
+    for a, n in _slab_spans(Qs[0]):
+        Qa = np.hstack([q[a : a + n].astype(np.float64) for q in Qs])
+        M += Qa.T @ Qa
+    R = np.linalg.cholesky(M).T  # M = R^T R: Q R^-1 is orthonormal
+    Rinv = np.linalg.solve(R, np.eye(L))
+    lam, Vb = eigh_descending(Rinv.T @ G @ Rinv)  # (J Q R^-1)^T (J Q R^-1)
+    k = min(k, L)
+    s = np.sqrt(np.maximum(lam[:k], 0))
+    V = Rinv @ Vb[:, :k]  # v_i = Q V[:, i], unit vectors
+    with np.errstate(divide="ignore", invalid="ignore"):
+        T = np.where(s > 0, V / s, 0)
+    U = sum(Y @ T[o:e] for Y, o, e in zip(Ys, offs[:-1], offs[1:]))  # u_i = J v_i / s_i
+    r2, n2 = np.zeros(k), np.zeros(k)
+    for a, n in _slab_spans(Qs[0]):
+        QV = sum(q[a : a + n].astype(np.float64) @ V[o:e] for q, o, e in zip(Qs, offs[:-1], offs[1:]))
+        AV = sum(w[a : a + n].astype(np.float64) @ V[o:e] for w, o, e in zip(Ws, offs[:-1], offs[1:]))
+        r2 += ((AV - QV * s**2) ** 2).sum(axis=0)
+        n2 += (AV**2).sum(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return s, U, np.sqrt(r2) / s**2, np.sqrt(n2) / s
+
 
 def randomized_svd(
-    op: JacobianOperator, k: int, oversampling: int = 100, power_iterations: int = 6, seed: int = 0
+    op: JacobianOperator,
+    k: int,
+    oversampling: int = 100,
+    power_iterations: int = 6,
+    seed: int = 0,
+    iteration: str = "block_krylov",
 ) -> TopK:
-    """Top-k singular values and left singular vectors of the operator's J, from
-    ``power_iterations`` + 1 passes (the module's docstring says how)."""
+    """Top-k singular values and left singular vectors of the operator's J from
+    ``power_iterations`` + 1 passes, each forming every row once and giving J Z and J^T J Z
+    for a block Z of l = k + oversampling columns.
+
+    block_krylov  Z_0 random, Z_{i+1} = J^T J Z_i orthonormalised against Z_0 .. Z_i; then
+                  Rayleigh-Ritz on their whole span (Musco and Musco 2015), whose J Q the passes
+                  gave: the same accuracy from fewer passes than subspace iteration. Holds
+                  2 (q + 1) p x l panels.
+    subspace      Z_{i+1} = orth(J^T J Z_i), Rayleigh-Ritz on the last Z only (Halko, Martinsson,
+                  Tropp 2011, Alg. 4.4): 2 panels, for J's too wide for the Krylov basis.
+
+    Panels are stored in the rows' dtype (float32: p x l x 4 bytes). J Z is computed from
+    float64 products for Rayleigh-Ritz (every pass for block_krylov, the last for subspace);
+    the rest in the rows' dtype. The residuals come from the last pass's products."""
+    if iteration not in ITERATIONS:
+        raise ValueError(f"iteration {iteration!r}; allowed: {', '.join(ITERATIONS)}")
     rows, cols = op.shape
     ell = min(k + oversampling, rows, cols)
     k = min(k, ell)
-    Z, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((cols, ell)))
-    estimates = []
+    dtype = np.float64 if op.x.dtype == torch.float64 else np.float32
+    Z = _orthonormal(np.random.default_rng(seed).standard_normal((cols, ell)).astype(dtype), [], in_place=True)
+    krylov = iteration == "block_krylov"
+    Qs, Ws, Ys, estimates, G = [], [], [], [], None
     for i in range(power_iterations + 1):
-        Y, W = op.normal_matmat(Z)  # Y = J Z, Z orthonormal: its singular values estimate J's top ones
-        estimates.append(np.linalg.svd(Y, compute_uv=False))
+        last = i == power_iterations
+        Y, W = op.normal_matmat(Z, precise=krylov or last)
+        Qs, Ws, Ys = ([*Qs, Z], [*Ws, W], [*Ys, Y]) if krylov else ([Z], [W], [Y])
+        G = _gram(Ys, G if krylov else None)
+        # Ritz values with the blocks taken as orthonormal (they are, to float32 rounding)
+        estimates.append(np.sqrt(np.maximum(np.linalg.eigvalsh(G)[::-1], 0)))
         logger.info(
-            "power iteration %d/%d: s_1 = %.6g, s_%d = %.6g",
-            i,
-            power_iterations,
+            "pass %d/%d (%s, %d columns): s_1 = %.6g, s_%d = %.6g",
+            i + 1,
+            power_iterations + 1,
+            iteration,
+            sum(q.shape[1] for q in Qs),
             estimates[-1][0],
             k,
-            estimates[-1][k - 1],
+            estimates[-1][min(k, len(estimates[-1])) - 1],
         )
-        if i < power_iterations:
-            Z, _ = np.linalg.qr(W)
-    Uy, s, Vyt = np.linalg.svd(Y, full_matrices=False)
-    JtU = W @ (Vyt[:k].T / s[:k])  # J^T U = J^T J Z V_Y S^-1
-    return TopK(s[:k], Uy[:, :k], estimates, JtU)
+        if last:
+            break
+        # subspace: W becomes the next Z in place (its panel is not needed again)
+        Z = _orthonormal(W, Qs if krylov else [], in_place=not krylov)
+        room = cols - sum(q.shape[1] for q in Qs) if krylov else cols
+        if Z is None or room <= 0:
+            logger.info("the space is invariant (or all of R^p) after %d passes: stopping", i + 1)
+            break
+        Z = Z[:, :room]
+    s, U, residuals, norms = _ritz(Qs, Ws, Ys, G, k)
+    estimates[-1] = s
+    return TopK(s, U, estimates, residuals, norms, iteration)
 
 
-def vector_residuals(
-    op: JacobianOperator, s: np.ndarray, U: np.ndarray, JtU: np.ndarray | None = None
-) -> tuple[np.ndarray, dict]:
-    """||J J^T u_i - s_i^2 u_i|| / s_i^2 for every column of U, and the spectrum's stored checks
-    computed from the same products: one pass with J^T U given (TopK.JtU), two without."""
-    if JtU is None:
-        JtU = op.rmatmat(U)
+def vector_residuals(op: JacobianOperator, s: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, dict]:
+    """||J J^T u_i - s_i^2 u_i|| / s_i^2 for every column of U, and the spectrum's stored checks,
+    by two more passes (J^T U, then J (J^T U)): an independent check of the last pass's
+    residuals (:class:`TopK`), for tests and benches."""
+    JtU = op.rmatmat(U)
     JJtU = op.matmat(JtU)
     with np.errstate(divide="ignore", invalid="ignore"):
         residuals = np.linalg.norm(JJtU - U * s**2, axis=0) / s**2
@@ -295,6 +476,74 @@ def dask_workers(scheduler: str | None) -> Iterator[object | None]:
             yield client
 
 
+@dataclass(frozen=True)
+class MatrixFreePlan:
+    """What a matrix-free spectrum of J (rows x p) holds: the iteration that fits the memory
+    budget, its panels (p x l each, in the rows' dtype), one block of J's rows, and the
+    float64 pieces of the products."""
+
+    iteration: str
+    columns: int  # l = topk + oversampling (at most nK and p)
+    panels: int  # p x l panels held at once
+    panel_bytes: float
+    block_bytes: float  # one block of J's rows (float32)
+    row_bytes: float  # the kept J Z blocks and U (rows x l and rows x k, float64)
+    work_bytes: float  # float64 pieces: a product's cast rows and slab, the orthonormalisation's slabs
+
+    @property
+    def bytes(self) -> float:
+        """Peak memory beyond the process and the model: panels, the rows block twice (the
+        kernel joins its per-layer pieces into it), J Z blocks, and the float64 pieces (a
+        product's cast rows and slab, the orthonormalisation's slabs)."""
+        return self.panels * self.panel_bytes + 2 * self.block_bytes + self.row_bytes + self.work_bytes
+
+
+def matrix_free_plan(
+    rows: int,
+    k: int,
+    p: int,
+    topk: int,
+    oversampling: int,
+    power_iterations: int,
+    budget_mb: float,
+    iteration: str = "auto",
+    itemsize: int = 4,
+) -> MatrixFreePlan:
+    """The iteration and memory of a matrix-free spectrum of J (rows = n K, K outputs, p
+    columns) within ``budget_mb`` (spectrum.memory_budget_mb): block_krylov where its
+    2 (q + 1) panels and one sample's rows fit, else subspace (2 panels). ValueError, naming
+    the settings to change, where even that does not fit or a named iteration does not."""
+    ell = min(topk + oversampling, rows, p)
+    panel = float(p) * ell * itemsize
+    sample_rows = float(k) * p * itemsize
+    need = {"block_krylov": 2 * (power_iterations + 1), "subspace": 2}
+    # J Z blocks kept (all for Rayleigh-Ritz on their span; the last two for subspace) and U
+    kept = {"block_krylov": power_iterations + 1, "subspace": 2}
+    row_side = {it: 8.0 * rows * (kept[it] * ell + min(topk, ell)) for it in ITERATIONS}
+    budget = budget_mb * 1e6
+    work = 3 * min(PRODUCT_BYTES, 8.0 * rows * p) + 2 * min(SLAB_BYTES, 8.0 * p * ell)
+    fixed = {it: work + row_side[it] for it in ITERATIONS}
+    least = {it: need[it] * panel + 2 * sample_rows + fixed[it] for it in ITERATIONS}
+    fits = [it for it in ITERATIONS if least[it] <= budget]
+    if iteration == "auto":
+        if not fits:
+            raise ValueError(
+                f"spectrum.memory_budget_mb = {budget_mb:g}: a matrix-free spectrum of J ({rows:,} x {p:,}) needs at "
+                f"least {least['subspace'] / 1e6:,.0f} MB (two panels of {p:,} x {ell} in float32 "
+                f"and one sample's rows); raise spectrum.memory_budget_mb, or lower spectrum.topk + "
+                f"spectrum.oversampling (now {topk} + {oversampling})"
+            )
+        iteration = fits[0]
+    elif iteration not in fits:
+        raise ValueError(
+            f"spectrum.iteration = {iteration}: its {need[iteration]} panels of {p:,} x {ell} need "
+            f"{least[iteration] / 1e6:,.0f} MB, over spectrum.memory_budget_mb = "
+            f"{budget_mb:g}; raise the budget, or set spectrum.iteration: auto"
+        )
+    block = max(sample_rows, min(ROWS_BUDGET_BYTES, (budget - need[iteration] * panel - fixed[iteration]) / 2))
+    return MatrixFreePlan(iteration, ell, need[iteration], panel, block, row_side[iteration], work)
+
+
 def matrix_free_spectrum(
     checkpoint: str,
     subset_path: str,
@@ -308,10 +557,13 @@ def matrix_free_spectrum(
     keep: int | None = None,
     scheduler: str | None = None,
     device: str = "cpu",
+    memory_budget_mb: float = 2000.0,
+    iteration: str = "auto",
 ) -> Spectrum:
-    """Spectrum of J(checkpoint) on ``split`` without storing J, checked by one more pass. The
-    passes run on the workers of ``scheduler`` (see :func:`dask_workers`) when given, else here
-    on ``device`` (``auto`` = CUDA when present: rows and float64 products on the GPU)."""
+    """Spectrum of J(checkpoint) on ``split`` without storing J, checked from its last pass.
+    The passes run on the workers of ``scheduler`` (see :func:`dask_workers`) when given, else
+    here on ``device`` (``auto`` = CUDA when present: rows and products on the GPU). The
+    iteration and the rows' block follow from ``memory_budget_mb`` (:func:`matrix_free_plan`)."""
     from ..common.device import select_device
     from ..data.subset import read_split
     from ..train.models import load_checkpoint
@@ -321,23 +573,43 @@ def matrix_free_spectrum(
     model.eval()  # J's rows in the checkpoint's precision (float32), every product in float64
     data = read_split(subset_path, split)
     torch.set_num_threads(max(1, threads))
-    op = JacobianOperator(model, torch.from_numpy(data.x).to(dev), batch_size)
+    x = torch.from_numpy(data.x).to(dev)
+    rows, p = jacobian_shape(model, x[:1])
+    plan = matrix_free_plan(rows * len(x), rows, p, k, oversampling, power_iterations, memory_budget_mb, iteration)
+    if batch_size is None:
+        batch_size = max(1, int(plan.block_bytes // (rows * p * x.element_size())))
+    logger.info(
+        "matrix-free spectrum of J (%d x %d): %s, %d passes, %d panels of %d columns (%.0f MB), rows %d samples "
+        "a block: %.0f MB planned",
+        rows * len(x),
+        p,
+        plan.iteration,
+        power_iterations + 1,
+        plan.panels,
+        plan.columns,
+        plan.panels * plan.panel_bytes / 1e6,
+        batch_size,
+        plan.bytes / 1e6,
+    )
+    op = JacobianOperator(model, x, batch_size)
     with dask_workers(scheduler):
         t0 = time.perf_counter()
-        top = randomized_svd(op, k, oversampling, power_iterations)
+        top = randomized_svd(op, k, oversampling, power_iterations, iteration=plan.iteration)
         t1 = time.perf_counter()
-        residuals, checks = vector_residuals(op, top.singular_values, top.U, top.JtU)
+    checks = top.checks()
+    residuals = top.residuals
     r = min(info_dim, len(top.singular_values))
     checks.update(
         passes=op.passes,
+        iteration=plan.iteration,
         vector_residuals=residuals,
         max_residual_top_r=float(residuals[:r].max()),
         movement_top_r=top.movement(r),
     )
     keep = info_dim if keep is None else min(keep, top.U.shape[1])  # the stored vectors (spectrum.stored_vectors)
     logger.info(
-        "matrix-free spectrum of %s on %s: %d x %d, %d passes, %.1fs; top-%d residuals <= %.2e, last power "
-        "iteration moved the top %d values by <= %.2e",
+        "matrix-free spectrum of %s on %s: %d x %d, %d passes, %.1fs; top-%d residuals <= %.2e, the last "
+        "pass moved the top %d values by <= %.2e",
         checkpoint,
         split,
         *op.shape,
@@ -353,7 +625,7 @@ def matrix_free_spectrum(
         top.U[:, :keep].copy(),
         "matrix_free",
         checks,
-        {"matrix_free": t1 - t0, "verify": time.perf_counter() - t1},
+        {"matrix_free": t1 - t0},
     )
 
 
@@ -381,6 +653,8 @@ def spectrum_matrix_free(
         keep=stored_vector_count(settings, settings["topk"]),
         scheduler=settings.get("scheduler"),
         device=device,
+        memory_budget_mb=settings["memory_budget_mb"],
+        iteration=settings.get("iteration", "auto"),
     )
     payload = read_checkpoint(checkpoint)
     source = {
