@@ -409,7 +409,8 @@ def randomized_svd(
     ell = min(k + oversampling, rows, cols)
     k = min(k, ell)
     dtype = np.float64 if op.x.dtype == torch.float64 else np.float32
-    Z = _orthonormal(np.random.default_rng(seed).standard_normal((cols, ell)).astype(dtype), [], in_place=True)
+    # drawn in the panels' dtype: a float64 draw to cast would double the largest panel for a moment
+    Z = _orthonormal(np.random.default_rng(seed).standard_normal((cols, ell), dtype=dtype), [], in_place=True)
     krylov = iteration == "block_krylov"
     Qs, Ws, Ys, estimates, G = [], [], [], [], None
     for i in range(power_iterations + 1):
@@ -540,7 +541,9 @@ def matrix_free_plan(
             f"{least[iteration] / 1e6:,.0f} MB, over spectrum.memory_budget_mb = "
             f"{budget_mb:g}; raise the budget, or set spectrum.iteration: auto"
         )
-    block = max(sample_rows, min(ROWS_BUDGET_BYTES, (budget - need[iteration] * panel - fixed[iteration]) / 2))
+    # the rest of the budget to the rows' block, up to all of J: every block reads both panels
+    # once, so at a large p the fewer the blocks, the less memory traffic a pass makes
+    block = max(sample_rows, min(float(rows) * p * itemsize, (budget - need[iteration] * panel - fixed[iteration]) / 2))
     return MatrixFreePlan(iteration, ell, need[iteration], panel, block, row_side[iteration], work)
 
 
