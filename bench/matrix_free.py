@@ -146,6 +146,10 @@ def main() -> None:
                 "jvp_product_over_normal_pass": t_jvp / t_normal,
                 "method_over_materialised": t_method / t_materialised,
                 "max_relative_error_top_k": float(np.max(np.abs(top.singular_values - s_ref) / s_ref)),
+                # each pass's Ritz values (the last: the returned ones) against Gram + eigh
+                "max_relative_error_after_each_pass": [
+                    float(np.max(np.abs(e[: a.k] - s_ref) / s_ref)) for e in top.estimates
+                ],
                 "subspace_overlap_top_k": float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),
                 "stored_residual_top_k": float(top.residuals.max()),
                 "stored_checks": top.checks(),

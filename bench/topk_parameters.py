@@ -4,10 +4,12 @@ Computes a 10-class J small enough for Gram + eigh, then runs the streamed rando
 (jacobian_spectrum.spectrum.matrix_free) for each oversampling p and power-iteration count q, and
 prints the top-k singular values' largest relative error against eigh, the subspace overlap
 (mean squared cosine of the principal angles) and how much the last power iteration moved the
-top k (what a run without a reference can see). Passes = q + 1 (and one more for the
-residuals). Not a timing benchmark.
+top k (what a run without a reference can see). Passes = q + 1. ``--iteration`` picks
+matrix_free's iteration (subspace: the numbers in docs/benchmarks.md; block_krylov: fewer
+passes for the same error). Not a timing benchmark.
 
   python bench/topk_parameters.py [--samples 200] [--classes 10] [--width 0.125] [--size 8] [--k 50]
+                                  [--iteration subspace]
 """
 
 import argparse
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=50)
     ap.add_argument("--oversampling", type=int, nargs="+", default=[30, 50, 100])
     ap.add_argument("--iterations", type=int, nargs="+", default=[2, 4, 6, 8])
+    ap.add_argument("--iteration", choices=["subspace", "block_krylov"], default="subspace")
     a = ap.parse_args()
     torch.set_num_threads(1)
     model = build_model(ModelSpec("resnet20", 3, a.size, a.classes, width=a.width), seed=0).eval()
@@ -43,7 +46,7 @@ def main() -> None:
     for p in a.oversampling:
         for q in a.iterations:
             op.passes = 0
-            top = randomized_svd(op, a.k, p, q)
+            top = randomized_svd(op, a.k, p, q, iteration=a.iteration)
             err = np.abs(top.singular_values - s_ref[: a.k]).max() / s_ref[a.k - 1]
             overlap = np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k
             print(

@@ -19,7 +19,8 @@ if config["spectrum"]["method"] == "matrix_free":
             "../workflow/envs/jacobian-spectrum.yaml"
         threads: config["spectrum"]["threads"]
         resources:
-            mem_mb=lambda w, attempt: attempt * config["jacobian"]["mem_mb"],
+            # the job plans within the budget (matrix_free_plan); 1 GB more for the process and model
+            mem_mb=lambda w, attempt: attempt * int(config["spectrum"]["memory_budget_mb"] + 1000),
             runtime=lambda w, attempt: 120 * attempt,
         params:
             checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),

@@ -459,3 +459,29 @@ def test_streamed_products_on_a_gpu_equal_the_cpu_ones():
     gpu = JacobianOperator(model.cuda(), x.cuda(), batch_size=16).normal_matmat(X)
     for a, b in zip(cpu, gpu):  # float32 rows formed by other kernels: rounding apart
         assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+
+
+def test_the_iterations_hold_the_panels_they_plan(monkeypatch):
+    """subspace holds 2 p x l panels at a time, block_krylov 2 (q + 1): numpy's own allocations
+    (the panels, J Z, the slabs) traced through a whole run, the float64 slabs made small."""
+    import tracemalloc
+
+    from jacobian_spectrum.spectrum import matrix_free
+
+    monkeypatch.setattr(matrix_free, "SLAB_BYTES", 1 << 16)
+    monkeypatch.setattr(matrix_free, "PRODUCT_BYTES", 1 << 16)
+    model, x = streamed_case(samples=40, classes=3, width=0.25)
+    op = matrix_free.JacobianOperator(model, x, batch_size=8)
+    ell, q = 30, 4
+    panel = op.shape[1] * ell * 4
+    op.normal_matmat(np.zeros((op.shape[1], 1), np.float32))  # the first pass's one-time set-up (19 MB here)
+    for iteration, panels in (("subspace", 2), ("block_krylov", 2 * (q + 1))):
+        tracemalloc.start()
+        matrix_free.randomized_svd(op, 10, ell - 10, q, iteration=iteration)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        # beyond the panels: float64 slabs (SLAB_BYTES each), J Z (120 x 30 x 8 bytes a block) and
+        # Rayleigh-Ritz's few L x L matrices (L = the columns of all blocks kept)
+        L = ell * panels // 2
+        small = 8 * matrix_free.SLAB_BYTES + 10 * 8 * L**2
+        assert panels * panel <= peak < panels * panel + small, (iteration, peak / panel)

@@ -312,7 +312,9 @@ def _orthonormal(W: np.ndarray, basis: list[np.ndarray], in_place: bool = False)
     of rows, stored in W's dtype. Directions that lie in the basis to within DROP of their
     length are dropped; None when none is left (the space is invariant)."""
     Z = W if in_place else W.copy()
-    scale = float(np.max(np.einsum("ij,ij->j", Z, Z, dtype=np.float64))) if Z.size else 0.0
+    # the longest column's squared length, a slab at a time (a whole float64 copy is 2 panels)
+    norms = sum(np.einsum("ij,ij->j", *(2 * [Z[a : a + n].astype(np.float64)])) for a, n in _slab_spans(Z))
+    scale = float(np.max(norms)) if Z.size else 0.0
     for _ in range(2):
         for Q in basis:
             C = sum(Q[a : a + n].astype(np.float64).T @ Z[a : a + n] for a, n in _slab_spans(Q))
@@ -359,7 +361,10 @@ def _ritz(Qs: list[np.ndarray], Ws: list[np.ndarray], Ys: list[np.ndarray], G: n
     L = sum(q.shape[1] for q in Qs)
     M = np.zeros((L, L))
     offs = np.cumsum([0] + [q.shape[1] for q in Qs])
-    for a, n in _slab_spans(Qs[0]):
+    spans = [
+        (a, min(n, len(Qs[0]) - a)) for a, n in ((a, _row_slabs(len(Qs[0]), L).step) for a in _row_slabs(len(Qs[0]), L))
+    ]
+    for a, n in spans:  # slabs of all L columns in SLAB_BYTES
         Qa = np.hstack([q[a : a + n].astype(np.float64) for q in Qs])
         M += Qa.T @ Qa
     R = np.linalg.cholesky(M).T  # M = R^T R: Q R^-1 is orthonormal
@@ -372,7 +377,7 @@ def _ritz(Qs: list[np.ndarray], Ws: list[np.ndarray], Ys: list[np.ndarray], G: n
         T = np.where(s > 0, V / s, 0)
     U = sum(Y @ T[o:e] for Y, o, e in zip(Ys, offs[:-1], offs[1:]))  # u_i = J v_i / s_i
     r2, n2 = np.zeros(k), np.zeros(k)
-    for a, n in _slab_spans(Qs[0]):
+    for a, n in spans:
         QV = sum(q[a : a + n].astype(np.float64) @ V[o:e] for q, o, e in zip(Qs, offs[:-1], offs[1:]))
         AV = sum(w[a : a + n].astype(np.float64) @ V[o:e] for w, o, e in zip(Ws, offs[:-1], offs[1:]))
         r2 += ((AV - QV * s**2) ** 2).sum(axis=0)
@@ -432,8 +437,11 @@ def randomized_svd(
         )
         if last:
             break
-        # subspace: W becomes the next Z in place (its panel is not needed again)
+        # subspace: W becomes the next Z in place, and the last Z is let go before the next
+        # pass allocates its J^T J Z: two panels at a time, not three
         Z = _orthonormal(W, Qs if krylov else [], in_place=not krylov)
+        if not krylov and Z is not None:
+            Qs, Ws, Ys, Y, W = [], [], [], None, None
         room = cols - sum(q.shape[1] for q in Qs) if krylov else cols
         if Z is None or room <= 0:
             logger.info("the space is invariant (or all of R^p) after %d passes: stopping", i + 1)
