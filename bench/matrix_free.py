@@ -22,6 +22,7 @@ its time is compared with rows measured beside it.
   python bench/matrix_free.py [--samples 200] [--classes 10] [--width 0.25] [--size 32]
                               [--k 50] [--oversampling 150] [--iterations 3]
                               [--iteration block_krylov] [--threads 2] [--skip-jvp]
+                              [--also OVERSAMPLING:Q:ITERATION ...]
 
 The issue's verification at the large size (10 classes x 2,000 images, 20,000 rows):
   python bench/matrix_free.py --samples 2000 --repeats 1 --skip-jvp
@@ -81,6 +82,13 @@ def main() -> None:
     ap.add_argument(
         "--jvp-batch", type=int, default=4, help="samples per vmapped JVP batch (memory: l tangents x activations)"
     )
+    ap.add_argument(
+        "--also",
+        nargs="*",
+        default=[],
+        metavar="OVERSAMPLING:Q:ITERATION",
+        help="more settings run on the same J against the same reference (e.g. 50:4:block_krylov 100:6:subspace)",
+    )
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     spec = ModelSpec("resnet20", a.channels, a.size, a.classes, width=a.width)
@@ -110,6 +118,13 @@ def main() -> None:
     [None for _ in jacobian_blocks(model, x, a.batch)]  # the rows once more, right after the method
     t_rows_after = time.perf_counter() - t0
     residuals, _ = vector_residuals(op, top.singular_values, top.U)  # independent: two more passes
+    others = []
+    for setting in a.also:
+        over, q, iteration = setting.split(":")
+        op.passes = 0
+        t0 = time.perf_counter()
+        other = randomized_svd(op, a.k, int(over), int(q), iteration=iteration)
+        others.append((setting, other, op.passes, time.perf_counter() - t0))
     t0 = time.perf_counter()
     J = jacobian(model, x).double().numpy()
     # the Gram step's own update (J @ J.T would take OpenBLAS's threaded dsyrk, which segfaults at
@@ -122,6 +137,10 @@ def main() -> None:
     w, V = w[::-1], V[:, ::-1]
     t_materialised = time.perf_counter() - t0
     s_ref = np.sqrt(np.maximum(w, 0))
+
+    def error(values: np.ndarray) -> float:
+        return float(np.max(np.abs(values[: a.k] - s_ref) / s_ref))
+
     print(
         json.dumps(
             {
@@ -145,16 +164,26 @@ def main() -> None:
                 "normal_pass_over_rows": t_normal / t_rows,
                 "jvp_product_over_normal_pass": t_jvp / t_normal,
                 "method_over_materialised": t_method / t_materialised,
-                "max_relative_error_top_k": float(np.max(np.abs(top.singular_values - s_ref) / s_ref)),
+                "max_relative_error_top_k": error(top.singular_values),
                 # each pass's Ritz values (the last: the returned ones) against Gram + eigh
-                "max_relative_error_after_each_pass": [
-                    float(np.max(np.abs(e[: a.k] - s_ref) / s_ref)) for e in top.estimates
-                ],
+                "max_relative_error_after_each_pass": [error(e) for e in top.estimates],
                 "subspace_overlap_top_k": float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),
                 "stored_residual_top_k": float(top.residuals.max()),
                 "stored_checks": top.checks(),
                 "movement_top_k": top.movement(a.k),
                 "independent_left_residual_top_k": float(residuals.max()),
+                "also": [
+                    {
+                        "setting": setting,
+                        "passes": passes_,
+                        "method_over_rows": seconds / min(t_rows, t_rows_after),
+                        "max_relative_error_top_k": error(other.singular_values),
+                        "max_relative_error_after_each_pass": [error(e) for e in other.estimates],
+                        "stored_residual_top_k": float(other.residuals.max()),
+                        "movement_top_k": other.movement(a.k),
+                    }
+                    for setting, other, passes_, seconds in others
+                ],
             },
             indent=1,
         )

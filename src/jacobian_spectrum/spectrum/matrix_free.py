@@ -2,9 +2,9 @@
 
 For J too large to store (full CIFAR-10, 10 classes: 500k x 270k, 538 GB in float32, a 2 TB
 Gram matrix), each product J X (p x l -> nK x l) or J^T Y (nK x l -> p x l) forms J's rows a
-block of samples at a time with the Jacobian kernel (:func:`jacobian_spectrum.jacobian.compute.jacobian`:
-the per-layer kernel for Conv2d/Linear networks, ``torch.func`` otherwise), multiplies the block
-in float64 and drops it. A pass therefore costs about one J's worth of rows, whatever the
+block of samples at a time with the Jacobian kernel (:func:`jacobian_spectrum.jacobian.compute.jacobian_blocks`:
+the per-layer kernel for Conv2d/Linear networks, ``torch.func`` or one sample at a time
+otherwise), multiplies the block and drops it. A pass therefore costs about one J's worth of rows, whatever the
 number of probe columns l, and holds one block (not J). Earlier versions applied J with one
 JVP/VJP per probe column: ``bench/matrix_free.py`` measured that 82x slower than forming J at
 900 images, so this engine replaced it. The blocks of one pass are independent tasks: locally
@@ -12,18 +12,21 @@ they run one after the other (each uses torch's threads); with a ``dask.distribu
 active (a local cluster, or one on SLURM through dask-jobqueue, docs/cluster.md) they run on its
 workers and their products are summed as they arrive.
 
-Randomized SVD (Halko, Martinsson, Tropp 2011, Algorithm 4.4), iterated in parameter space so
-that one pass gives both products of a power iteration: forming a block's rows R_b once gives
-R_b Z and R_b^T (R_b Z), so J Z and J^T J Z cost one pass, not two:
+Randomized SVD iterated in parameter space, so that one pass gives both products of a power
+iteration: forming a block's rows R_b once gives R_b Z and R_b^T (R_b Z), so J Z and J^T J Z
+cost one pass, not two. Two iterations (``spectrum.iteration``, :func:`randomized_svd`):
 
-  Z = qr(Omega);  repeat q + 1 times: (Y, W) = (J Z, J^T J Z), and Z = qr(W) but the last time;
-  Y = U_Y S V_Y^T;  U = U_Y,  s = S
+  block_krylov  Z_0 = orth(Omega); pass i gives (J Z_i, J^T J Z_i), and Z_{i+1} = J^T J Z_i
+                orthonormalised against Z_0 .. Z_i; Rayleigh-Ritz on span(Z_0 .. Z_q) (Musco and
+                Musco 2015): fewer passes for the same accuracy, 2 (q + 1) panels of p x l.
+  subspace      Z_{i+1} = orth(J^T J Z_i); Rayleigh-Ritz on the last Z (Halko, Martinsson,
+                Tropp 2011, Alg. 4.4, with q power iterations from q + 1 passes): 2 panels.
 
-range(Y) = range(J (J^T J)^q Omega): the subspace of Algorithm 4.4 with q power iterations,
-from q + 1 passes instead of 2q + 2. The singular values of each Y (Z orthonormal) estimate the
-top ones, so how much the top r moved in the last iteration says whether q sufficed. The last
-pass's W also gives J^T U = W V_Y S^-1, so each vector's residual ||J J^T u_i - s_i^2 u_i|| / s_i^2
-costs one more pass (J (J^T U)).
+The panels are float32; J Z is summed in float64 where Rayleigh-Ritz reads it. Each pass's
+Ritz values estimate the top ones, so how much the top r moved in the last pass says whether q
+sufficed; the last pass's J^T J Z also gives each returned pair's residual
+||J^T J v_i - s_i^2 v_i|| / s_i^2, with no extra pass. :func:`matrix_free_plan` sizes the panels
+and the rows' block within ``spectrum.memory_budget_mb``.
 """
 
 from __future__ import annotations
