@@ -277,11 +277,18 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
     config, _ = tiny_config(tmp_path / "results")
     config["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
     model = build_model(P._model_spec(config), seed=0)
-    pass_s = P._matrix_free_pass_seconds(config, model, torch.randn(8, 1, 8, 8), torch.device("cpu"))
-    assert 0 < pass_s < 60
+    pass_s, fast_s = P._matrix_free_pass_seconds(config, model, torch.randn(8, 1, 8, 8), torch.device("cpu"))
+    assert 0 < pass_s < 60 and 0 < fast_s < 60
     config["runs"], config["analysis"]["track_runs"] = {}, []
     config["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
-    rates = P.Rates(**{**RATES.__dict__, "parameters": count_parameters(model), "matrix_free_pass_seconds": pass_s})
+    rates = P.Rates(
+        **{
+            **RATES.__dict__,
+            "parameters": count_parameters(model),
+            "matrix_free_pass_seconds": pass_s,
+            "matrix_free_fast_pass_seconds": fast_s,
+        }
+    )
     (step,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
     samples = config["dataset"]["train_per_class"] * 3
     assert step.seconds - rates.job_start_seconds == pytest.approx(7 * samples * pass_s, rel=1e-9)
@@ -290,6 +297,11 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
 
     mf = matrix_free_plan(samples * 3, 3, rates.parameters, 20, 20, 6, config["spectrum"]["memory_budget_mb"])
     assert mf.iteration == "block_krylov" and step.memory_bytes == rates.base_bytes + mf.bytes
+    # subspace iteration: J Z in float64 on the last pass only, the other 6 at the float32 rate
+    config["spectrum"]["iteration"] = "subspace"
+    (sub,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
+    assert sub.seconds - rates.job_start_seconds == pytest.approx(samples * (pass_s + 6 * fast_s), rel=1e-9)
+    config["spectrum"]["iteration"] = "auto"
     # without the measurement the model of the Gram update's rate stands in
     modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
     (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]

@@ -58,6 +58,7 @@ class Rates:
     jacobian_rows_seconds: float = 0.0  # K rows of J without the check, per sample (0: use jacobian_sample_seconds)
     # one matrix-free power-iteration pass (rows, J Z and J^T J Z at the configured width), per sample
     matrix_free_pass_seconds: float = 0.0  # 0: not measured (another method), modelled from the rates above
+    matrix_free_fast_pass_seconds: float = 0.0  # a pass with float32 products (subspace's first q); 0: as above
 
 
 @dataclass
@@ -267,7 +268,10 @@ def _matrix_free_step(
     )
     passes = spec["power_iterations"] + 1
     if rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
-        seconds = passes * samples * rates.matrix_free_pass_seconds
+        # J Z in float64 on every block_krylov pass and on subspace's last; float32 otherwise
+        precise = passes if mf.iteration == "block_krylov" else 1
+        fast = rates.matrix_free_fast_pass_seconds or rates.matrix_free_pass_seconds
+        seconds = samples * (precise * rates.matrix_free_pass_seconds + (passes - precise) * fast)
     else:
         per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
         # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
@@ -365,7 +369,11 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     jac_s = _best_seconds(lambda: probe_errors(model, xs, jacobian(model, xs)), dev, repeats=1) / len(xs)
     rows_s = _best_seconds(lambda: jacobian(model, xs), dev, repeats=2) / len(xs)  # a streamed pass: no check
     del J
-    pass_s = _matrix_free_pass_seconds(config, model, xs, dev) if config["spectrum"]["method"] == "matrix_free" else 0.0
+    pass_s, fast_s = (
+        _matrix_free_pass_seconds(config, model, xs, dev)
+        if config["spectrum"]["method"] == "matrix_free"
+        else (0.0, 0.0)
+    )
     # more BLAS threads than cores would measure the oversubscription, not the machine
     gram_flops, eigh_c = _linear_algebra_rates(min(int(config["spectrum"]["threads"]), os.cpu_count() or 1), dev)
     write_bps, read_bps = _disk_rates(scratch)
@@ -389,14 +397,17 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
         largest_layer=max((m.weight.numel() for _, m in layers), default=0),
         jacobian_rows_seconds=rows_s,
         matrix_free_pass_seconds=pass_s,
+        matrix_free_fast_pass_seconds=fast_s,
     )
 
 
-def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> float:
+def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, float]:
     """Seconds per sample of one pass of ``spectrum.method: matrix_free`` as the spectrum job runs
-    it (its rows formed, J Z and J^T J Z from float32 panels in float64) at topk + oversampling
-    columns, on the samples ``xs``. Timed at 2 and at 16 columns and extrapolated (a pass is
-    linear in the columns), so that the plan never holds a whole p x l panel itself."""
+    it (its rows formed, J Z and J^T J Z from float32 panels) at topk + oversampling columns, on
+    the samples ``xs``: with J Z summed in float64 (block_krylov's passes, subspace's last) and
+    in float32 (subspace's others). Timed at 2 and 16 columns and extrapolated (a pass is linear
+    in the columns), so that the plan never holds a whole p x l panel itself; the panels are
+    drawn before the clock starts."""
     import torch
 
     from .spectrum.matrix_free import JacobianOperator
@@ -407,19 +418,21 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> float:
     ell = min(int(spec["topk"]) + int(spec["oversampling"]), *op.shape)
     few, more = min(2, ell), min(16, ell)
     rng = np.random.default_rng(0)
+    panels = {c: rng.standard_normal((op.shape[1], c), dtype=np.float32) for c in {few, more}}
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # the spectrum job's threads
+    out = []
     try:
-        t = {
-            c: _best_seconds(
-                lambda c=c: op.normal_matmat(rng.standard_normal((op.shape[1], c)).astype(np.float32)), dev, repeats=1
-            )
-            for c in {few, more}
-        }
+        for precise in (True, False):
+            t = {
+                c: _best_seconds(lambda Z=Z: op.normal_matmat(Z, precise=precise), dev, repeats=1)
+                for c, Z in panels.items()
+            }
+            slope = (t[more] - t[few]) / (more - few) if more > few else 0.0
+            out.append((t[few] + max(slope, 0.0) * (ell - few)) / len(xs))
     finally:
         torch.set_num_threads(before)
-    slope = (t[more] - t[few]) / (more - few) if more > few else 0.0
-    return (t[few] + max(slope, 0.0) * (ell - few)) / len(xs)
+    return out[0], out[1]
 
 
 def _best_seconds(fn, dev, repeats: int = 3) -> float:
