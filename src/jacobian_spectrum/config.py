@@ -211,22 +211,13 @@ def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | Non
     spec = config["spectrum"]
     if spec["method"] != "matrix_free" or shape is None:
         return
-    from .spectrum.matrix_free import matrix_free_plan
-    from .train.models import build_model, model_spec
+    from .spectrum.matrix_free import plan_for_settings
+    from .train.models import build_model, count_parameters, model_spec
 
-    p = sum(t.numel() for t in build_model(model_spec(config["model"], shape[0], shape[1], k)).parameters())
+    p = count_parameters(build_model(model_spec(config["model"], shape[0], shape[1], k)))
     rows = max(config["dataset"]["train_per_class"], config["dataset"]["test_per_class"]) * k * k
     try:
-        matrix_free_plan(
-            rows,
-            k,
-            p,
-            spec["topk"],
-            spec["oversampling"],
-            spec["power_iterations"],
-            spec["memory_budget_mb"],
-            spec.get("iteration", "auto"),
-        )
+        plan_for_settings(spec, rows, k, p)
     except ValueError as exc:
         raise ConfigError(f"config key 'spectrum': {exc}") from exc
 

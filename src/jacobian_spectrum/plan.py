@@ -252,20 +252,11 @@ def _matrix_free_step(
     passes that each form every row and make two products (J Z, J^T J Z) with topk + oversampling
     columns; J is never stored. Memory from :func:`.spectrum.matrix_free.matrix_free_plan`, the
     plan the job itself follows (it logs the same figure when it starts)."""
-    from .spectrum.matrix_free import matrix_free_plan
+    from .spectrum.matrix_free import plan_for_settings
     from .spectrum.store import stored_vector_count
 
     rows, p = samples * k, rates.parameters
-    mf = matrix_free_plan(
-        rows,
-        k,
-        p,
-        spec["topk"],
-        spec["oversampling"],
-        spec["power_iterations"],
-        spec["memory_budget_mb"],
-        spec.get("iteration", "auto"),
-    )
+    mf = plan_for_settings(spec, rows, k, p)
     passes = spec["power_iterations"] + 1
     if rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
         # J Z in float64 on every block_krylov pass and on subspace's last; float32 otherwise

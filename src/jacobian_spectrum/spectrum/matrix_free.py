@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import pickle
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -283,7 +283,6 @@ class TopK:
     estimates: list[np.ndarray] = field(default_factory=list)
     residuals: np.ndarray | None = None
     JtU_norms: np.ndarray | None = None
-    iteration: str = "block_krylov"
 
     def movement(self, r: int) -> float:
         """Largest relative change of the top-r singular values in the last pass (NaN with one
@@ -336,8 +335,10 @@ def _orthonormal(W: np.ndarray, basis: list[np.ndarray], in_place: bool = False)
     return Z
 
 
-def _slab_spans(A: np.ndarray) -> list[tuple[int, int]]:
-    step = _row_slabs(*A.shape).step
+def _slab_spans(A: np.ndarray, cols: int | None = None) -> list[tuple[int, int]]:
+    """(start, length) of the slabs of A's rows that SLAB_BYTES holds in float64 at ``cols``
+    columns (A's own by default)."""
+    step = _row_slabs(len(A), A.shape[1] if cols is None else cols).step
     return [(a, min(step, len(A) - a)) for a in range(0, len(A), step)]
 
 
@@ -364,10 +365,8 @@ def _ritz(Qs: list[np.ndarray], Ws: list[np.ndarray], Ys: list[np.ndarray], G: n
     L = sum(q.shape[1] for q in Qs)
     M = np.zeros((L, L))
     offs = np.cumsum([0] + [q.shape[1] for q in Qs])
-    spans = [
-        (a, min(n, len(Qs[0]) - a)) for a, n in ((a, _row_slabs(len(Qs[0]), L).step) for a in _row_slabs(len(Qs[0]), L))
-    ]
-    for a, n in spans:  # slabs of all L columns in SLAB_BYTES
+    spans = _slab_spans(Qs[0], L)  # slabs of all L columns in SLAB_BYTES
+    for a, n in spans:
         Qa = np.hstack([q[a : a + n].astype(np.float64) for q in Qs])
         M += Qa.T @ Qa
     R = np.linalg.cholesky(M).T  # M = R^T R: Q R^-1 is orthonormal
@@ -452,7 +451,7 @@ def randomized_svd(
         Z = Z[:, :room]
     s, U, residuals, norms = _ritz(Qs, Ws, Ys, G, k)
     estimates[-1] = s
-    return TopK(s, U, estimates, residuals, norms, iteration)
+    return TopK(s, U, estimates, residuals, norms)
 
 
 def vector_residuals(op: JacobianOperator, s: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -558,6 +557,20 @@ def matrix_free_plan(
     return MatrixFreePlan(iteration, ell, need[iteration], panel, block, row_side[iteration], work)
 
 
+def plan_for_settings(settings: Mapping, rows: int, k: int, p: int) -> MatrixFreePlan:
+    """:func:`matrix_free_plan` from the ``spectrum`` settings (the config check, ``plan``)."""
+    return matrix_free_plan(
+        rows,
+        k,
+        p,
+        settings["topk"],
+        settings["oversampling"],
+        settings["power_iterations"],
+        settings["memory_budget_mb"],
+        settings.get("iteration", "auto"),
+    )
+
+
 def matrix_free_spectrum(
     checkpoint: str,
     subset_path: str,
@@ -584,7 +597,7 @@ def matrix_free_spectrum(
 
     dev = torch.device("cpu") if scheduler else select_device(device)
     model, _ = load_checkpoint(checkpoint, dev)
-    model.eval()  # J's rows in the checkpoint's precision (float32), every product in float64
+    model.eval()  # J's rows in the checkpoint's precision (float32); J Z in float64 where Rayleigh-Ritz reads it
     data = read_split(subset_path, split)
     torch.set_num_threads(max(1, threads))
     x = torch.from_numpy(data.x).to(dev)
