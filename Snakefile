@@ -15,28 +15,38 @@ if not workflow.overwrite_configfiles:
 report: "workflow/report/workflow.rst"
 
 
-include: "rules/common.smk"
+# An architecture-table config (architectures: one entry per network) runs this workflow once
+# per network as a module (rules/architectures.smk); any other config runs it once.
+if "architectures" in config:
 
+    include: "rules/architectures.smk"
 
-wildcard_constraints:
-    run="[A-Za-z0-9_\-]+",
-    owner="init|runs/[A-Za-z0-9_\-]+",
-    split="train|test",
-    epoch="[0-9]+",
-    chunk="[0-9]+",
-    level="[0-9.]+",
+    rule all:
+        default_target: True
+        input:
+            architecture_targets(),
 
+else:
 
-rule all:
-    default_target: True
-    input:
-        all_targets(),
+    include: "rules/common.smk"
 
+    wildcard_constraints:
+        run="[A-Za-z0-9_\-]+",
+        owner="init|runs/[A-Za-z0-9_\-]+",
+        split="train|test",
+        epoch="[0-9]+",
+        chunk="[0-9]+",
+        level="[0-9.]+",
 
-include: "rules/data.smk"
-include: "rules/train.smk"
-include: "rules/jacobian.smk"
-include: "rules/spectrum.smk"
-include: "rules/theory.smk"
-include: "rules/figures.smk"
-include: "rules/analysis.smk"
+    rule all:
+        default_target: True
+        input:
+            all_targets(),
+
+    include: "rules/data.smk"
+    include: "rules/train.smk"
+    include: "rules/jacobian.smk"
+    include: "rules/spectrum.smk"
+    include: "rules/theory.smk"
+    include: "rules/figures.smk"
+    include: "rules/analysis.smk"

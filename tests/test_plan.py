@@ -174,7 +174,7 @@ def test_the_paper_config_is_planned_before_its_cifar10_files_are_there(tmp_path
         return P.Rates(**{**RATES.__dict__, "parameters": count_parameters(build_model(specs[-1]))})
 
     monkeypatch.setattr(P, "measure_rates", rates)
-    plan = P.run_plan(path, "cpu", cores=2)
+    plan = P.run_plan(path, "cpu", cores=2)[""]
     assert (specs[0].in_channels, specs[0].image_size, specs[0].num_classes) == (3, 32, 3)
     assert plan.rates.parameters == 268_579  # the paper's ResNet20 without batch-norm
     data = next(s for s in plan.steps if s.key == "data")
@@ -245,7 +245,7 @@ def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path
     config, rates = tiny_config(tmp_path / "results")
     config["runs"], config["analysis"]["track_runs"] = {}, []
     config["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
-    config["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
+    config["spectrum"].update(method="matrix_free", iteration="subspace", topk=20, oversampling=20, power_iterations=6)
     path = tmp_path / "spectrum_only.yaml"
     path.write_text(yaml.safe_dump(config))
     dry = snakemake("-n", "--configfile", str(path))

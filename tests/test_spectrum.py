@@ -306,8 +306,9 @@ def test_matrix_free_panels_follow_the_rows_dtype_and_the_memory_budget():
     assert torch.get_default_dtype() == torch.float32
     # ResNet-18 at nK = 2,700: 7 passes of 100 columns
     args = (2700, 3, 11_178_051, 50, 50, 6)
-    krylov = matrix_free_plan(*args, budget_mb=70_000)
+    krylov = matrix_free_plan(*args, budget_mb=70_000, iteration="block_krylov")
     assert krylov.iteration == "block_krylov" and krylov.panels == 14 and krylov.bytes <= 70_000e6
+    assert matrix_free_plan(*args, budget_mb=70_000).iteration == "gram"  # 2.5 passes: J in two held blocks
     sub = matrix_free_plan(*args, budget_mb=12_000)
     assert sub.iteration == "subspace" and sub.panels == 2 and sub.bytes <= 12_000e6
     assert sub.panel_bytes == 11_178_051 * 100 * 4
@@ -485,3 +486,40 @@ def test_the_iterations_hold_the_panels_they_plan(monkeypatch):
         L = ell * panels // 2
         small = 8 * matrix_free.SLAB_BYTES + 10 * 8 * L**2
         assert panels * panel <= peak < panels * panel + small, (iteration, peak / panel)
+
+
+def test_the_gram_iteration_gives_every_singular_value_of_the_stored_J(tmp_path):
+    """G = J J^T from held and streamed blocks of rows (several of each) equals the stored J's
+    Gram + eigh: every singular value, the top vectors, and the check pass's norms."""
+    from jacobian_spectrum.jacobian.compute import jacobian
+    from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, gram_formations, gram_spectrum, streamed_gram
+
+    model, x = streamed_case(samples=23, classes=3)
+    J = jacobian(model, x).double().numpy()
+    op = JacobianOperator(model, x, batch_size=4)
+    G = streamed_gram(op, held=7)  # blocks of 7 samples held, the rest streamed 4 at a time
+    assert np.allclose(G, G.T) and np.allclose(G, J @ J.T, rtol=1e-6, atol=1e-6 * np.abs(J @ J.T).max())
+    # held blocks 0-5, 5-11, 11-17, 17-23 (batch_slices' even split): each formed, then all after it
+    assert gram_formations(23, 7) == pytest.approx((23 + 18 + 12 + 6) / 23)
+    s, V, checks = gram_spectrum(JacobianOperator(model, x, batch_size=4), held=7, check=5)
+    s_ref = np.linalg.svd(J, compute_uv=False)
+    assert len(s) == len(J) and np.allclose(s, s_ref, rtol=0, atol=1e-6 * s_ref[0])
+    u_ref = np.linalg.svd(J)[0][:, :3]
+    assert np.allclose(np.abs(np.sum(V[:, :3] * u_ref, axis=0)), 1, atol=1e-5)
+    assert checks["checked_vectors"] == 5 and checks["norm_residual"] < 1e-6 and checks["eigen_residual"] < 1e-12
+
+
+def test_auto_takes_the_gram_iteration_where_it_fits_and_costs_fewer_passes():
+    from jacobian_spectrum.spectrum.matrix_free import matrix_free_plan
+
+    # ResNet-18 at nK = 900 in 15 GB: 30 samples' rows held and 30 streamed, 6.5 passes with the check
+    gram = matrix_free_plan(900, 3, 11_178_051, 50, 50, 6, budget_mb=15_000)
+    assert gram.iteration == "gram" and gram.held_samples == 30 and gram.bytes <= 15_000e6
+    assert gram.passes == pytest.approx(1 + sum(300 - s for s in range(0, 300, 30)) / 300)
+    # in 12 GB, 23 held would form 8.5: subspace's 7 passes are fewer; so at nK = 2,700 in 15 GB
+    assert matrix_free_plan(900, 3, 11_178_051, 50, 50, 6, budget_mb=12_000).iteration == "subspace"
+    assert matrix_free_plan(2700, 3, 11_178_051, 50, 50, 6, budget_mb=15_000).iteration == "subspace"
+    # a small J held whole: one pass, and the check's
+    assert matrix_free_plan(900, 3, 50_000, 50, 50, 6, budget_mb=2000).passes == 2
+    with pytest.raises(ValueError, match=r"spectrum.iteration = gram: the Gram matrix of J \(100,000 x"):
+        matrix_free_plan(100_000, 10, 269_722, 50, 50, 6, budget_mb=4000, iteration="gram")

@@ -258,13 +258,28 @@ def _matrix_free_step(
     rows, p = samples * k, rates.parameters
     mf = plan_for_settings(spec, rows, k, p)
     passes = spec["power_iterations"] + 1
+    per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
+    if mf.iteration == "gram":  # rows formed mf.passes times over; G's rows^2 p / 2 multiply-adds
+        seconds = mf.passes * samples * per_sample + rows * rows * p / 2 / rates.gram_flops
+        return Step(
+            f"spectrum:{tag}",
+            f"spectrum {tag} (matrix_free gram: G = J J^T of {rows} x {p:,}, {mf.held_samples} samples' rows "
+            f"held at a time, {mf.passes:.2f} passes' worth of rows)",
+            "spectrum",
+            1,
+            rates.job_start_seconds + seconds,
+            rates.base_bytes + (0 if device == "cuda" else mf.bytes),
+            rows * (stored_vector_count(spec, rows) + 1) * 8,
+            threads=int(spec["threads"]),
+            gpu_bytes=mf.bytes if device == "cuda" else 0.0,
+            after=waits,
+        )
     if rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
         # J Z in float64 on every block_krylov pass and on subspace's last; float32 otherwise
         precise = passes if mf.iteration == "block_krylov" else 1
         fast = rates.matrix_free_fast_pass_seconds or rates.matrix_free_pass_seconds
         seconds = samples * (precise * rates.matrix_free_pass_seconds + (passes - precise) * fast)
     else:
-        per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
         # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
         seconds = passes * (samples * per_sample + 2 * rows * p * mf.columns / rates.gram_flops)
     return Step(
@@ -647,32 +662,66 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     with open(path) as fh:
         config = yaml.safe_load(fh)
     check_replaced_keys(config)
-    validate(config, str(root / "workflow" / "schemas" / "config.schema.yaml"))
-    try:
-        check_config(config)
-    except ConfigError as exc:  # the data set's own problems come as a ConfigError caused by a DataError
-        if notes is None or not isinstance(exc.__cause__, DataError):
-            raise
-        shape = "x".join(map(str, image_shape(config["dataset"])))  # an image folder or loader stops here
-        notes.append(f"data: not checked against the config, planned with {shape} images ({exc.__cause__})")
+    schema = str(root / "workflow" / "schemas" / "config.schema.yaml")
+    validate(config, schema)
+    networks = [config]
+    if "architectures" in config:  # an architecture table: each network's own config, checked as its module checks it
+        from .architectures.configs import architecture_configs
+
+        networks = list(architecture_configs(config).values())
+        for net in networks:
+            validate(net, schema)
+    for net in networks:
+        try:
+            check_config(net)
+        except ConfigError as exc:  # the data set's own problems come as a ConfigError caused by a DataError
+            if notes is None or not isinstance(exc.__cause__, DataError):
+                raise
+            shape = "x".join(map(str, image_shape(net["dataset"])))  # an image folder or loader stops here
+            note = f"data: not checked against the config, planned with {shape} images ({exc.__cause__})"
+            if note not in notes:
+                notes.append(note)
     return config
 
 
-def run_plan(configfile: str | Path | None, device: str, cores: int) -> Plan:
+def network_configs(config: Mapping) -> dict[str, dict]:
+    """The configs a plan covers: the config itself, or each network's of an architecture table."""
+    if "architectures" not in config:
+        return {"": dict(config)}
+    from .architectures.configs import architecture_configs
+
+    return architecture_configs(config)
+
+
+def run_plan(configfile: str | Path | None, device: str, cores: int) -> dict[str, Plan]:
+    """The plan of each network of the config ("" for a plain config), keyed by its name."""
     notes: list[str] = []
     config = load_config(configfile, notes)
-    print(
-        f"measuring this machine for {configfile or 'config.yaml'} "
-        f"(corruption levels {[level_tag(x) for x in config['corruption']['levels']]})...",
-        file=sys.stderr,
-    )
-    rates = measure_rates(config, device, config["results"])
-    plan = make_plan(config, rates, cores, device)
-    plan.warnings += notes
-    return plan
+    plans = {}
+    # the shared sections are filled by the schema already, so each network's merged config is whole
+    for name, net in network_configs(config).items():
+        print(
+            f"measuring this machine for {configfile or 'config.yaml'}{f' network {name}' if name else ''} "
+            f"(corruption levels {[level_tag(x) for x in net['corruption']['levels']]})...",
+            file=sys.stderr,
+        )
+        rates = measure_rates(net, device, net["results"])
+        plan = make_plan(net, rates, cores, device)
+        plan.warnings += notes
+        plans[name] = plan
+    return plans
 
 
 def main_plan(configfile: str | None, device: str, cores: int) -> int:
-    plan = run_plan(configfile, device, cores or os.cpu_count() or 1)
-    print(format_plan(plan))
+    plans = run_plan(configfile, device, cores or os.cpu_count() or 1)
+    for name, plan in plans.items():
+        if name:
+            print(f"\n== network {name} ==")
+        print(format_plan(plan))
+    if len(plans) > 1:
+        wall = sum(p.wall_seconds for p in plans.values())
+        print(
+            f"\nall {len(plans)} networks: about {_duration(wall)} on {next(iter(plans.values())).cores} cores, "
+            "one after another"
+        )
     return 0

@@ -266,7 +266,7 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
         fut.release()
 
 
-ITERATIONS = ("block_krylov", "subspace")
+ITERATIONS = ("block_krylov", "subspace")  # the randomized ones; "gram" forms G = J J^T instead
 SLAB_BYTES = 64 << 20  # rows of a p x l panel cast to float64 at a time (orthonormalisation, residuals)
 DROP = 1e-5  # a new Krylov direction shorter than this (relative) lies in the basis to float32 rounding
 
@@ -487,6 +487,85 @@ def dask_workers(scheduler: str | None) -> Iterator[object | None]:
             yield client
 
 
+# ---------------------------------------------------------------- the Gram iteration
+def gram_formations(n: int, held: int) -> float:
+    """Passes' worth of J's rows that :func:`streamed_gram` forms for n samples with ``held``
+    samples held at a time: every held block once, then the rows after it (streamed)."""
+    return sum(n - block.start for block in batch_slices(n, held)) / n
+
+
+def _gram_block(RA: torch.Tensor, RB: torch.Tensor) -> torch.Tensor:
+    """RA RB^T summed in float64 over products of GRAM_SLAB columns in the rows' float32: no
+    float64 copy of the rows (casting them cost as much as the product, and the held rows were
+    cast again for every streamed batch). Measured on ResNet20's J_init at nK = 900 (p = 268,579)
+    against float64 products: the top 50 singular values within 4.9e-7 (slabs of 1,024) to
+    7.0e-7 (8,192) relative, 3.8e-6 in one float32 product."""
+    out = torch.zeros(len(RA), len(RB), dtype=torch.float64, device=RA.device)
+    for j in range(0, RA.shape[1], GRAM_SLAB):
+        out += RA[:, j : j + GRAM_SLAB] @ RB[:, j : j + GRAM_SLAB].T
+    return out
+
+
+def streamed_gram(op: JacobianOperator, held: int) -> np.ndarray:
+    """G = J J^T (nK x nK, float64), J never stored: the rows of ``held`` samples at a time are
+    held, multiplied with themselves and with the rows of every later sample, formed
+    ``op.batch_size`` samples at a time (as many as the held block, :func:`_gram_plan`) and
+    dropped. Products in float32 over slabs of columns, summed in float64 (:func:`_gram_block`).
+    Costs :func:`gram_formations` passes' worth of rows."""
+    n, k, p = len(op.x), op.k, op.cols
+    G = torch.zeros(n * k, n * k, dtype=torch.float64)
+    held_rows = torch.empty(min(held, n) * k, p, dtype=op.x.dtype, device=op.x.device)
+    t0 = last = time.perf_counter()
+    formed = 0
+    for A in batch_slices(n, held):
+        a = slice(A.start * k, A.stop * k)
+        RA = held_rows[: a.stop - a.start]
+        for _ in jacobian_blocks(op.model, op.x[A], out=RA):
+            pass
+        G[a, a] = _gram_block(RA, RA).cpu()
+        formed += A.stop - A.start
+        later = op.x[A.stop :]
+        for B, RB in jacobian_blocks(op.model, later, op.batch_size) if len(later) else ():
+            b = slice((A.stop + B.start) * k, (A.stop + B.stop) * k)
+            G[a, b] = _gram_block(RA, RB).cpu()
+            G[b, a] = G[a, b].T
+            formed += B.stop - B.start
+            if time.perf_counter() - last > PROGRESS_SECONDS:
+                last = time.perf_counter()
+                logger.info(
+                    "Gram matrix: rows of samples %d-%d against %d-%d; %.2f passes' worth of rows in %.0fs",
+                    A.start,
+                    A.stop,
+                    A.stop + B.start,
+                    A.stop + B.stop,
+                    formed / n,
+                    last - t0,
+                )
+    op.passes += int(round(formed / n))
+    op.seconds += time.perf_counter() - t0
+    logger.info(
+        "Gram matrix of J (%d x %d): %.2f passes' worth of rows in %.1fs",
+        n * k,
+        p,
+        formed / n,
+        time.perf_counter() - t0,
+    )
+    return G.numpy()
+
+
+def gram_spectrum(op: JacobianOperator, held: int, check: int) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Every singular value of J and its left singular vectors from the streamed Gram matrix,
+    checked by one more pass: J^T U_t (t = ``check``) gives ||J^T u_i|| against s_i, which the
+    Gram matrix did not make (as ``full``'s check of the stored J)."""
+    G = streamed_gram(op, held)
+    w, V = eigh_descending(G)
+    s = np.sqrt(np.maximum(w, 0.0))
+    t = min(check, len(s))
+    JtU = op.rmatmat(V[:, :t])
+    checks = spectrum_checks(s, V[:, : max(t, 1)], G @ V[:, :t], np.linalg.norm(JtU, axis=0))
+    return s, V, checks
+
+
 @dataclass(frozen=True)
 class MatrixFreePlan:
     """What a matrix-free spectrum of J (rows x p) holds: the iteration that fits the memory
@@ -500,13 +579,17 @@ class MatrixFreePlan:
     block_bytes: float  # one block of J's rows (float32)
     row_bytes: float  # the kept J Z blocks and U (rows x l and rows x k, float64)
     work_bytes: float  # float64 pieces: a product's cast rows and slab, the orthonormalisation's slabs
+    block_copies: int = 2  # the randomized iterations' block twice (the kernel joins its pieces into it)
+    held_samples: int = 0  # gram: samples whose rows are held at a time
+    passes: float = 0.0  # passes' worth of J's rows formed, the check's included
 
     @property
     def bytes(self) -> float:
-        """Peak memory beyond the process and the model: panels, the rows block twice (the
-        kernel joins its per-layer pieces into it), J Z blocks, and the float64 pieces (a
-        product's cast rows and slab, the orthonormalisation's slabs)."""
-        return self.panels * self.panel_bytes + 2 * self.block_bytes + self.row_bytes + self.work_bytes
+        """Peak memory beyond the process and the model: panels, the rows block (twice for the
+        randomized iterations: the kernel joins its per-layer pieces into it), J Z blocks or
+        the Gram matrix, and the float64 pieces (a product's cast rows and slab, the
+        orthonormalisation's slabs, a streamed batch of rows)."""
+        return self.panels * self.panel_bytes + self.block_copies * self.block_bytes + self.row_bytes + self.work_bytes
 
 
 def matrix_free_plan(
@@ -521,9 +604,20 @@ def matrix_free_plan(
     itemsize: int = 4,
 ) -> MatrixFreePlan:
     """The iteration and memory of a matrix-free spectrum of J (rows = n K, K outputs, p
-    columns) within ``budget_mb`` (spectrum.memory_budget_mb): block_krylov where its
-    2 (q + 1) panels and one sample's rows fit, else subspace (2 panels). ValueError, naming
-    the settings to change, where even that does not fit or a named iteration does not."""
+    columns) within ``budget_mb`` (spectrum.memory_budget_mb). ``auto``: gram where it fits
+    and forms no more rows than the q + 1 passes of the randomized iterations (every singular
+    value, exactly), else block_krylov where its 2 (q + 1) panels and one sample's rows fit,
+    else subspace (2 panels). ValueError, naming the settings to change, where even that does
+    not fit or a named iteration does not."""
+    gram = _gram_plan(rows, k, p, budget_mb, itemsize)
+    if iteration == "gram" or (iteration == "auto" and gram is not None and gram.passes <= power_iterations + 1):
+        if gram is None:
+            raise ValueError(
+                f"spectrum.iteration = gram: the Gram matrix of J ({rows:,} x {p:,}), its eigensolver and one "
+                f"sample's rows need {_gram_least(rows, k, p, itemsize) / 1e6:,.0f} MB, over "
+                f"spectrum.memory_budget_mb = {budget_mb:g}; raise the budget, or set spectrum.iteration: auto"
+            )
+        return gram
     ell = min(topk + oversampling, rows, p)
     panel = float(p) * ell * itemsize
     sample_rows = float(k) * p * itemsize
@@ -554,7 +648,52 @@ def matrix_free_plan(
     # the rest of the budget to the rows' block, up to all of J: every block reads both panels
     # once, so at a large p the fewer the blocks, the less memory traffic a pass makes
     block = max(sample_rows, min(float(rows) * p * itemsize, (budget - need[iteration] * panel - fixed[iteration]) / 2))
-    return MatrixFreePlan(iteration, ell, need[iteration], panel, block, row_side[iteration], work)
+    return MatrixFreePlan(
+        iteration, ell, need[iteration], panel, block, row_side[iteration], work, passes=power_iterations + 1
+    )
+
+
+GRAM_SLAB = 4096  # columns of one float32 product of the gram iteration, summed in float64
+GRAM_METHOD = "matrix_free_gram"  # the method a gram spectrum file names: every singular value, as full
+GRAM_CHECKED = 10  # top vectors whose ||J^T u_i|| the gram iteration's check pass measures
+
+
+def _gram_fixed(rows: int, p: int) -> tuple[float, float]:
+    """(the Gram side: G, eigh's V and its workspace, in float64; the work: the products'
+    float64 slabs, the check's J^T U_t in float64 and its parts)."""
+    return 3 * 8.0 * rows * rows, 3 * PRODUCT_BYTES + 2 * 8.0 * p * GRAM_CHECKED
+
+
+def _gram_least(rows: int, k: int, p: int, itemsize: int) -> float:
+    side, work = _gram_fixed(rows, p)
+    return side + work + 3.0 * k * p * itemsize
+
+
+def _gram_plan(rows: int, k: int, p: int, budget_mb: float, itemsize: int) -> MatrixFreePlan | None:
+    """The gram iteration within the budget, or None where not even one sample's rows fit:
+    the held block and the streamed batch of equal size (the batch counted twice: the per-layer
+    kernel joins its pieces into it), all of J held when it fits."""
+    side, work = _gram_fixed(rows, p)
+    sample_rows = float(k) * p * itemsize
+    n = max(1, rows // max(k, 1))
+    held = int((budget_mb * 1e6 - side - work) // (3 * sample_rows))
+    if held >= n:  # J whole: nothing to stream
+        held = min(n, int((budget_mb * 1e6 - side - work) // sample_rows))
+    if held < 1:
+        return None
+    streamed = held * sample_rows if held < n else 0.0
+    return MatrixFreePlan(
+        "gram",
+        rows,
+        0,
+        0.0,
+        held * sample_rows,
+        side,
+        work + 2 * streamed,
+        block_copies=1,
+        held_samples=held,
+        passes=gram_formations(n, held) + 1,
+    )
 
 
 def plan_for_settings(settings: Mapping, rows: int, k: int, p: int) -> MatrixFreePlan:
@@ -586,6 +725,7 @@ def matrix_free_spectrum(
     device: str = "cpu",
     memory_budget_mb: float = 2000.0,
     iteration: str = "auto",
+    stored_vectors: int | str = "all",
 ) -> Spectrum:
     """Spectrum of J(checkpoint) on ``split`` without storing J, checked from its last pass.
     The passes run on the workers of ``scheduler`` (see :func:`dask_workers`) when given, else
@@ -603,6 +743,8 @@ def matrix_free_spectrum(
     x = torch.from_numpy(data.x).to(dev)
     rows, p = jacobian_shape(model, x[:1])
     plan = matrix_free_plan(rows * len(x), rows, p, k, oversampling, power_iterations, memory_budget_mb, iteration)
+    if plan.iteration == "gram":
+        return _gram_spectrum_of(model, x, plan, info_dim, stored_vectors, checkpoint, split, batch_size)
     if batch_size is None:
         batch_size = max(1, int(plan.block_bytes // (rows * p * x.element_size())))
     logger.info(
@@ -656,6 +798,46 @@ def matrix_free_spectrum(
     )
 
 
+def _gram_spectrum_of(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    plan: MatrixFreePlan,
+    info_dim: int,
+    stored_vectors: int | str,
+    checkpoint: str,
+    split: str,
+    batch_size: int | None,
+) -> Spectrum:
+    """:func:`matrix_free_spectrum` by the gram iteration: every singular value of J, and as
+    many left singular vectors as ``stored_vectors`` (spectrum.stored_vectors) keeps."""
+    op = JacobianOperator(model, x, batch_size or plan.held_samples)  # streamed batches as large as the held block
+    logger.info(
+        "matrix-free spectrum of J (%d x %d): gram, G = J J^T from the rows of %d samples held at a time "
+        "(%.0f MB) against the rest, streamed; %.2f passes' worth of rows with the check: %.0f MB planned",
+        *op.shape,
+        plan.held_samples,
+        plan.block_bytes / 1e6,
+        plan.passes,
+        plan.bytes / 1e6,
+    )
+    t0 = time.perf_counter()
+    s, V, checks = gram_spectrum(op, plan.held_samples, GRAM_CHECKED)
+    t1 = time.perf_counter()
+    checks.update(passes=op.passes, iteration="gram")
+    keep = stored_vector_count({"stored_vectors": stored_vectors, "info_dim": info_dim}, len(s))
+    logger.info(
+        "matrix-free spectrum of %s on %s: %d x %d, gram, %d passes, %.1fs; s_1 = %.4g; checks %s",
+        checkpoint,
+        split,
+        *op.shape,
+        op.passes,
+        t1 - t0,
+        s[0],
+        checks,
+    )
+    return Spectrum(s, V[:, :keep].copy(), GRAM_METHOD, checks, {"matrix_free": t1 - t0})
+
+
 def spectrum_matrix_free(
     checkpoint: str,
     subset_path: str,
@@ -678,6 +860,7 @@ def spectrum_matrix_free(
         settings["power_iterations"],
         threads,
         keep=stored_vector_count(settings, settings["topk"]),
+        stored_vectors=settings.get("stored_vectors", "all"),
         scheduler=settings.get("scheduler"),
         device=device,
         memory_budget_mb=settings["memory_budget_mb"],

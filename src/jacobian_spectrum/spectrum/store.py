@@ -10,6 +10,8 @@ import numpy as np
 from ..common.h5io import atomic_h5, open_checked, require_finite, write_provenance
 
 GRAM_FLOOR = 1e-8  # relative to s_max: below it, Gram-based singular values are noise
+# the methods that give every singular value, through the Gram matrix J J^T (stored J, streamed rows)
+GRAM_METHODS = ("full", "matrix_free_gram")
 
 
 @dataclass
@@ -57,13 +59,13 @@ def write_spectrum(
             method=spec.method,
             info_dim=int(info_dim),
             precision="float64",
-            numerical_floor=GRAM_FLOOR * smax if spec.method == "full" else 0.0,
+            numerical_floor=GRAM_FLOOR * smax if spec.method in GRAM_METHODS else 0.0,
             numerical_floor_meaning="singular values below this are float64 noise of the Gram route (1e-8 * s_max)",
             storage_floor=float(np.finfo(np.float32).eps) * smax
             if source_attrs.get("dtype") == "float32"
             else float(np.finfo(np.float64).eps) * smax,
             storage_floor_meaning="relative rounding of J's stored entries times s_max: values below are not resolved",
-            all_singular_values=spec.method == "full",
+            all_singular_values=spec.method in GRAM_METHODS,
             jacobian=str(source),
             split=source_attrs.get("split", ""),
             checkpoint=source_attrs.get("checkpoint", ""),

@@ -1,5 +1,6 @@
 """The paper's networks: ResNet20 without batch-norm and softmax, and the one-hidden-layer net;
-or a researcher's own, from a factory named ``package.module:factory`` (``model.name``), called
+two CIFAR-size networks for the architecture table (VGG-11 with batch-norm, a ReLU MLP); or a
+researcher's own, from a factory named ``package.module:factory`` (``model.name``), called
 with the data's channels, image size and number of classes (and ``model.kwargs``).
 
 Checkpoints are plain dicts of tensors and primitives so that
@@ -23,7 +24,9 @@ from ..common.plugins import is_reference
 from .zoo import build_named_model
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
-MODEL_NAMES = ("resnet20", "one_hidden")
+MODEL_NAMES = ("resnet20", "one_hidden", "vgg11_bn", "mlp")
+# VGG-11's convolutions (channels; "M" = 2x2 max-pool): Simonyan and Zisserman 2015, config A
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
 
 
@@ -35,8 +38,9 @@ class ModelSpec:
     in_channels: int
     image_size: int
     num_classes: int
-    width: float = 1.0  # ResNet20 channel multiplier (1.0 = 16/32/64 channels)
-    hidden: int = 256  # one_hidden: number of hidden units k
+    width: float = 1.0  # ResNet20 / VGG channel multiplier (1.0 = 16/32/64, 64..512 channels)
+    hidden: int = 256  # one_hidden: number of hidden units k; mlp: units of each hidden layer
+    depth: int = 2  # mlp: number of hidden layers
     activation: str = "softplus"  # one_hidden: phi
     output_scale: float = 1.0  # one_hidden: nu in V ~ Rademacher * nu / sqrt(k K)
     kwargs: dict = field(default_factory=dict)  # a factory's extra keyword arguments (model.kwargs)
@@ -126,6 +130,46 @@ class OneHiddenLayerNet(nn.Module):
         return h @ self.V.T
 
 
+class VGG11BN(nn.Module):
+    """VGG-11 with batch-norm after every convolution, as trained on CIFAR-10: on 32 x 32 images
+    the five max-pools leave 1 x 1 x 512, so one linear layer classifies (ImageNet's three
+    4096-wide layers would add 120M parameters). PyTorch's default initialisation."""
+
+    def __init__(self, in_channels: int, num_classes: int, width: float = 1.0) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for v in VGG11:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, ceil_mode=True))  # ceil: images under 32 x 32 keep a pixel
+            else:
+                out = max(1, round(v * width))
+                layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(F.adaptive_avg_pool2d(self.features(x), 1).flatten(1))
+
+
+class MLP(nn.Module):
+    """Flattened image -> ``depth`` hidden ReLU layers of ``hidden`` units -> K outputs, every
+    layer trained; PyTorch's default initialisation."""
+
+    def __init__(self, d: int, hidden: int, depth: int, num_classes: int) -> None:
+        super().__init__()
+        widths = [d] + [hidden] * depth
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.out = nn.Linear(widths[-1], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.flatten(1)
+        for layer in self.hidden:
+            h = F.relu(layer(h))
+        return self.out(h)
+
+
 def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
     """Build the network described by ``spec``; ``seed`` fixes the initialisation."""
     if spec.name not in MODEL_NAMES and not is_reference(spec.name):
@@ -139,7 +183,11 @@ def build_model(spec: ModelSpec, seed: int | None = None) -> nn.Module:
         return factory_model(spec)
     if spec.name == "resnet20":
         return ResNet20(spec.in_channels, spec.num_classes, spec.width)
+    if spec.name == "vgg11_bn":
+        return VGG11BN(spec.in_channels, spec.num_classes, spec.width)
     d = spec.in_channels * spec.image_size**2
+    if spec.name == "mlp":
+        return MLP(d, spec.hidden, spec.depth, spec.num_classes)
     return OneHiddenLayerNet(d, spec.hidden, spec.num_classes, spec.activation, spec.output_scale)
 
 
@@ -306,6 +354,7 @@ def model_spec(model_config: Mapping, in_channels: int, image_size: int, num_cla
         num_classes=num_classes,
         width=float(model_config.get("width", 1.0)),
         hidden=int(model_config.get("hidden", 256)),
+        depth=int(model_config.get("depth", 2)),
         activation=model_config.get("activation", "softplus"),
         output_scale=float(model_config.get("output_scale", 1.0)),
         kwargs=dict(model_config.get("kwargs") or {}),

@@ -1,0 +1,101 @@
+# Architecture table (beyond the paper): the whole workflow once per network of
+# `architectures:`, each as a Snakemake module of this Snakefile with that network's config
+# (artifacts under {results}/{network}), then the table and figure that compare them.
+from pathlib import Path
+
+from snakemake.utils import validate
+
+from jacobian_spectrum.architectures.configs import architecture_configs
+from jacobian_spectrum.common.codeversion import code_version as script_code_version
+
+SCHEMA = workflow.source_path("../workflow/schemas/config.schema.yaml")
+# the shared sections first (the schema fills their defaults), then each network's whole config
+validate(config, SCHEMA)
+ARCHITECTURES = architecture_configs(config)
+for arch_config in ARCHITECTURES.values():
+    validate(arch_config, SCHEMA)
+R = config.get("results", "results")
+ARCHIVE_OWNER = next(iter(ARCHITECTURES))  # one network's module unpacks the shared image archive
+
+
+for arch, arch_config in ARCHITECTURES.items():
+    arch_module = f"architecture_{arch}"
+    arch_prefix = f"{arch}_"
+
+    module:
+        name: arch_module
+        snakefile:
+            "../Snakefile"
+        config:
+            arch_config
+
+    if arch == ARCHIVE_OWNER:
+
+        use rule * from arch_module as arch_prefix*
+
+    else:
+
+        use rule * from arch_module exclude extract_archive as arch_prefix*
+
+
+def architecture_files(arch):
+    """What the table reads of one network: its subset, J_init's spectrum, and per run the
+    measurements, trajectory and J_final's spectrum."""
+    net = ARCHITECTURES[arch]
+    out = f"{R}/{arch}"
+    files = {
+        "subset": f"{out}/data/subset.h5",
+        "checkpoint": f"{out}/init/checkpoints/epoch0.pt",
+        "init": f"{out}/init/spectrum/train_epoch0.h5",
+    }
+    for role in ("clean", "corrupted"):
+        run = config["architecture_table"][role]
+        epochs = net["runs"][run]["epochs"]
+        files[f"{role}_measurements"] = f"{out}/runs/{run}/measurements.h5"
+        files[f"{role}_trajectory"] = f"{out}/runs/{run}/trajectory.h5"
+        files[f"{role}_final"] = f"{out}/runs/{run}/spectrum/train_epoch{epochs}.h5"
+    return files
+
+
+rule architecture_table:
+    input:
+        **{f"{arch}__{key}": path for arch in ARCHITECTURES for key, path in architecture_files(arch).items()},
+    output:
+        csv=f"{R}/tables/architectures.csv",
+        md=report(f"{R}/tables/architectures.md", caption="../workflow/report/architectures.rst", category="Tables"),
+        png=report(
+            f"{R}/figures/architectures.png",
+            caption="../workflow/report/architectures.rst",
+            category="Figures",
+            labels={"figure": "architectures"},
+        ),
+        other=[f"{R}/figures/architectures.{fmt}" for fmt in config["figures"]["formats"] if fmt != "png"],
+    log:
+        f"{R}/logs/tables/architectures.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        networks=list(ARCHITECTURES),
+        info_dim={arch: ARCHITECTURES[arch]["spectrum"]["info_dim"] for arch in ARCHITECTURES},
+        code=script_code_version(
+            Path(workflow.basedir) / "workflow" / "scripts" / "architecture_table.py",
+            Path(workflow.basedir) / "src" / "jacobian_spectrum",
+        ),
+    script:
+        "../workflow/scripts/architecture_table.py"
+
+
+# Figures 2 and 4 (Sections 2.1 and 3.3) do not depend on the network: made once per config, not per network
+THEORY_FIGURES = ("fig2.", "fig4.")
+
+
+def architecture_targets():
+    """Every network's own targets (its module's rule all) but the synthetic experiments' figures,
+    then the table and figure."""
+    targets = [
+        path
+        for arch in ARCHITECTURES
+        for path in getattr(rules, f"{arch}_all").input
+        if not Path(path).name.startswith(THEORY_FIGURES)
+    ]
+    return targets + list(rules.architecture_table.output)

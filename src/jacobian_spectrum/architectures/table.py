@@ -1,0 +1,236 @@
+"""The architecture table and figure: the paper's quantities for every network of an
+architecture-table config, read from each network's own artifacts.
+
+Per network and Jacobian (J_init, and J_final of the clean and of the corrupted run):
+
+  ||P_I y|| / ||y||, ||P_N y|| / ||y||   Table 1's (clean labels) and Table 3's (corrupted
+                                          labels) J_init and J_final rows, I = top info_dim
+  s_1 / s_K                               spread of the K class outliers
+  s_K / s_{K+1}                           the gap between the class outliers and the bulk
+  effective rank                          exp(entropy of s / sum(s)) (Roy and Vetterli 2007);
+                                          needs every singular value (NaN for a top-k spectrum)
+
+and each run's test error at its final epoch and its lowest over training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ..common.h5io import atomic_path, open_checked
+from ..figures.paper import format_value, save_figure, write_csv
+from ..spectrum.store import read_spectrum
+from ..train.trajectory import read_trajectory
+
+ROLES = ("clean", "corrupted")
+COLUMNS = (
+    "network",
+    "parameters",
+    "rows",
+    "jacobian",
+    "labels",
+    "P_I y / y",
+    "P_N y / y",
+    "s_1 / s_K",
+    "s_K / s_K+1",
+    "effective_rank",
+    "test_error_final",
+    "test_error_min",
+)
+
+
+def effective_rank(s: np.ndarray) -> float:
+    """exp(H(p)), p_i = s_i / sum(s): 1 for a rank-one J, nK for a flat spectrum."""
+    s = np.asarray(s, dtype=np.float64)
+    s = s[s > 0]
+    p = s / s.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def spectrum_summary(path: str | Path, k: int) -> dict:
+    """s_1 / s_K, s_K / s_{K+1} and the effective rank of one stored spectrum."""
+    sp = read_spectrum(path)
+    s = sp.singular_values
+    if len(s) <= k:
+        raise ValueError(f"{path}: {len(s)} singular values; the table needs more than K = {k}")
+    full = bool(sp.attrs.get("all_singular_values", False))
+    return {
+        "s": s,
+        "full": full,
+        "outlier_spread": float(s[0] / s[k - 1]),
+        "outlier_gap": float(s[k - 1] / s[k]),
+        "effective_rank": effective_rank(s) if full else float("nan"),
+    }
+
+
+@dataclass
+class NetworkRow:
+    """One row of the table: a network's Jacobian and the labels its spaces are measured with."""
+
+    network: str
+    parameters: int
+    rows: int
+    jacobian: str
+    labels: str
+    info: float
+    nuisance: float
+    outlier_spread: float
+    outlier_gap: float
+    effective_rank: float
+    test_error_final: float
+    test_error_min: float
+
+    def values(self) -> list:
+        return [
+            self.network,
+            self.parameters,
+            self.rows,
+            self.jacobian,
+            self.labels,
+            self.info,
+            self.nuisance,
+            self.outlier_spread,
+            self.outlier_gap,
+            self.effective_rank,
+            self.test_error_final,
+            self.test_error_min,
+        ]
+
+
+def _alignment(path: str | Path) -> tuple[np.ndarray, str]:
+    """(J_init, J_final) x (||P_I y||/||y||, ||P_N y||/||y||) of a run, and its name."""
+    with open_checked(path, ["alignment/values"], artifact="measurements") as f:
+        return f["alignment/values"][:, :2], str(f.attrs["run"])
+
+
+def network_rows(network: str, files: Mapping[str, str | Path], parameters: int, k: int) -> list[NetworkRow]:
+    """The four rows of one network: J_init and J_final with the clean run's labels (Table 1's
+    rows), then with the corrupted run's (Table 3's)."""
+    init = spectrum_summary(files["init"], k)
+    out = []
+    for role in ROLES:
+        alignment, run = _alignment(files[f"{role}_measurements"])
+        traj = read_trajectory(files[f"{role}_trajectory"])
+        final = spectrum_summary(files[f"{role}_final"], k)
+        for jacobian, summary, (info, nuisance) in (("J_init", init, alignment[0]), ("J_final", final, alignment[1])):
+            out.append(
+                NetworkRow(
+                    network,
+                    parameters,
+                    len(summary["s"]) if summary["full"] else int(traj.train_y.size),
+                    jacobian,
+                    f"{role} ({run})",
+                    float(info),
+                    float(nuisance),
+                    summary["outlier_spread"],
+                    summary["outlier_gap"],
+                    summary["effective_rank"],
+                    float(traj.test_error[-1]),
+                    float(np.min(traj.test_error)),
+                )
+            )
+    return out
+
+
+def write_architecture_table(rows: Sequence[NetworkRow], csv_path: str | Path, md_path: str | Path, scale: str) -> str:
+    """The table as CSV (full precision) and Markdown; returns the Markdown."""
+    write_csv(csv_path, COLUMNS, [[repr(v) if isinstance(v, float) else v for v in r.values()] for r in rows])
+    head = [
+        "network",
+        "p",
+        "J",
+        "labels",
+        "\u2016P_I y\u2016/\u2016y\u2016",
+        "\u2016P_N y\u2016/\u2016y\u2016",
+        "s_1/s_K",
+        "s_K/s_K+1",
+        "effective rank",
+        "test error (final / lowest)",
+    ]
+    md = [f"**The Jacobian's structure across architectures** ({scale})", ""]
+    md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for r in rows:
+        erank = "n/a" if np.isnan(r.effective_rank) else f"{r.effective_rank:.1f}"
+        md.append(
+            f"| {r.network} | {r.parameters:,} | {r.jacobian} | {r.labels} | {format_value(r.info)} | "
+            f"{format_value(r.nuisance)} | {r.outlier_spread:.2f} | {r.outlier_gap:.2f} | {erank} | "
+            f"{100 * r.test_error_final:.1f}% / {100 * r.test_error_min:.1f}% |"
+        )
+    text = "\n".join(md) + "\n"
+    with atomic_path(md_path) as tmp:
+        Path(tmp).write_text(text)
+    return text
+
+
+def architecture_figure(
+    spectra: Mapping[str, Mapping[str, str | Path]], info_dim: Mapping[str, int], paths: Sequence[str | Path]
+) -> None:
+    """One panel per network: histograms of s / s_1 of J_init and the two J_final, log-spaced
+    bins, the cut-off s_r / s_1 of J_init dashed."""
+    names = list(spectra)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False, sharey=True)
+    colours = {"J_init": "tab:cyan", "J_final clean": "tab:red", "J_final corrupted": "tab:purple"}
+    for ax, name in zip(axes[0], names):
+        for label, path in spectra[name].items():
+            sp = read_spectrum(path)
+            s = sp.singular_values
+            floor = max(float(sp.attrs.get("numerical_floor", 0.0)), float(sp.attrs.get("storage_floor", 0.0)))
+            rel = s[s > floor] / s[0]
+            bins = np.logspace(np.log10(max(rel.min(), 1e-8)), 0, 40)
+            ax.hist(rel, bins=bins, histtype="step", linewidth=1.5, color=colours[label], label=label)
+            if label == "J_init":
+                r = info_dim[name]
+                ax.axvline(s[r - 1] / s[0], color=colours[label], linestyle="--", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("s / s_1")
+    axes[0][0].set_ylabel("count")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle("Singular values of J across architectures (dashed: J_init's cut-off s_r)", fontsize=10)
+    save_figure(fig, paths)
+
+
+def _parameters(checkpoint: str | Path) -> int:
+    from ..train.models import count_parameters, load_checkpoint
+
+    model, _ = load_checkpoint(checkpoint)
+    return count_parameters(model)
+
+
+def architecture_table(
+    networks: Sequence[str],
+    inputs: Mapping[str, str | Path],
+    info_dim: Mapping[str, int],
+    outputs: Mapping[str, object],
+) -> str:
+    """The architecture_table rule: ``inputs`` keyed ``{network}__{file}`` (subset, checkpoint,
+    init, and per role measurements, trajectory, final), ``outputs`` csv, md, png and other
+    (the figure's further formats). Returns the Markdown table."""
+    rows: list[NetworkRow] = []
+    spectra: dict[str, dict[str, str | Path]] = {}
+    scale = ""
+    for name in networks:
+        files = {key.split("__", 1)[1]: path for key, path in inputs.items() if key.startswith(f"{name}__")}
+        with open_checked(files["subset"], ["train/y"], artifact="subset") as f:
+            classes = [str(c) for c in f.attrs["classes"]]
+            n = len(f["train/y"])
+            dataset = str(f.attrs["dataset"])
+        scale = f"{dataset} classes {', '.join(classes)}, n = {n} (nK = {n * len(classes)}), r = {info_dim[name]}"
+        rows += network_rows(name, files, _parameters(files["checkpoint"]), len(classes))
+        spectra[name] = {
+            "J_init": files["init"],
+            "J_final clean": files["clean_final"],
+            "J_final corrupted": files["corrupted_final"],
+        }
+    text = write_architecture_table(rows, outputs["csv"], outputs["md"], scale)
+    architecture_figure(spectra, info_dim, [outputs["png"], *outputs.get("other", [])])
+    return text
