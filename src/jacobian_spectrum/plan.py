@@ -259,22 +259,16 @@ def _matrix_free_step(
     mf = plan_for_settings(spec, rows, k, p)
     passes = spec["power_iterations"] + 1
     per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
+    what = f"matrix_free {mf.iteration}: {passes} passes over {rows} x {p:,}, {mf.columns} columns"
+    vectors = min(spec["topk"], rows)
     if mf.iteration == "gram":  # rows formed mf.passes times over; G's rows^2 p / 2 multiply-adds
         seconds = mf.passes * samples * per_sample + rows * rows * p / 2 / rates.gram_flops
-        return Step(
-            f"spectrum:{tag}",
-            f"spectrum {tag} (matrix_free gram: G = J J^T of {rows} x {p:,}, {mf.held_samples} samples' rows "
-            f"held at a time, {mf.passes:.2f} passes' worth of rows)",
-            "spectrum",
-            1,
-            rates.job_start_seconds + seconds,
-            rates.base_bytes + (0 if device == "cuda" else mf.bytes),
-            rows * (stored_vector_count(spec, rows) + 1) * 8,
-            threads=int(spec["threads"]),
-            gpu_bytes=mf.bytes if device == "cuda" else 0.0,
-            after=waits,
+        what = (
+            f"matrix_free gram: G = J J^T of {rows} x {p:,}, {mf.held_samples} samples' rows held at a time, "
+            f"{mf.passes:.2f} passes' worth of rows"
         )
-    if rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
+        vectors = rows
+    elif rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
         # J Z in float64 on every block_krylov pass and on subspace's last; float32 otherwise
         precise = passes if mf.iteration == "block_krylov" else 1
         fast = rates.matrix_free_fast_pass_seconds or rates.matrix_free_pass_seconds
@@ -284,12 +278,12 @@ def _matrix_free_step(
         seconds = passes * (samples * per_sample + 2 * rows * p * mf.columns / rates.gram_flops)
     return Step(
         f"spectrum:{tag}",
-        f"spectrum {tag} (matrix_free {mf.iteration}: {passes} passes over {rows} x {p:,}, {mf.columns} columns)",
+        f"spectrum {tag} ({what})",
         "spectrum",
         1,
         rates.job_start_seconds + seconds,
         rates.base_bytes + (0 if device == "cuda" else mf.bytes),
-        rows * (stored_vector_count(spec, min(spec["topk"], rows)) + 1) * 8,
+        rows * (stored_vector_count(spec, vectors) + 1) * 8,
         threads=int(spec["threads"]),
         gpu_bytes=mf.bytes if device == "cuda" else 0.0,
         after=waits,
@@ -664,14 +658,9 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     check_replaced_keys(config)
     schema = str(root / "workflow" / "schemas" / "config.schema.yaml")
     validate(config, schema)
-    networks = [config]
-    if "architectures" in config:  # an architecture table: each network's own config, checked as its module checks it
-        from .architectures.configs import architecture_configs
-
-        networks = list(architecture_configs(config).values())
-        for net in networks:
-            validate(net, schema)
-    for net in networks:
+    # an architecture table: each network's own config, checked as its module checks it
+    for net in network_configs(config).values():
+        validate(net, schema)
         try:
             check_config(net)
         except ConfigError as exc:  # the data set's own problems come as a ConfigError caused by a DataError

@@ -45,7 +45,7 @@ from ..common.logs import logger
 from ..jacobian.compute import batch_slices, jacobian_blocks, jacobian_shape
 from ..jacobian.store import ROW_ORDER
 from .dense import eigh_descending
-from .store import Spectrum, spectrum_checks, stored_vector_count, write_spectrum
+from .store import STREAMED_GRAM, Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
 PRODUCT_BYTES = 256 << 20  # rows cast to float64 at a time for a product: the float64 copy stays small
@@ -562,7 +562,7 @@ def gram_spectrum(op: JacobianOperator, held: int, check: int) -> tuple[np.ndarr
     s = np.sqrt(np.maximum(w, 0.0))
     t = min(check, len(s))
     JtU = op.rmatmat(V[:, :t])
-    checks = spectrum_checks(s, V[:, : max(t, 1)], G @ V[:, :t], np.linalg.norm(JtU, axis=0))
+    checks = spectrum_checks(s, V[:, :t], G @ V[:, :t], np.linalg.norm(JtU, axis=0))
     return s, V, checks
 
 
@@ -654,13 +654,12 @@ def matrix_free_plan(
 
 
 GRAM_SLAB = 4096  # columns of one float32 product of the gram iteration, summed in float64
-GRAM_METHOD = "matrix_free_gram"  # the method a gram spectrum file names: every singular value, as full
 GRAM_CHECKED = 10  # top vectors whose ||J^T u_i|| the gram iteration's check pass measures
 
 
 def _gram_fixed(rows: int, p: int) -> tuple[float, float]:
-    """(the Gram side: G, eigh's V and its workspace, in float64; the work: the products'
-    float64 slabs, the check's J^T U_t in float64 and its parts)."""
+    """(the Gram side: G, eigh's V and its workspace, in float64; the work: the check pass's
+    float64 casts of rows, its J^T U_t in float64 and its parts)."""
     return 3 * 8.0 * rows * rows, 3 * PRODUCT_BYTES + 2 * 8.0 * p * GRAM_CHECKED
 
 
@@ -835,7 +834,7 @@ def _gram_spectrum_of(
         s[0],
         checks,
     )
-    return Spectrum(s, V[:, :keep].copy(), GRAM_METHOD, checks, {"matrix_free": t1 - t0})
+    return Spectrum(s, V[:, :keep].copy(), STREAMED_GRAM, checks, {"matrix_free": t1 - t0})
 
 
 def spectrum_matrix_free(

@@ -11,7 +11,8 @@ from ..common.h5io import atomic_h5, open_checked, require_finite, write_provena
 
 GRAM_FLOOR = 1e-8  # relative to s_max: below it, Gram-based singular values are noise
 # the methods that give every singular value, through the Gram matrix J J^T (stored J, streamed rows)
-GRAM_METHODS = ("full", "matrix_free_gram")
+STREAMED_GRAM = "matrix_free_gram"  # spectrum.iteration gram: G from J's rows streamed, J never stored
+GRAM_METHODS = ("full", STREAMED_GRAM)
 
 
 @dataclass
