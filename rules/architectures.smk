@@ -6,7 +6,10 @@ from pathlib import Path
 from snakemake.utils import validate
 
 from jacobian_spectrum.architectures.configs import architecture_configs
-from jacobian_spectrum.common.codeversion import code_version as script_code_version
+
+
+include: "codeversion.smk"
+
 
 SCHEMA = workflow.source_path("../workflow/schemas/config.schema.yaml")
 # the shared sections first (the schema fills their defaults), then each network's whole config
@@ -77,10 +80,7 @@ rule architecture_table:
     params:
         networks=list(ARCHITECTURES),
         info_dim={arch: ARCHITECTURES[arch]["spectrum"]["info_dim"] for arch in ARCHITECTURES},
-        code=script_code_version(
-            Path(workflow.basedir) / "workflow" / "scripts" / "architecture_table.py",
-            Path(workflow.basedir) / "src" / "jacobian_spectrum",
-        ),
+        code=code_version("architecture_table.py"),
     script:
         "../workflow/scripts/architecture_table.py"
 

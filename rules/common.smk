@@ -4,7 +4,6 @@ from pathlib import Path
 
 from snakemake.utils import validate
 
-from jacobian_spectrum.common.codeversion import code_version as script_code_version
 from jacobian_spectrum.config import (
     check_config,
     check_replaced_keys,
@@ -17,6 +16,10 @@ from jacobian_spectrum.config import (
 from jacobian_spectrum.config import reference_epoch as run_reference_epoch
 from jacobian_spectrum.spectrum.methods import method_settings
 
+
+include: "codeversion.smk"
+
+
 # Schema first (fills defaults), then the checks a schema cannot express (classes that
 # exist, counts that are available, runs that reference known levels...). Both stop the
 # workflow before any job runs.
@@ -25,7 +28,6 @@ validate(config, workflow.source_path("../workflow/schemas/config.schema.yaml"))
 check_config(config)
 
 R = config["results"]
-SRC = Path(workflow.basedir) / "src" / "jacobian_spectrum"
 K = len(config["dataset"]["classes"])
 N_SPLIT = {
     "train": config["dataset"]["train_per_class"] * K,
@@ -38,12 +40,6 @@ LEVELS = [level_tag(x) for x in config["corruption"]["levels"]]
 # in analysis.track_runs (they get the alignment-over-training figure), J_init and J_final else
 TRACKED = measured_epochs(config)
 TRACK_RUNS = tracked_runs(config)
-
-
-def code_version(script):
-    """The ``code`` param of a rule: a hash of its script and of every package module the script
-    imports, directly or not (read from the sources), so that editing any of them reruns the job."""
-    return script_code_version(Path(workflow.basedir) / "workflow" / "scripts" / script, SRC)
 
 
 def spectrum_settings(wildcards):

@@ -175,7 +175,7 @@ def test_one_version_string():
 
 
 # the pipeline's order (docs/design.md): a stage's sub-package imports only stages before it
-STAGES = ("common", "data", "train", "jacobian", "spectrum", "analysis", "theory", "figures")
+STAGES = ("common", "data", "train", "jacobian", "spectrum", "analysis", "theory", "figures", "architectures")
 
 
 def test_each_stage_imports_only_the_stages_before_it():

@@ -108,6 +108,24 @@ def test_bad_config_is_refused_with_a_message(make, error, words):
     assert words in str(exc.value)
 
 
+def test_auto_streams_a_jacobian_too_large_to_store_and_the_rules_follow(tmp_path):
+    # the tiny config's J is 180 x 16,963 float32 (12 MB): stored under the default 10 GB, streamed
+    # (matrix_free, no Jacobian chunk job) under a limit of 1 MB; the same limit with a budget too
+    # small for the streamed method's panels is refused naming the budget
+    cfg = with_("spectrum.method", "auto")
+    assert validated(cfg)["spectrum"]["method"] == "auto"
+    cfg["spectrum"]["stream_above_gb"] = 0.001
+    assert validated(cfg)["spectrum"]["method"] == "matrix_free"
+    cfg["results"] = str(tmp_path / "r")
+    path = tmp_path / "streamed.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake("-n", "--cores", "1", "--configfile", str(path)).stdout
+    assert "spectrum_matrix_free" in out and "jacobian_chunk" not in out
+    cfg["spectrum"]["memory_budget_mb"] = 1
+    with pytest.raises(ConfigError, match="spectrum.memory_budget_mb = 1: a matrix-free spectrum"):
+        validated(cfg)
+
+
 def test_a_replaced_key_is_refused_naming_its_replacement(tmp_path):
     cfg = load()
     cfg.setdefault("jacobian", {})["temporary"] = True

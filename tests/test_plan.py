@@ -275,7 +275,9 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
     from jacobian_spectrum.train.models import build_model
 
     config, _ = tiny_config(tmp_path / "results")
-    config["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
+    config["spectrum"].update(
+        method="matrix_free", iteration="block_krylov", topk=20, oversampling=20, power_iterations=6
+    )
     model = build_model(P._model_spec(config), seed=0)
     pass_s, fast_s = P._matrix_free_pass_seconds(config, model, torch.randn(8, 1, 8, 8), torch.device("cpu"))
     assert 0 < pass_s < 60 and 0 < fast_s < 60
@@ -295,13 +297,15 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
     # its memory is the one the job plans and logs when it starts (matrix_free_plan)
     from jacobian_spectrum.spectrum.matrix_free import matrix_free_plan
 
-    mf = matrix_free_plan(samples * 3, 3, rates.parameters, 20, 20, 6, config["spectrum"]["memory_budget_mb"])
+    mf = matrix_free_plan(
+        samples * 3, 3, rates.parameters, 20, 20, 6, config["spectrum"]["memory_budget_mb"], "block_krylov"
+    )
     assert mf.iteration == "block_krylov" and step.memory_bytes == rates.base_bytes + mf.bytes
     # subspace iteration: J Z in float64 on the last pass only, the other 6 at the float32 rate
     config["spectrum"]["iteration"] = "subspace"
     (sub,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
     assert sub.seconds - rates.job_start_seconds == pytest.approx(samples * (pass_s + 6 * fast_s), rel=1e-9)
-    config["spectrum"]["iteration"] = "auto"
+    config["spectrum"]["iteration"] = "block_krylov"
     # without the measurement the model of the Gram update's rate stands in
     modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
     (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]

@@ -246,7 +246,8 @@ def test_a_spectrum_only_config_streams_J_init_and_gives_table_1s_row(tiny_resul
     cfg = yaml.safe_load(TINY.read_text())
     cfg.update(results=str(out), runs={}, analysis={"track_runs": []})
     cfg["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
-    cfg["spectrum"].update(method="matrix_free", topk=20, oversampling=20, power_iterations=6)
+    # the randomized iteration (auto would take gram at this size: every singular value)
+    cfg["spectrum"].update(method="matrix_free", iteration="block_krylov", topk=20, oversampling=20, power_iterations=6)
     config = tmp_path / "spectrum_only.yaml"
     config.write_text(yaml.safe_dump(cfg))
     snakemake("--cores", "2", "--configfile", str(config))

@@ -207,15 +207,25 @@ def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
 
 def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | None, k: int) -> None:
     """spectrum.method: matrix_free holds p x l panels, whatever nK: refuse, before any job, a
-    J whose panels do not fit spectrum.memory_budget_mb (the network's p from building it)."""
+    J whose panels do not fit spectrum.memory_budget_mb (the network's p from building it).
+
+    spectrum.method auto is settled here between a stored and a streamed J: a J of the largest
+    split over spectrum.stream_above_gb (nK x p float32) is never stored, and the method becomes
+    matrix_free (the rules, the plan and the spectrum jobs then read that); below it, auto
+    stays and picks full or topk per J from its Gram matrix. Where the image shape is not known
+    before the data is unpacked, p is not either, and auto stays."""
     spec = config["spectrum"]
-    if spec["method"] != "matrix_free" or shape is None:
+    if spec["method"] not in ("matrix_free", "auto") or shape is None:
         return
     from .spectrum.matrix_free import plan_for_settings
     from .train.models import build_model, count_parameters, model_spec
 
     p = count_parameters(build_model(model_spec(config["model"], shape[0], shape[1], k)))
     rows = max(config["dataset"]["train_per_class"], config["dataset"]["test_per_class"]) * k * k
+    if spec["method"] == "auto":
+        if rows * p * 4 <= spec["stream_above_gb"] * 1e9:
+            return
+        spec["method"] = "matrix_free"
     try:
         plan_for_settings(spec, rows, k, p)
     except ValueError as exc:

@@ -264,7 +264,7 @@ def jacobian_blocks(
     """
     model.eval()
     layers = plain_layers(model)
-    if layers is None and sum(e.size for e in parameter_table(model)) >= PER_SAMPLE_PARAMETERS:
+    if layers is None and takes_per_sample(model):
         yield from _blocks_per_sample(model, x, batch_size, out)
         return
     if layers is None:
@@ -314,6 +314,13 @@ VMAP_BATCH = 64  # samples per batch of the torch.func path (networks other than
 # cost more in fresh memory than they save (torchvision ResNet-18, p = 11.2M, 3 outputs:
 # 11.5 samples/s against vmap's 4.4 to 6.8, bench/zoo_jacobian.py on 2 cores).
 PER_SAMPLE_PARAMETERS = 1_000_000
+
+
+def takes_per_sample(model: nn.Module) -> bool:
+    """Whether :func:`jacobian_blocks` forms this network's rows one sample at a time
+    (:func:`jacobian_per_sample`): a network of PER_SAMPLE_PARAMETERS or more that is not made
+    of plain layers. The probe check takes the same decision, to record the rows' own pass."""
+    return plain_layers(model) is None and sum(e.size for e in parameter_table(model)) >= PER_SAMPLE_PARAMETERS
 
 
 def batch_size_for(num_outputs: int, activations: int, layers: list[tuple[str, nn.Module]], itemsize: int) -> int:

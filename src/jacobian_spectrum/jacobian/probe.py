@@ -26,7 +26,15 @@ from torch.func import functional_call, jvp, vmap
 from torch.nn import functional as F
 from torch.overrides import TorchFunctionMode
 
-from .compute import VMAP_BATCH, batch_slices, math_attention, outputs_and_batch_size, plain_layers, split_params
+from .compute import (
+    VMAP_BATCH,
+    batch_slices,
+    math_attention,
+    outputs_and_batch_size,
+    plain_layers,
+    split_params,
+    takes_per_sample,
+)
 
 # every spelling of ReLU that nn.ReLU, F.relu and tensor methods reach
 _RELUS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
@@ -113,8 +121,10 @@ class ProbeCheck:
         self.ref_params = {n: p.to(dtype) for n, p in self.params.items()}  # no copy in the model's dtype
         self.ref_buffers = {n: b.to(dtype) if b.is_floating_point() else b for n, b in self.buffers.items()}
         self.ref_dtype = dtype
-        # the rows' forward pass: one batched pass (plain layers) or vmap over samples (torch.func)
+        # the rows' forward pass: one batched pass (plain layers), the model's own pass one sample
+        # at a time (large networks), or vmap over samples (torch.func)
         self.per_sample = plain_layers(model) is None
+        self.one_at_a_time = self.per_sample and takes_per_sample(model)
         gen = torch.Generator().manual_seed(seed)
         self.v = torch.randn(num_parameters, generator=gen, dtype=torch.float64)
         self.u = torch.randn(num_rows, generator=gen, dtype=torch.float64)
@@ -128,7 +138,8 @@ class ProbeCheck:
 
     def kink_masks(self, x: torch.Tensor, values: bool = False) -> list[torch.Tensor]:
         """Which ReLU inputs were positive, in a forward pass computed as the rows' is: the
-        batched pass with autograd on (:func:`.compute.jacobian_by_layers`), or vmap over
+        batched pass with autograd on (:func:`.compute.jacobian_by_layers`), the model's own
+        pass on one sample at a time (:func:`.compute.jacobian_per_sample`), or vmap over
         samples of a reverse-mode pass (``vmap(jacrev)``, :func:`.compute.jacobian_vmap`).
         Recomputing it in the same way gives the same bits, so the same decisions. ``values``:
         the ReLU inputs instead."""
@@ -137,6 +148,13 @@ class ProbeCheck:
             with torch.enable_grad(), RecordKinks(values) as rec:
                 functional_call(self.model, (leaves, self.buffers), (x,))
             return rec.masks
+        if self.one_at_a_time:  # a vmap pass rounds differently: its decisions are not the rows'
+            samples = []
+            for i in range(len(x)):
+                with torch.enable_grad(), math_attention(), RecordKinks(values) as rec:
+                    self.model(x[i : i + 1])
+                samples.append(rec.masks)
+            return [torch.cat(calls) for calls in zip(*samples)]
 
         def masks_of(p: dict, xi: torch.Tensor) -> tuple:
             def f(q: dict) -> tuple:
