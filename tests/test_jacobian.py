@@ -9,7 +9,7 @@ import torch
 from jacobian_spectrum.common.h5io import open_checked
 from jacobian_spectrum.data.subset import build_subset, write_subset
 from jacobian_spectrum.jacobian.chunk import compute_chunk
-from jacobian_spectrum.jacobian.compute import jacobian, parameter_table
+from jacobian_spectrum.jacobian.compute import jacobian, parameter_table, takes_per_sample
 from jacobian_spectrum.jacobian.probe import probe_errors
 from jacobian_spectrum.jacobian.store import gather, layer_norms
 from jacobian_spectrum.train.models import ModelSpec, build_model, save_checkpoint
@@ -462,14 +462,16 @@ def test_probe_check_of_a_large_batch_norm_network_with_a_relu_input_on_its_kink
 
     What failed there: a ReLU input within float32 rounding of 0 falls on either side in two
     forward passes that round differently, and moves its sample's rows of J by 1e-3 or more,
-    as much as a wrong row. With batch-norm, J takes the torch.func (vmap) path, which rounds
-    batch-norm differently from the check's batched and forward-mode passes; at 557k ReLU units
-    a sample, about one sample in eight has such a unit (bench/probe_precision.py). Here one is
+    as much as a wrong row. With batch-norm and 1M parameters or more, J takes the per-sample
+    path (the model's own pass on one sample at a time), which rounds batch-norm differently
+    from vmap and from the check's batched and forward-mode passes; at 557k ReLU units a
+    sample, about one sample in eight has such a unit (bench/probe_precision.py). Here one is
     planted: the batch-norm bias before a ReLU of the last stage is moved so that the unit where
     the rows' float32 pass and float64 differ most lies between them. References that take
     their own decisions (here float64's) then fail the correct J; the check, which pins the
-    rows' decisions, passes it at rounding level and fails it with one row scaled by 1.01 or
-    one row's block of one layer zeroed.
+    decisions of the rows' own pass, passes it at rounding level and fails it with one row
+    scaled by 1.01 or one row's block of one layer zeroed. (Pinning a vmap pass's decisions
+    instead, as the check did before it followed the per-sample path, fails the correct J.)
     """
     from torchvision.models.resnet import BasicBlock
 
@@ -486,7 +488,7 @@ def test_probe_check_of_a_large_batch_norm_network_with_a_relu_input_on_its_kink
     model.eval()
     x = torch.randn(4, 3, 16, 16)
     p = sum(q.numel() for q in model.parameters())
-    assert p > 2_700_000
+    assert p > 2_700_000 and takes_per_sample(model)  # J's rows by the model's own pass, a sample at a time
 
     def float64_inputs(values=True):
         with torch.no_grad(), RecordKinks(values) as rec:
