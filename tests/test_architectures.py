@@ -104,6 +104,9 @@ def test_the_architecture_table_runs_every_network_as_a_module(tmp_path):
             info = f["alignment/values"][1, 0]
         (row,) = [r for r in rows if r["network"] == net and r["jacobian"] == "J_final" and "corrupt50" in r["labels"]]
         assert float(row["P_I y / y"]) == pytest.approx(info)
+        with h5py.File(out / net / "runs/corrupt50/trajectory.h5") as f:
+            fitted = 1 - f["train/error_corrupted"][-1]
+        assert float(row["corrupted_labels_fitted"]) == pytest.approx(fitted)
         s = read_spectrum(out / net / "init/spectrum/train_epoch0.h5").singular_values
         assert len(s) == 180  # every singular value of the 60 x 3 rows, stored J or not
     gram = read_spectrum(out / "mlp/init/spectrum/train_epoch0.h5")

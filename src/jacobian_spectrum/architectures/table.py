@@ -10,7 +10,9 @@ Per network and Jacobian (J_init, and J_final of the clean and of the corrupted 
   effective rank                          exp(entropy of s / sum(s)) (Roy and Vetterli 2007);
                                           needs every singular value (NaN for a top-k spectrum)
 
-and each run's test error at its final epoch and its lowest over training.
+and each run's test error at its final epoch and its lowest over training, and the share of its
+corrupted labels the network fits at the end (the corruption findings depend on it,
+docs/cifar10.md).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ COLUMNS = (
     "effective_rank",
     "test_error_final",
     "test_error_min",
+    "corrupted_labels_fitted",
 )
 
 
@@ -87,6 +90,7 @@ class NetworkRow:
     effective_rank: float
     test_error_final: float
     test_error_min: float
+    memorised: float  # share of the corrupted training labels fitted at the last epoch; NaN for clean labels
 
     def values(self) -> list:
         return [
@@ -102,6 +106,7 @@ class NetworkRow:
             self.effective_rank,
             self.test_error_final,
             self.test_error_min,
+            self.memorised,
         ]
 
 
@@ -135,6 +140,7 @@ def network_rows(network: str, files: Mapping[str, str | Path], parameters: int,
                     summary["effective_rank"],
                     float(traj.test_error[-1]),
                     float(np.min(traj.test_error)),
+                    float(1 - traj.train_error_corrupted[-1]),
                 )
             )
     return out
@@ -154,6 +160,7 @@ def write_architecture_table(rows: Sequence[NetworkRow], csv_path: str | Path, m
         "s_K/s_K+1",
         "effective rank",
         "test error (final / lowest)",
+        "corrupted labels fitted",
     ]
     md = [f"**The Jacobian's structure across architectures** ({scale})", ""]
     md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -162,7 +169,8 @@ def write_architecture_table(rows: Sequence[NetworkRow], csv_path: str | Path, m
         md.append(
             f"| {r.network} | {r.parameters:,} | {r.jacobian} | {r.labels} | {format_value(r.info)} | "
             f"{format_value(r.nuisance)} | {r.outlier_spread:.2f} | {r.outlier_gap:.2f} | {erank} | "
-            f"{100 * r.test_error_final:.1f}% / {100 * r.test_error_min:.1f}% |"
+            f"{100 * r.test_error_final:.1f}% / {100 * r.test_error_min:.1f}% | "
+            f"{'-' if np.isnan(r.memorised) else f'{100 * r.memorised:.0f}%'} |"
         )
     text = "\n".join(md) + "\n"
     with atomic_path(md_path) as tmp:
