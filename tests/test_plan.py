@@ -310,3 +310,10 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
     modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
     (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]
     assert other.seconds != step.seconds
+
+
+def test_plan_warns_when_it_timed_a_busy_machine():
+    # more runnable processes than CPUs while plan timed the machine: its rates are a shared machine's
+    assert P.busy_machine_note(1.0, 2) is None and P.busy_machine_note(2.0, 2) is None
+    note = P.busy_machine_note(4.1, 2)
+    assert "load average was 4.1 on 2 CPUs" in note and "shared machine" in note

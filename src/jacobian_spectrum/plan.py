@@ -696,9 +696,23 @@ def run_plan(configfile: str | Path | None, device: str, cores: int) -> dict[str
         )
         rates = measure_rates(net, device, net["results"])
         plan = make_plan(net, rates, cores, device)
-        plan.warnings += notes
+        busy = busy_machine_note(os.getloadavg()[0], os.cpu_count() or 1)
+        plan.warnings += notes + ([busy] if busy else [])
         plans[name] = plan
     return plans
+
+
+def busy_machine_note(load: float, cpus: int) -> str | None:
+    """A warning when more processes were running than there are CPUs while ``plan`` timed the
+    machine (``load``: the 1-minute load average, ``plan`` itself included): its rates are then
+    those of a shared machine. Beside a 2-thread spectrum job on 2 cores, ``plan`` put the whole
+    CIFAR-10 spectrum at 121 h, against 4.2 h measured on the idle machine (docs/scale.md)."""
+    if load <= cpus:
+        return None
+    return (
+        f"machine: the load average was {load:.1f} on {cpus} CPUs while plan timed it, so the times above are "
+        "those of a shared machine and can be several times too long; run plan where the work will run, alone"
+    )
 
 
 def main_plan(configfile: str | None, device: str, cores: int) -> int:
