@@ -317,3 +317,28 @@ def test_plan_warns_when_it_timed_a_busy_machine():
     assert P.busy_machine_note(1.0, 2) is None and P.busy_machine_note(2.0, 2) is None
     note = P.busy_machine_note(4.1, 2)
     assert "load average was 4.1 on 2 CPUs" in note and "shared machine" in note
+
+
+def test_each_networks_plan_takes_the_method_its_checks_settle(tmp_path, monkeypatch):
+    # spectrum.method auto with a limit that only the wider network's J passes: the plan streams
+    # that network's J (as its module of the workflow does) and stores the other's
+    import yaml
+
+    config = yaml.safe_load(TINY.read_text())
+    config.update(results=str(tmp_path / "r"), architecture_table={"clean": "sgd_clean", "corrupted": "sgd_corrupt50"})
+    config["spectrum"].update(method="auto", stream_above_gb=0.05)  # 180 rows x p x 4 bytes: 59 MB for the wide
+    config["architectures"] = {
+        "narrow": {"model": {"name": "mlp", "hidden": 8}},
+        "wide": {"model": {"name": "mlp", "hidden": 256}},
+    }
+    path = tmp_path / "arch.yaml"
+    path.write_text(yaml.safe_dump(config))
+    _, networks = P.load_networks(path)
+    assert {name: net["spectrum"]["method"] for name, net in networks.items()} == {
+        "narrow": "auto",
+        "wide": "matrix_free",
+    }
+    monkeypatch.setattr(P, "measure_rates", lambda net, device, scratch: P.Rates(**{**RATES.__dict__, "parameters": 1}))
+    plans = P.run_plan(path, "cpu", cores=2)
+    assert any("matrix_free" in s.name for s in plans["wide"].steps)
+    assert not any("matrix_free" in s.name for s in plans["narrow"].steps)

@@ -641,6 +641,13 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     ``notes`` instead of stopping the plan, which goes on with the image shape the data set
     declares (:func:`image_shape`); any other mistake stops it as it stops Snakemake.
     """
+    return load_networks(configfile, notes)[0]
+
+
+def load_networks(configfile: str | Path | None, notes: list[str] | None = None) -> tuple[dict, dict[str, dict]]:
+    """:func:`load_config`, and each network's config as checked (:func:`network_configs`): the
+    checks settle ``spectrum.method: auto`` between a stored and a streamed J, as they do in
+    each network's module of the workflow, so the plan takes the checked configs."""
     import yaml
     from snakemake.utils import validate
 
@@ -659,7 +666,8 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
     schema = str(root / "workflow" / "schemas" / "config.schema.yaml")
     validate(config, schema)
     # an architecture table: each network's own config, checked as its module checks it
-    for net in network_configs(config).values():
+    networks = network_configs(config)
+    for net in networks.values():
         validate(net, schema)
         try:
             check_config(net)
@@ -670,7 +678,7 @@ def load_config(configfile: str | Path | None, notes: list[str] | None = None) -
             note = f"data: not checked against the config, planned with {shape} images ({exc.__cause__})"
             if note not in notes:
                 notes.append(note)
-    return config
+    return config, networks
 
 
 def network_configs(config: Mapping) -> dict[str, dict]:
@@ -685,10 +693,9 @@ def network_configs(config: Mapping) -> dict[str, dict]:
 def run_plan(configfile: str | Path | None, device: str, cores: int) -> dict[str, Plan]:
     """The plan of each network of the config ("" for a plain config), keyed by its name."""
     notes: list[str] = []
-    config = load_config(configfile, notes)
+    _, networks = load_networks(configfile, notes)
     plans = {}
-    # the shared sections are filled by the schema already, so each network's merged config is whole
-    for name, net in network_configs(config).items():
+    for name, net in networks.items():
         print(
             f"measuring this machine for {configfile or 'config.yaml'}{f' network {name}' if name else ''} "
             f"(corruption levels {[level_tag(x) for x in net['corruption']['levels']]})...",
