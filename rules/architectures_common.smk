@@ -1,10 +1,8 @@
 # Helpers of the architecture table (rules/architectures.smk): each network's config, and the
 # files and targets the table reads and asks for.
-from pathlib import Path
-
 from snakemake.utils import validate
 
-from jacobian_spectrum.architectures.configs import architecture_configs
+from jacobian_spectrum.architectures.configs import architecture_configs, table_jacobians
 
 
 include: "codeversion.smk"
@@ -21,35 +19,25 @@ ARCHIVE_OWNER = next(iter(ARCHITECTURES))  # one network's module unpacks the sh
 
 
 def architecture_files(arch):
-    """What the table reads of one network: its subset, J_init's spectrum, and per run the
-    measurements, trajectory and J_final's spectrum."""
-    net = ARCHITECTURES[arch]
+    """What the table reads of one network: its subset and initial checkpoint, J_init's spectrum,
+    and per run the trajectory and J_final's spectrum (the Jacobians of table_jacobians)."""
     out = f"{R}/{arch}"
     files = {
         "subset": f"{out}/data/subset.h5",
         "checkpoint": f"{out}/init/checkpoints/epoch0.pt",
-        "init": f"{out}/init/spectrum/train_epoch0.h5",
     }
-    for role in ("clean", "corrupted"):
-        run = config["architecture_table"][role]
-        epochs = net["runs"][run]["epochs"]
-        files[f"{role}_measurements"] = f"{out}/runs/{run}/measurements.h5"
-        files[f"{role}_trajectory"] = f"{out}/runs/{run}/trajectory.h5"
-        files[f"{role}_final"] = f"{out}/runs/{run}/spectrum/train_epoch{epochs}.h5"
+    for (owner, split, epoch), runs in table_jacobians(ARCHITECTURES[arch], config["architecture_table"]).items():
+        path = f"{out}/{owner}/spectrum/{split}_epoch{epoch}.h5"
+        if owner == "init":
+            files["init"] = path
+        for role in runs:
+            files[f"{role}_final"] = path
+            files[f"{role}_trajectory"] = f"{out}/{owner}/trajectory.h5"
     return files
 
 
-# Figures 2 and 4 (Sections 2.1 and 3.3) do not depend on the network: made once per config, not per network
-THEORY_FIGURES = ("fig2.", "fig4.")
-
-
 def architecture_targets():
-    """Every network's own targets (its module's rule all) but the synthetic experiments' figures,
-    then the table and figure."""
-    targets = [
-        path
-        for arch in ARCHITECTURES
-        for path in getattr(rules, f"{arch}_all").input
-        if not Path(path).name.startswith(THEORY_FIGURES)
-    ]
-    return targets + list(rules.architecture_table.output)
+    """The table and figure, which ask of each network only what they read: its two trainings
+    and three training spectra. A network's whole workflow (test spectra, measurements, the
+    paper's figures) is its own target, e.g. `snakemake resnet18_all`."""
+    return list(rules.architecture_table.output)

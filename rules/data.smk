@@ -6,7 +6,9 @@ if ARCHIVE:
 
     rule extract_archive:
         input:
-            ARCHIVE,
+            # ancient: a copied or re-mounted archive gets a new mtime but holds the same images;
+            # which images is said by its sha256, a param (a new archive_sha256 unpacks again)
+            ancient(ARCHIVE),
         output:
             directory(config["dataset"]["root"]),
         log:

@@ -126,10 +126,15 @@ def _model_spec(config: Mapping):
     )
 
 
-def jacobians(config: Mapping) -> dict[tuple[str, str, int], list[str]]:
+def jacobians(config: Mapping, table: Mapping[str, str] | None = None) -> dict[tuple[str, str, int], list[str]]:
     """Every Jacobian the workflow computes, (owner, split, epoch), and the runs that read it
     (the spectra that the measurements read: J_init, J_final, J_ref on train and test, and the
-    training Jacobians of the tracked epochs)."""
+    training Jacobians of the tracked epochs). ``table``: the config's ``architecture_table``,
+    for a network of an architecture table, which computes only the Jacobians the table reads."""
+    if table is not None:
+        from .architectures.configs import table_jacobians
+
+        return {key: [table[role] for role in roles] for key, roles in table_jacobians(config, table).items()}
     out: dict[tuple[str, str, int], list[str]] = {("init", "train", 0): []}  # J_init: the init_spectrum figure
     measured = measured_epochs(config)
     for run, r in config["runs"].items():
@@ -142,7 +147,7 @@ def jacobians(config: Mapping) -> dict[tuple[str, str, int], list[str]]:
     return out
 
 
-def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
+def _steps(config: Mapping, rates: Rates, device: str, table: Mapping[str, str] | None = None) -> list[Step]:
     ds, k = config["dataset"], len(config["dataset"]["classes"])
     n = {"train": ds["train_per_class"] * k, "test": ds["test_per_class"] * k}
     pixels = int(np.prod(image_shape(ds)))
@@ -173,7 +178,12 @@ def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
                 after=["initialise"],
             )
         )
-    steps += _jacobian_steps(config, rates, device, n, k)
+    steps += _jacobian_steps(config, rates, device, n, k, table)
+    if table is not None:  # the network's share of the one architecture_table job
+        steps.append(
+            Step("report", "architecture table", "architecture_table", 1, start, rates.base_bytes, 0, after=["*"])
+        )
+        return steps
     runs = list(config["runs"])
     small = 4 * len(runs) + 8  # measure per run, figures, tables, comparison, theory
     steps.append(
@@ -182,14 +192,16 @@ def _steps(config: Mapping, rates: Rates, device: str) -> list[Step]:
     return steps
 
 
-def _jacobian_steps(config: Mapping, rates: Rates, device: str, n: dict, k: int) -> list[Step]:
+def _jacobian_steps(
+    config: Mapping, rates: Rates, device: str, n: dict, k: int, table: Mapping[str, str] | None = None
+) -> list[Step]:
     from .spectrum.store import stored_vector_count
 
     jac, spec = config["jacobian"], config["spectrum"]
     itemsize = 8 if jac["dtype"] == "float64" else 4
     p, start = rates.parameters, rates.job_start_seconds
     steps = []
-    for (owner, split, epoch), runs in jacobians(config).items():
+    for (owner, split, epoch), runs in jacobians(config, table).items():
         rows = n[split] * k
         chunks = math.ceil(n[split] / jac["chunk_size"])
         J = rows * p * itemsize
@@ -514,10 +526,18 @@ def _job_start() -> tuple[float, float]:
 
 
 # ---------------------------------------------------------------- the plan
-def make_plan(config: Mapping, rates: Rates, cores: int, device: str = "cpu", use_benchmarks: bool = True) -> Plan:
+def make_plan(
+    config: Mapping,
+    rates: Rates,
+    cores: int,
+    device: str = "cpu",
+    use_benchmarks: bool = True,
+    table: Mapping[str, str] | None = None,
+) -> Plan:
     """The plan of ``config`` at these rates; ``use_benchmarks``: measured seconds and memory of
-    an earlier run's benchmark files replace the estimates where they exist."""
-    steps = _steps(config, rates, device)
+    an earlier run's benchmark files replace the estimates where they exist; ``table``: the
+    ``architecture_table`` section, for one network of an architecture table (:func:`jacobians`)."""
+    steps = _steps(config, rates, device, table)
     results = Path(config["results"])
     for step in steps if use_benchmarks else []:
         measured = read_benchmark(benchmark_file(results, step))
@@ -702,7 +722,7 @@ def run_plan(configfile: str | Path | None, device: str, cores: int) -> dict[str
             file=sys.stderr,
         )
         rates = measure_rates(net, device, net["results"])
-        plan = make_plan(net, rates, cores, device)
+        plan = make_plan(net, rates, cores, device, table=net["architecture_table"] if name else None)
         busy = busy_machine_note(os.getloadavg()[0], os.cpu_count() or 1)
         plan.warnings += notes + ([busy] if busy else [])
         plans[name] = plan

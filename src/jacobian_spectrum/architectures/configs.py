@@ -58,3 +58,18 @@ def architecture_configs(config: Mapping) -> dict[str, dict]:
         net["results"] = f"{config.get('results', 'results')}/{name}"
         out[str(name)] = net
     return out
+
+
+def table_jacobians(net: Mapping, roles: Mapping[str, str]) -> dict[tuple[str, str, int], list[str]]:
+    """The Jacobians the architecture table reads of one network, (owner, split, epoch) -> the
+    roles (clean, corrupted) whose J_final it is: J_init, and the J_final of each role's run
+    (``roles``: the config's ``architecture_table``), all on the training split."""
+    out: dict[tuple[str, str, int], list[str]] = {("init", "train", 0): []}
+    for role in ("clean", "corrupted"):
+        run = roles[role]
+        if run not in net["runs"]:
+            raise ConfigError(
+                f"config key 'architecture_table.{role}': run {run!r} is not one of the runs ({', '.join(net['runs'])})"
+            )
+        out.setdefault((f"runs/{run}", "train", int(net["runs"][run]["epochs"])), []).append(role)
+    return out

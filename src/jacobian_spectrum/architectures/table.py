@@ -10,9 +10,14 @@ Per network and Jacobian (J_init, and J_final of the clean and of the corrupted 
   effective rank                          exp(entropy of s / sum(s)) (Roy and Vetterli 2007);
                                           needs every singular value (NaN for a top-k spectrum)
 
-and each run's test error at its final epoch and its lowest over training, and the share of its
+and each run's test error at its final epoch and its lowest over training, the share of its
 corrupted labels the network fits at the end (the corruption findings depend on it,
-docs/cifar10.md).
+docs/cifar10.md), and ||P_I y|| / ||y|| of a network that fits the true classes and none of the
+noise (Table 3's no-memorisation reference).
+
+The ratios come from the training spectra and the run's trained labels, computed as the measure
+stage computes them (:func:`..analysis.measure.projection_ratios`), so that the table needs only
+J_init's and each run's J_final's spectrum, not each network's whole workflow.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..analysis.measure import projection_ratios, trained_labels
+from ..analysis.quantities import no_memorisation_alignment
 from ..common.h5io import atomic_path, open_checked
 from ..figures.paper import format_value, save_figure, write_csv
 from ..spectrum.store import read_spectrum
@@ -47,6 +54,7 @@ COLUMNS = (
     "test_error_final",
     "test_error_min",
     "corrupted_labels_fitted",
+    "P_I y / y (no memorisation)",
 )
 
 
@@ -91,6 +99,7 @@ class NetworkRow:
     test_error_final: float
     test_error_min: float
     memorised: float  # share of the corrupted training labels fitted at the last epoch; NaN for clean labels
+    no_memorisation: float  # ||P_I y|| / ||y|| for I = the true-class structure alone (1 for clean labels)
 
     def values(self) -> list:
         return [
@@ -107,25 +116,38 @@ class NetworkRow:
             self.test_error_final,
             self.test_error_min,
             self.memorised,
+            self.no_memorisation,
         ]
 
 
-def _alignment(path: str | Path) -> tuple[np.ndarray, str]:
-    """(J_init, J_final) x (||P_I y||/||y||, ||P_N y||/||y||) of a run, and its name."""
-    with open_checked(path, ["alignment/values"], artifact="measurements") as f:
-        return f["alignment/values"][:, :2], str(f.attrs["run"])
+def label_alignment(path: str | Path, y: np.ndarray, info_dim: int) -> tuple[float, float]:
+    """(||P_I y||/||y||, ||P_N y||/||y||) for I = the top ``info_dim`` left singular vectors of
+    the spectrum at ``path``, y in J's row order: Tables 1 and 3's columns, as ``measure`` has them."""
+    sp = read_spectrum(path)
+    if sp.U.shape[0] != len(y) or sp.U.shape[1] < info_dim:
+        raise ValueError(
+            f"{path}: U is {sp.U.shape[0]} x {sp.U.shape[1]}; the labels have {len(y)} rows and "
+            f"I takes info_dim = {info_dim} vectors: the spectrum belongs to another subset, or stores too few"
+        )
+    info, nuisance, _ = projection_ratios(y, sp.U[:, :info_dim], sp.singular_values)
+    return info, nuisance
 
 
-def network_rows(network: str, files: Mapping[str, str | Path], parameters: int, k: int) -> list[NetworkRow]:
+def network_rows(
+    network: str, files: Mapping[str, str | Path], parameters: int, k: int, info_dim: int
+) -> list[NetworkRow]:
     """The four rows of one network: J_init and J_final with the clean run's labels (Table 1's
     rows), then with the corrupted run's (Table 3's)."""
     init = spectrum_summary(files["init"], k)
     out = []
     for role in ROLES:
-        alignment, run = _alignment(files[f"{role}_measurements"])
         traj = read_trajectory(files[f"{role}_trajectory"])
+        run = Path(files[f"{role}_trajectory"]).parent.name
+        y = trained_labels(traj)
+        reference = no_memorisation_alignment(y, traj.train_y_clean, k)[0]
         final = spectrum_summary(files[f"{role}_final"], k)
-        for jacobian, summary, (info, nuisance) in (("J_init", init, alignment[0]), ("J_final", final, alignment[1])):
+        for jacobian, summary, path in (("J_init", init, files["init"]), ("J_final", final, files[f"{role}_final"])):
+            info, nuisance = label_alignment(path, y, info_dim)
             out.append(
                 NetworkRow(
                     network,
@@ -133,14 +155,15 @@ def network_rows(network: str, files: Mapping[str, str | Path], parameters: int,
                     len(summary["s"]) if summary["full"] else int(traj.train_y.size),
                     jacobian,
                     f"{role} ({run})",
-                    float(info),
-                    float(nuisance),
+                    info,
+                    nuisance,
                     summary["outlier_spread"],
                     summary["outlier_gap"],
                     summary["effective_rank"],
                     float(traj.test_error[-1]),
                     float(np.min(traj.test_error)),
                     float(1 - traj.train_error_corrupted[-1]),
+                    reference,
                 )
             )
     return out
@@ -161,6 +184,7 @@ def write_architecture_table(rows: Sequence[NetworkRow], csv_path: str | Path, m
         "effective rank",
         "test error (final / lowest)",
         "corrupted labels fitted",
+        "\u2016P_I y\u2016/\u2016y\u2016 if no noise were fitted",
     ]
     md = [f"**The Jacobian's structure across architectures** ({scale})", ""]
     md += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
@@ -170,7 +194,7 @@ def write_architecture_table(rows: Sequence[NetworkRow], csv_path: str | Path, m
             f"| {r.network} | {r.parameters:,} | {r.jacobian} | {r.labels} | {format_value(r.info)} | "
             f"{format_value(r.nuisance)} | {r.outlier_spread:.2f} | {r.outlier_gap:.2f} | {erank} | "
             f"{100 * r.test_error_final:.1f}% / {100 * r.test_error_min:.1f}% | "
-            f"{'-' if np.isnan(r.memorised) else f'{100 * r.memorised:.0f}%'} |"
+            f"{'-' if np.isnan(r.memorised) else f'{100 * r.memorised:.0f}%'} | {format_value(r.no_memorisation)} |"
         )
     text = "\n".join(md) + "\n"
     with atomic_path(md_path) as tmp:
@@ -221,7 +245,7 @@ def architecture_table(
     outputs: Mapping[str, object],
 ) -> str:
     """The architecture_table rule: ``inputs`` keyed ``{network}__{file}`` (subset, checkpoint,
-    init, and per role measurements, trajectory, final), ``outputs`` csv, md, png and other
+    init, and per role trajectory, final), ``outputs`` csv, md, png and other
     (the figure's further formats). Returns the Markdown table."""
     rows: list[NetworkRow] = []
     spectra: dict[str, dict[str, str | Path]] = {}
@@ -233,7 +257,7 @@ def architecture_table(
             n = len(f["train/y"])
             dataset = str(f.attrs["dataset"])
         scale = f"{dataset} classes {', '.join(classes)}, n = {n} (nK = {n * len(classes)}), r = {info_dim[name]}"
-        rows += network_rows(name, files, _parameters(files["checkpoint"]), len(classes))
+        rows += network_rows(name, files, _parameters(files["checkpoint"]), len(classes), info_dim[name])
         spectra[name] = {
             "J_init": files["init"],
             "J_final clean": files["clean_final"],
