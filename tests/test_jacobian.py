@@ -9,7 +9,7 @@ import torch
 from jacobian_spectrum.common.h5io import open_checked
 from jacobian_spectrum.data.subset import build_subset, write_subset
 from jacobian_spectrum.jacobian.chunk import compute_chunk
-from jacobian_spectrum.jacobian.compute import jacobian, parameter_table, takes_per_sample
+from jacobian_spectrum.jacobian.compute import jacobian, parameter_table, rows_kernel
 from jacobian_spectrum.jacobian.probe import probe_errors
 from jacobian_spectrum.jacobian.store import gather, layer_norms
 from jacobian_spectrum.train.models import ModelSpec, build_model, save_checkpoint
@@ -488,7 +488,7 @@ def test_probe_check_of_a_large_batch_norm_network_with_a_relu_input_on_its_kink
     model.eval()
     x = torch.randn(4, 3, 16, 16)
     p = sum(q.numel() for q in model.parameters())
-    assert p > 2_700_000 and takes_per_sample(model)  # J's rows by the model's own pass, a sample at a time
+    assert p > 2_700_000 and rows_kernel(model) == "per_sample"  # J's rows by the model's own pass, a sample at a time
 
     def float64_inputs(values=True):
         with torch.no_grad(), RecordKinks(values) as rec:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Sequence
+from typing import Literal
 
 import torch
 from torch import nn
@@ -263,11 +264,11 @@ def jacobian_blocks(
     to disk never holds, nor page-faults in, the whole J.
     """
     model.eval()
-    layers = plain_layers(model)
-    if layers is None and takes_per_sample(model):
+    kernel = rows_kernel(model)
+    if kernel == "per_sample":
         yield from _blocks_per_sample(model, x, batch_size, out)
         return
-    if layers is None:
+    if kernel == "vmap":
         for batch in batch_slices(len(x), batch_size or VMAP_BATCH):
             block = jacobian_vmap(model, x[batch], batch.stop - batch.start)
             k = len(block) // (batch.stop - batch.start)
@@ -275,6 +276,7 @@ def jacobian_blocks(
                 raise ValueError(f"out has shape {tuple(out.shape)}, expected {(len(x) * k, block.shape[1])}")
             yield batch, block if out is None else out[batch.start * k : batch.stop * k].copy_(block)
         return
+    layers = plain_layers(model)
     k, default_batch = outputs_and_batch_size(model, layers, x)
     p_total = sum(e.size for e in parameter_table(model))
     batches = batch_slices(len(x), batch_size or default_batch)
@@ -316,11 +318,17 @@ VMAP_BATCH = 64  # samples per batch of the torch.func path (networks other than
 PER_SAMPLE_PARAMETERS = 1_000_000
 
 
-def takes_per_sample(model: nn.Module) -> bool:
-    """Whether :func:`jacobian_blocks` forms this network's rows one sample at a time
-    (:func:`jacobian_per_sample`): a network of PER_SAMPLE_PARAMETERS or more that is not made
-    of plain layers. The probe check takes the same decision, to record the rows' own pass."""
-    return plain_layers(model) is None and sum(e.size for e in parameter_table(model)) >= PER_SAMPLE_PARAMETERS
+RowsKernel = Literal["layers", "per_sample", "vmap"]
+
+
+def rows_kernel(model: nn.Module) -> RowsKernel:
+    """How :func:`jacobian_blocks` forms this network's rows: "layers" (plain Conv2d / Linear
+    layers, :func:`jacobian_by_layers`), "per_sample" (PER_SAMPLE_PARAMETERS or more otherwise:
+    the model's own pass one sample at a time, :func:`jacobian_per_sample`) or "vmap" (the rest,
+    :func:`jacobian_vmap`). The probe check records its ReLU decisions in the same kernel's pass."""
+    if plain_layers(model) is not None:
+        return "layers"
+    return "per_sample" if sum(e.size for e in parameter_table(model)) >= PER_SAMPLE_PARAMETERS else "vmap"
 
 
 def batch_size_for(num_outputs: int, activations: int, layers: list[tuple[str, nn.Module]], itemsize: int) -> int:

@@ -32,8 +32,8 @@ from .compute import (
     math_attention,
     outputs_and_batch_size,
     plain_layers,
+    rows_kernel,
     split_params,
-    takes_per_sample,
 )
 
 # every spelling of ReLU that nn.ReLU, F.relu and tensor methods reach
@@ -123,8 +123,7 @@ class ProbeCheck:
         self.ref_dtype = dtype
         # the rows' forward pass: one batched pass (plain layers), the model's own pass one sample
         # at a time (large networks), or vmap over samples (torch.func)
-        self.per_sample = plain_layers(model) is None
-        self.one_at_a_time = self.per_sample and takes_per_sample(model)
+        self.kernel = rows_kernel(model)
         gen = torch.Generator().manual_seed(seed)
         self.v = torch.randn(num_parameters, generator=gen, dtype=torch.float64)
         self.u = torch.randn(num_rows, generator=gen, dtype=torch.float64)
@@ -143,12 +142,12 @@ class ProbeCheck:
         samples of a reverse-mode pass (``vmap(jacrev)``, :func:`.compute.jacobian_vmap`).
         Recomputing it in the same way gives the same bits, so the same decisions. ``values``:
         the ReLU inputs instead."""
-        if not self.per_sample:
+        if self.kernel == "layers":
             leaves = {n: p.detach().requires_grad_() for n, p in self.params.items()}
             with torch.enable_grad(), RecordKinks(values) as rec:
                 functional_call(self.model, (leaves, self.buffers), (x,))
             return rec.masks
-        if self.one_at_a_time:  # a vmap pass rounds differently: its decisions are not the rows'
+        if self.kernel == "per_sample":  # a vmap pass rounds differently: its decisions are not the rows'
             samples = []
             for i in range(len(x)):
                 with torch.enable_grad(), math_attention(), RecordKinks(values) as rec:
@@ -175,7 +174,7 @@ class ProbeCheck:
         x_ref = x.to(self.ref_dtype)
         # plain layers in the model's dtype: the vjp's forward pass is computed as the rows' is,
         # so it records the decisions itself (one forward pass fewer)
-        records = not self.per_sample and self.ref_dtype == self.params_dtype
+        records = self.kernel == "layers" and self.ref_dtype == self.params_dtype
         masks = [] if records else self.kink_masks(x)
 
         def f(p: dict) -> torch.Tensor:
