@@ -342,3 +342,13 @@ def test_each_networks_plan_takes_the_method_its_checks_settle(tmp_path, monkeyp
     plans = P.run_plan(path, "cpu", cores=2)
     assert any("matrix_free" in s.name for s in plans["wide"].steps)
     assert not any("matrix_free" in s.name for s in plans["narrow"].steps)
+    # a network of an architecture table plans only what the table reads: J_init and each
+    # run's J_final on train (its module's own Jacobian jobs for the table, no test split)
+    for plan in plans.values():
+        spectra = sorted(s.key for s in plan.steps if s.rule == "spectrum")
+        assert spectra == [
+            "spectrum:init/train_epoch0",
+            "spectrum:runs/sgd_clean/train_epoch6",
+            "spectrum:runs/sgd_corrupt50/train_epoch6",
+        ]
+        assert [s.rule for s in plan.steps if s.key == "report"] == ["architecture_table"]
