@@ -157,15 +157,32 @@ def _slabs(rows: int, cols: int) -> range:
     return range(0, cols, max(1, PRODUCT_BYTES // (8 * max(rows, 1))))
 
 
-def _times(R: torch.Tensor, X: torch.Tensor, precise: bool) -> torch.Tensor:
+class Float64Slabs:
+    """Slabs cast to float64 into buffers kept from one slab to the next: a fresh allocation of
+    a few hundred MB for every slab pays its page faults each time, which were most of a
+    float64 product's time (bench/matrix_free_products.py)."""
+
+    def __init__(self) -> None:
+        self._buffers: dict[int, torch.Tensor] = {}
+
+    def cast(self, t: torch.Tensor, slot: int = 0) -> torch.Tensor:
+        """``t`` in float64, in buffer ``slot`` (valid until that slot's next cast)."""
+        buf = self._buffers.get(slot)
+        if buf is None or buf.numel() < t.numel() or buf.device != t.device:
+            buf = self._buffers[slot] = torch.empty(t.numel(), dtype=torch.float64, device=t.device)
+        return buf[: t.numel()].view(t.shape).copy_(t)
+
+
+def _times(R: torch.Tensor, X: torch.Tensor, precise: bool, slabs: Float64Slabs | None = None) -> torch.Tensor:
     """R X in float64: in R's dtype where not ``precise``, else with R and X cast to float64
     a slab of columns of R at a time (X, a float32 panel of p x l, is never copied whole)."""
     if not precise or (R.dtype == torch.float64 and X.dtype == torch.float64):
         return (R @ X.to(R.dtype)).double()
+    slabs = slabs or Float64Slabs()
     out = torch.zeros(len(R), X.shape[1], dtype=torch.float64, device=R.device)
     step = _slabs(len(R), R.shape[1]).step
     for j in range(0, R.shape[1], step):
-        out.addmm_(R[:, j : j + step].double(), X[j : j + step].double())
+        out.addmm_(slabs.cast(R[:, j : j + step], 0), slabs.cast(X[j : j + step], 1))
     return out
 
 
@@ -177,17 +194,29 @@ def _add_transposed_times(W: torch.Tensor, R: torch.Tensor, Y: torch.Tensor) -> 
 def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int, precise: bool = True) -> np.ndarray:
     """J_x X: the rows of the samples x times X (p x l), in float64."""
     Xt = torch.as_tensor(X, device=x.device)
-    parts = [_times(R, Xt, precise) for _, R in _products(model, x, batch_size, x.dtype)]
+    slabs = Float64Slabs()
+    parts = [_times(R, Xt, precise, slabs) for _, R in _products(model, x, batch_size, x.dtype)]
     return torch.cat(parts).cpu().numpy()
 
 
 def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int, precise: bool = True) -> np.ndarray:
-    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y (summed in float64)."""
-    Yt, out = torch.as_tensor(Y, device=x.device), None
-    for off, R in _products(model, x, batch_size, torch.float64 if precise else x.dtype):
-        part = R.T @ Yt[off : off + len(R)].to(R.dtype)
-        out = part.double() if out is None else out.add_(part)
-    return out.cpu().numpy()
+    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y, summed in float64.
+    ``precise``: from float64 products, a slab of J's columns (the output's rows) at a time, so
+    that each block of rows adds into each part of the p x l output once. Casting a few rows at
+    a time instead, each few rows wrote the whole p x l output: the check pass of a gram
+    spectrum then took 4x a pass of the Gram step (ViT-Tiny, p = 5.4M, 10 columns)."""
+    Yt, outT, slabs = torch.as_tensor(Y, device=x.device, dtype=torch.float64), None, Float64Slabs()
+    for off, R in _products(model, x, batch_size, x.dtype):
+        y = Yt[off : off + len(R)]
+        if outT is None:  # (J^T Y)^T, l x p: Y^T R reads R as it lies
+            outT = torch.zeros(Yt.shape[1], R.shape[1], dtype=torch.float64, device=x.device)
+        if not precise:
+            outT.add_(y.T.to(R.dtype) @ R)
+            continue
+        step = _slabs(len(R), R.shape[1]).step
+        for j in range(0, R.shape[1], step):
+            outT[:, j : j + step].addmm_(y.T, slabs.cast(R[:, j : j + step]))
+    return outT.T.cpu().numpy()
 
 
 def _jtjx(
@@ -204,8 +233,9 @@ def _jtjx(
     given (then None is returned in its place)."""
     Xt = torch.as_tensor(X, device=x.device)
     parts, W = [], out if out is not None else torch.zeros(Xt.shape, dtype=Xt.dtype, device=x.device)
+    slabs = Float64Slabs()
     for _, R in _products(model, x, batch_size, x.dtype):
-        y = _times(R, Xt, precise)
+        y = _times(R, Xt, precise, slabs)
         parts.append(y)
         _add_transposed_times(W, R, y)
     return torch.cat(parts).cpu().numpy(), None if out is not None else W.cpu().numpy()
@@ -659,8 +689,8 @@ GRAM_CHECKED = 10  # top vectors whose ||J^T u_i|| the gram iteration's check pa
 
 def _gram_fixed(rows: int, p: int) -> tuple[float, float]:
     """(the Gram side: G, eigh's V and its workspace, in float64; the work: the check pass's
-    float64 casts of rows, its J^T U_t in float64 and its parts)."""
-    return 3 * 8.0 * rows * rows, 3 * PRODUCT_BYTES + 2 * 8.0 * p * GRAM_CHECKED
+    float64 casts of rows and its J^T U_t in float64)."""
+    return 3 * 8.0 * rows * rows, 3 * PRODUCT_BYTES + 8.0 * p * GRAM_CHECKED
 
 
 def _gram_least(rows: int, k: int, p: int, itemsize: int) -> float:
