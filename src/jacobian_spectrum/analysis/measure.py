@@ -143,7 +143,7 @@ def measure_tracking(
     terms = []
     for i, e in enumerate(epochs):
         sp = tracked[int(e)]
-        _check_rows(sp, len(vectors["labels"]), f"epoch {e}")
+        check_rows(sp, len(vectors["labels"]), f"epoch {e}")
         U, s = sp.U[:, :info_dim], sp.singular_values
         for name, v in vectors.items():
             labels[name][i] = projection_ratios(v, U, s)
@@ -172,7 +172,7 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
     rows, fractions = [], []
     for key in ("init", "final"):
         sp = spectra[key]
-        _check_rows(sp, len(y), key)
+        check_rows(sp, len(y), key)
         U, s = sp.U[:, :info_dim], sp.singular_values
         rows.append(projection_ratios(y, U, s) + projection_ratios(r0, U, s))
         fractions.append(rows[-1][1] ** 2)
@@ -183,7 +183,7 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
     ):
         sp = spectra[f"ref_{split}"]
         r = flatten_rows(preds) - flatten_rows(one_hot(labels, k))[None]
-        _check_rows(sp, r.shape[1], f"ref_{split}")
+        check_rows(sp, r.shape[1], f"ref_{split}")
         info, nuis = residual_energies(r, sp.U[:, :info_dim])
         residual[split] = {"information": info, "nuisance": nuis}
         residual0[split] = float((r[0] ** 2).sum())
@@ -208,7 +208,7 @@ def init_alignment(labels: np.ndarray, predictions0: np.ndarray, sp: SpectrumDat
     k = predictions0.shape[-1]
     y = flatten_rows(one_hot(labels, k))
     r0 = flatten_rows(predictions0) - y
-    _check_rows(sp, len(y), "init")
+    check_rows(sp, len(y), "init")
     if sp.U.shape[1] < info_dim:
         raise ValueError(f"spectrum init has {sp.U.shape[1]} stored vectors, fewer than info_dim = {info_dim}")
     floor = resolved_floor(sp)
@@ -216,7 +216,7 @@ def init_alignment(labels: np.ndarray, predictions0: np.ndarray, sp: SpectrumDat
     return InitAlignment(sp.singular_values, cutoff[info_dim - 1].copy(), cutoff, str(sp.attrs.get("method", "?")))
 
 
-def _check_rows(sp: SpectrumData, n_rows: int, key: str) -> None:
+def check_rows(sp: SpectrumData, n_rows: int, key: str) -> None:
     if sp.U.shape[0] != n_rows:
         raise ValueError(
             f"spectrum {key} ({sp.attrs.get('jacobian', '?')}) has {sp.U.shape[0]} rows but the vectors have {n_rows}: "

@@ -32,11 +32,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..analysis.measure import projection_ratios, trained_labels
+from ..analysis.measure import check_rows, projection_ratios, trained_labels
 from ..analysis.quantities import no_memorisation_alignment
 from ..common.h5io import atomic_path, open_checked
 from ..figures.paper import format_value, save_figure, write_csv
-from ..spectrum.store import read_spectrum
+from ..spectrum.store import SpectrumData, read_spectrum
 from ..train.trajectory import read_trajectory
 
 ROLES = ("clean", "corrupted")
@@ -74,6 +74,7 @@ def spectrum_summary(path: str | Path, k: int) -> dict:
         raise ValueError(f"{path}: {len(s)} singular values; the table needs more than K = {k}")
     full = bool(sp.attrs.get("all_singular_values", False))
     return {
+        "spectrum": sp,
         "s": s,
         "full": full,
         "outlier_spread": float(s[0] / s[k - 1]),
@@ -120,15 +121,12 @@ class NetworkRow:
         ]
 
 
-def label_alignment(path: str | Path, y: np.ndarray, info_dim: int) -> tuple[float, float]:
+def label_alignment(sp: SpectrumData, y: np.ndarray, info_dim: int, key: str) -> tuple[float, float]:
     """(||P_I y||/||y||, ||P_N y||/||y||) for I = the top ``info_dim`` left singular vectors of
-    the spectrum at ``path``, y in J's row order: Tables 1 and 3's columns, as ``measure`` has them."""
-    sp = read_spectrum(path)
-    if sp.U.shape[0] != len(y) or sp.U.shape[1] < info_dim:
-        raise ValueError(
-            f"{path}: U is {sp.U.shape[0]} x {sp.U.shape[1]}; the labels have {len(y)} rows and "
-            f"I takes info_dim = {info_dim} vectors: the spectrum belongs to another subset, or stores too few"
-        )
+    ``sp``, y in J's row order: Tables 1 and 3's columns, as ``measure`` has them."""
+    check_rows(sp, len(y), key)
+    if sp.U.shape[1] < info_dim:
+        raise ValueError(f"spectrum {key} stores {sp.U.shape[1]} vectors, fewer than info_dim = {info_dim}")
     info, nuisance, _ = projection_ratios(y, sp.U[:, :info_dim], sp.singular_values)
     return info, nuisance
 
@@ -147,7 +145,7 @@ def network_rows(
         reference = no_memorisation_alignment(y, traj.train_y_clean, k)[0]
         final = spectrum_summary(files[f"{role}_final"], k)
         for jacobian, summary, path in (("J_init", init, files["init"]), ("J_final", final, files[f"{role}_final"])):
-            info, nuisance = label_alignment(path, y, info_dim)
+            info, nuisance = label_alignment(summary["spectrum"], y, info_dim, str(path))
             out.append(
                 NetworkRow(
                     network,

@@ -173,12 +173,11 @@ class Float64Slabs:
         return buf[: t.numel()].view(t.shape).copy_(t)
 
 
-def _times(R: torch.Tensor, X: torch.Tensor, precise: bool, slabs: Float64Slabs | None = None) -> torch.Tensor:
+def _times(R: torch.Tensor, X: torch.Tensor, precise: bool, slabs: Float64Slabs) -> torch.Tensor:
     """R X in float64: in R's dtype where not ``precise``, else with R and X cast to float64
     a slab of columns of R at a time (X, a float32 panel of p x l, is never copied whole)."""
     if not precise or (R.dtype == torch.float64 and X.dtype == torch.float64):
         return (R @ X.to(R.dtype)).double()
-    slabs = slabs or Float64Slabs()
     out = torch.zeros(len(R), X.shape[1], dtype=torch.float64, device=R.device)
     step = _slabs(len(R), R.shape[1]).step
     for j in range(0, R.shape[1], step):
@@ -199,23 +198,20 @@ def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int,
     return torch.cat(parts).cpu().numpy()
 
 
-def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int, precise: bool = True) -> np.ndarray:
-    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y, summed in float64.
-    ``precise``: from float64 products, a slab of J's columns (the output's rows) at a time, so
-    that each block of rows adds into each part of the p x l output once. Casting a few rows at
-    a time instead, each few rows wrote the whole p x l output: the check pass of a gram
-    spectrum then took 4x a pass of the Gram step (ViT-Tiny, p = 5.4M, 10 columns)."""
+def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int) -> np.ndarray:
+    """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y, from float64
+    products a slab of J's columns (the output's rows) at a time, so that each block of rows adds
+    into each part of the p x l output once. Casting a few rows at a time instead, each few rows
+    wrote the whole p x l output: the check pass of a gram spectrum then took 4x a pass of the
+    Gram step (ViT-Tiny, p = 5.4M, 10 columns)."""
     Yt, outT, slabs = torch.as_tensor(Y, device=x.device, dtype=torch.float64), None, Float64Slabs()
     for off, R in _products(model, x, batch_size, x.dtype):
-        y = Yt[off : off + len(R)]
         if outT is None:  # (J^T Y)^T, l x p: Y^T R reads R as it lies
             outT = torch.zeros(Yt.shape[1], R.shape[1], dtype=torch.float64, device=x.device)
-        if not precise:
-            outT.add_(y.T.to(R.dtype) @ R)
-            continue
+        yT = Yt[off : off + len(R)].T
         step = _slabs(len(R), R.shape[1]).step
         for j in range(0, R.shape[1], step):
-            outT[:, j : j + step].addmm_(y.T, slabs.cast(R[:, j : j + step]))
+            outT[:, j : j + step].addmm_(yT, slabs.cast(R[:, j : j + step]))
     return outT.T.cpu().numpy()
 
 
