@@ -19,6 +19,7 @@ vjp (:class:`PinKinks`); what is left is rounding, 1e-7 to 3.4e-6 from 17k to 21
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch import nn
@@ -63,8 +64,9 @@ class RecordKinks(TorchFunctionMode):
 
 
 class PinKinks(TorchFunctionMode):
-    """Replaces the i-th ReLU call of a forward pass by ``z * masks[i]``: the ReLU decisions of
-    the recorded pass, whatever this pass's own rounding (and dtype) would decide."""
+    """Replaces the i-th ReLU call of a forward pass by ``z`` where ``masks[i]`` (else 0): the
+    ReLU decisions of the recorded pass, whatever this pass's own rounding (and dtype) would
+    decide."""
 
     def __init__(self, masks: list[torch.Tensor]) -> None:
         super().__init__()
@@ -81,9 +83,12 @@ class PinKinks(TorchFunctionMode):
                 f"probe check: ReLU call {self.calls} has an input of shape {tuple(z.shape)}, the recorded "
                 f"pass's {got}: the model's forward pass is not the same on every call"
             )
-        mask = self.masks[self.calls].to(z.dtype)
+        # zero where the recorded pass was not positive; a NaN stays NaN, as through relu.
+        # masked_fill rather than z * mask: a product under torch.func.jvp imports
+        # torch._dynamo (about 2.5 s, most of a small chunk job), masked_fill does not
+        off = ~(self.masks[self.calls] | z.isnan())
         self.calls += 1
-        return z.mul_(mask) if _in_place(func, args, kwargs) else z * mask
+        return z.masked_fill_(off, 0) if _in_place(func, args, kwargs) else z.masked_fill(off, 0)
 
 
 class ProbeCheck:
@@ -196,10 +201,15 @@ class ProbeCheck:
             else:
                 out = f(leaves)
         u = self.u[rows]
-        uj = torch.autograd.grad(out, list(leaves.values()), u.reshape(out.shape).to(out.device, out.dtype))
+        # the gradient of the scalar u . out is u^T J exactly (its backward multiplies by u);
+        # autograd.grad given an output gradient imports sympy (about 1 s) to compare shapes
+        u_out = u.reshape(out.shape).to(out.device, out.dtype)
+        uj = torch.autograd.grad((out * u_out).sum(), list(leaves.values()))
         uj = torch.cat([g.reshape(-1) for g in uj]).double().cpu()
         del leaves, out
-        _, jv = jvp(f, (self.ref_params,), (self.tangents,))
+        with warnings.catch_warnings():  # torch's own jvp decompositions, scripted on first use
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", FutureWarning)
+            _, jv = jvp(f, (self.ref_params,), (self.tangents,))
         jv = jv.reshape(-1).double().cpu()
         Jv, uJ, norms2 = _products(J_rows, self.v, u)
         self.Jv[rows] = Jv
