@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import h5py
@@ -351,6 +353,21 @@ def test_streamed_chunk_equals_the_jacobian_in_memory(subset_and_checkpoint, mon
     with h5py.File(root / "c.h5") as f:
         assert f.attrs["probe_error_jvp"] < 1e-5 and f.attrs["probe_error_vjp"] < 1e-5
         np.testing.assert_allclose(f["J"][...], jacobian(model, x).numpy(), rtol=0, atol=1e-6)
+
+
+def test_a_chunk_job_imports_neither_dynamo_nor_sympy(subset_and_checkpoint):
+    # torch.func.jvp through a product, or autograd.grad given an output gradient, import
+    # torch._dynamo (2.5 s) or sympy (1 s): most of a small chunk job, 29 times in the default
+    root = subset_and_checkpoint
+    code = (
+        "import sys; from jacobian_spectrum.jacobian.chunk import compute_chunk; "
+        f"compute_chunk({str(root / 'epoch0.pt')!r}, {str(root / 'subset.h5')!r}, 'train', 0, 21, "
+        f"{str(root / 'c.h5')!r}); print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr
+    with h5py.File(root / "c.h5") as f:
+        assert f.attrs["probe_error_jvp"] < 1e-5 and f.attrs["probe_error_vjp"] < 1e-5
 
 
 def test_probe_check_catches_a_wrong_or_missing_batch():

@@ -23,6 +23,29 @@ def test_resnet20_has_the_papers_parameter_count():
     assert abs(count_parameters(model) - 270_000) / 270_000 < 0.01  # the paper's "0.27M"
 
 
+@pytest.mark.parametrize(
+    "model",
+    [
+        {"name": "resnet20"},
+        {"name": "resnet20", "width": 0.25},
+        {"name": "resnet20", "width": 0.3},
+        {"name": "vgg11_bn", "width": 0.125},
+        {"name": "mlp", "hidden": 64, "depth": 3},
+        {"name": "one_hidden", "hidden": 50},
+    ],
+)
+@pytest.mark.parametrize("channels,size,classes", [(1, 8, 3), (3, 32, 10)])
+def test_builtin_parameter_counts_equal_the_built_networks(model, channels, size, classes):
+    # the config check counts p without torch; a count that drifts from the network would
+    # store a J it meant to stream, or refuse one that fits
+    from jacobian_spectrum.train.models import model_spec
+    from jacobian_spectrum.train.sizes import builtin_parameter_count
+
+    built = count_parameters(build_model(model_spec(model, channels, size, classes)))
+    assert builtin_parameter_count(model, channels, size, classes) == built
+    assert builtin_parameter_count({"name": "torchvision:resnet18"}, channels, size, classes) is None
+
+
 @pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32)])
 def test_forward_shapes_for_each_data_set(channels, size):
     for spec in (
@@ -116,6 +139,20 @@ def test_one_epoch_reduces_the_loss():
     y = np.eye(3)[data.y]
     losses = [0.5 * ((p - y) ** 2).sum(1).mean() for p in traj.train_predictions]
     assert losses[1] < losses[0]
+
+
+def test_the_trajectory_records_each_splits_own_predictions():
+    # both splits go through the network in one pass an epoch: each must get its own rows back
+    spec = ModelSpec("resnet20", 1, 8, 3, width=0.25)
+    data, test = tiny_data(), tiny_data(n=20, seed=1)
+    s = settings(epochs=3, checkpoint_epochs=[0, 3])
+    traj, ckpts = train(build_model(spec, seed=0), spec, s, data, data.y, test, torch.device("cpu"))
+    for epoch in (0, 3):
+        model = build_model(spec, seed=0)
+        model.load_state_dict(ckpts[epoch])
+        for recorded, split in ((traj.train_predictions[epoch], data), (traj.test_predictions[epoch], test)):
+            assert recorded.shape == (len(split.y), 3)
+            assert np.allclose(recorded, predict(model, torch.from_numpy(split.x)).numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_resume_after_a_kill_equals_the_uninterrupted_run(tmp_path):

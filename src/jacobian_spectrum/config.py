@@ -217,15 +217,20 @@ def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | Non
     spec = config["spectrum"]
     if spec["method"] not in ("matrix_free", "auto") or shape is None:
         return
-    from .spectrum.matrix_free import plan_for_settings
-    from .train.models import build_model, count_parameters, model_spec
+    from .train.sizes import builtin_parameter_count
 
-    p = count_parameters(build_model(model_spec(config["model"], shape[0], shape[1], k)))
+    p = builtin_parameter_count(config["model"], shape[0], shape[1], k)
+    if p is None:  # a factory or zoo network: built to be counted
+        from .train.models import build_model, count_parameters, model_spec
+
+        p = count_parameters(build_model(model_spec(config["model"], shape[0], shape[1], k)))
     rows = max(config["dataset"]["train_per_class"], config["dataset"]["test_per_class"]) * k * k
     if spec["method"] == "auto":
         if rows * p * 4 <= spec["stream_above_gb"] * 1e9:
             return
         spec["method"] = "matrix_free"
+    from .spectrum.matrix_free import plan_for_settings
+
     try:
         plan_for_settings(spec, rows, k, p)
     except ValueError as exc:

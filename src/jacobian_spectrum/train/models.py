@@ -21,12 +21,12 @@ from torch.nn import functional as F
 
 from ..common.h5io import open_checked
 from ..common.plugins import is_reference
+from .sizes import VGG11
 from .zoo import build_named_model
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden", "vgg11_bn", "mlp")
 # VGG-11's convolutions (channels; "M" = 2x2 max-pool): Simonyan and Zisserman 2015, config A
-VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
 
 

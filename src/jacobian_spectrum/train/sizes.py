@@ -1,0 +1,49 @@
+"""The built-in networks' parameter counts p from their settings alone, without torch.
+
+The config check settles ``spectrum.method: auto`` (a stored or a streamed J, from nK x p)
+while Snakemake parses the Snakefile; building the network there imported torch, 2 s of every
+parse. A factory or zoo network is still built to be counted. tests/test_train.py checks each
+count here against the built network's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# VGG-11's convolution widths and max-pools ("M"), as models.VGG11BN builds it
+VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def _conv3x3(cin: int, cout: int) -> int:
+    return cin * cout * 9 + cout  # weights and bias
+
+
+def builtin_parameter_count(model_config: Mapping, in_channels: int, image_size: int, num_classes: int) -> int | None:
+    """p of the config's built-in network (``model.name`` resnet20, vgg11_bn, mlp or
+    one_hidden) for images of this shape and K classes; None for any other network."""
+    name = model_config["name"]
+    width = float(model_config.get("width", 1.0))
+    hidden, depth = int(model_config.get("hidden", 256)), int(model_config.get("depth", 2))
+    k = num_classes
+    if name == "resnet20":  # 3 stages x 3 blocks of two convolutions, option-A shortcuts
+        widths = [max(1, round(c * width)) for c in (16, 32, 64)]
+        p, cin = _conv3x3(in_channels, widths[0]), widths[0]
+        for planes in widths:
+            for _ in range(3):
+                p += _conv3x3(cin, planes) + _conv3x3(planes, planes)
+                cin = planes
+        return p + cin * k + k
+    if name == "vgg11_bn":  # each convolution with batch-norm's scale and shift
+        p, cin = 0, in_channels
+        for v in VGG11:
+            if v != "M":
+                out = max(1, round(v * width))
+                p, cin = p + _conv3x3(cin, out) + 2 * out, out
+        return p + cin * k + k
+    d = in_channels * image_size**2
+    if name == "mlp":
+        widths = [d] + [hidden] * depth
+        return sum(a * b + b for a, b in zip(widths[:-1], widths[1:])) + widths[-1] * k + k
+    if name == "one_hidden":  # W only: V is fixed
+        return hidden * d
+    return None
