@@ -32,6 +32,8 @@ from .config import jacobian_kept, level_tag, measured_epochs, reference_epoch, 
 
 # the image shapes the built-in sets declare: a plan before their download still knows them
 IMAGE_SHAPES = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "mnist": (1, 28, 28), "fashion_mnist": (1, 28, 28)}
+# the widest panel the plan draws to time a matrix-free pass (p x columns float32)
+PLAN_PANEL_BYTES = 256 << 20
 GiB = 1 << 30
 
 
@@ -417,9 +419,10 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, f
     """Seconds per sample of one pass of ``spectrum.method: matrix_free`` as the spectrum job runs
     it (its rows formed, J Z and J^T J Z from float32 panels) at topk + oversampling columns, on
     the samples ``xs``: with J Z summed in float64 (block_krylov's passes, subspace's last) and
-    in float32 (subspace's others). Timed at 2 and 16 columns and extrapolated (a pass is linear
-    in the columns), so that the plan never holds a whole p x l panel itself; the panels are
-    drawn before the clock starts."""
+    in float32 (subspace's others). Timed at 2 columns and at as many as a panel of
+    PLAN_PANEL_BYTES holds (all l at CIFAR's p; 16 at least), extrapolated where that is below l
+    (a pass is linear in the columns), so that the plan never holds a whole p x l panel of a
+    wide network; the panels are drawn before the clock starts."""
     import torch
 
     from .spectrum.matrix_free import JacobianOperator
@@ -428,7 +431,10 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, f
     threads = min(int(spec["threads"]), os.cpu_count() or 1)
     op = JacobianOperator(model.eval(), xs, batch_size=len(xs))
     ell = min(int(spec["topk"]) + int(spec["oversampling"]), *op.shape)
-    few, more = min(2, ell), min(16, ell)
+    # the wider column count as near l as a panel of PLAN_PANEL_BYTES allows: extrapolating
+    # from 16 columns to 100 magnified the timing noise (17 and 11 samples/s in two plans of
+    # the laptop variant, whose passes ran at 24)
+    few, more = min(2, ell), min(ell, max(16, PLAN_PANEL_BYTES // (4 * op.shape[1])))
     rng = np.random.default_rng(0)
     panels = {c: rng.standard_normal((op.shape[1], c), dtype=np.float32) for c in {few, more}}
     before = torch.get_num_threads()
@@ -437,7 +443,7 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, f
     try:
         for precise in (True, False):
             t = {
-                c: _best_seconds(lambda Z=Z: op.normal_matmat(Z, precise=precise), dev, repeats=1)
+                c: _best_seconds(lambda Z=Z: op.normal_matmat(Z, precise=precise), dev, repeats=2)
                 for c, Z in panels.items()
             }
             slope = (t[more] - t[few]) / (more - few) if more > few else 0.0
