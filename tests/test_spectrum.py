@@ -67,6 +67,21 @@ def test_gram_matches_in_memory_product_for_any_slab_width(tmp_path):
     assert slab_width(50, 333, 0.01, 3) == 5
 
 
+def test_the_check_pass_reads_every_slab_and_catches_a_wrong_spectrum(tmp_path):
+    from jacobian_spectrum.spectrum.dense import verify
+
+    J = np.random.default_rng(3).standard_normal((40, 300)).astype(np.float32)
+    path = write_J(tmp_path / "J.h5", J, chunks=(40, 32))
+    U, s, _ = np.linalg.svd(J.astype(np.float64), full_matrices=False)
+    for budget in (0.01, 0.2, 100):  # a few columns per slab .. the whole matrix
+        good = verify(path, s, U, 10, budget, threads=2)
+        assert good["eigen_residual"] < 1e-12 and good["norm_residual"] < 1e-12
+    # one singular value 1% off, or one slab of J left out, must show
+    assert verify(path, s * np.r_[1.01, np.ones(len(s) - 1)], U, 10, 0.01, threads=2)["norm_residual"] > 1e-3
+    half = write_J(tmp_path / "half.h5", np.hstack([J[:, :150], np.zeros((40, 150), np.float32)]), chunks=(40, 32))
+    assert verify(half, s, U, 10, 0.01, threads=2)["eigen_residual"] > 1e-3
+
+
 def test_a_tall_gram_takes_dgemm_and_gives_the_same_matrix(tmp_path, monkeypatch):
     # above SYRK_MAX_ROWS OpenBLAS's threaded dsyrk segfaults; the dgemm route must agree
     from jacobian_spectrum.spectrum import dense
