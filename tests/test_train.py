@@ -30,6 +30,7 @@ def test_resnet20_has_the_papers_parameter_count():
         {"name": "resnet20", "width": 0.25},
         {"name": "resnet20", "width": 0.3},
         {"name": "vgg11_bn", "width": 0.125},
+        {"name": "vgg11_bn", "width": 0.3},
         {"name": "mlp", "hidden": 64, "depth": 3},
         {"name": "one_hidden", "hidden": 50},
     ],

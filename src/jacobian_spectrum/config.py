@@ -207,7 +207,8 @@ def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
 
 def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | None, k: int) -> None:
     """spectrum.method: matrix_free holds p x l panels, whatever nK: refuse, before any job, a
-    J whose panels do not fit spectrum.memory_budget_mb (the network's p from building it).
+    J whose panels do not fit spectrum.memory_budget_mb (the network's p counted from a built-in
+    network's settings, train/sizes.py, or by building a factory or zoo network).
 
     spectrum.method auto is settled here between a stored and a streamed J: a J of the largest
     split over spectrum.stream_above_gb (nK x p float32) is never stored, and the method becomes

@@ -269,10 +269,11 @@ def train(
     """
     s = settings
     k = train_data.num_classes
-    x_train = torch.from_numpy(train_data.x).to(device)
+    # both splits in one tensor for the predictions; the training split is a view of it
+    n_train = len(train_data.x)
+    x_both = torch.from_numpy(np.concatenate([train_data.x, test_data.x])).to(device)
+    x_train = x_both[:n_train]
     y_train = torch.from_numpy(one_hot(train_labels, k, np.float32)).to(device)
-    x_both = torch.cat([x_train, torch.from_numpy(test_data.x).to(device)])
-    n_train = len(x_train)
     model.to(device).train()
     opt, sched = make_optimizer(model, s)
     gen = torch.Generator(device=device)

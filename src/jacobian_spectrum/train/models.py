@@ -26,7 +26,6 @@ from .zoo import build_named_model
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden", "vgg11_bn", "mlp")
-# VGG-11's convolutions (channels; "M" = 2x2 max-pool): Simonyan and Zisserman 2015, config A
 ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-# VGG-11's convolution widths and max-pools ("M"), as models.VGG11BN builds it
+# VGG-11's convolutions (channels; "M" = 2x2 max-pool): Simonyan and Zisserman 2015, config A
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
 
 
