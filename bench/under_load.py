@@ -173,9 +173,8 @@ def main() -> None:
     if missing:
         rel = [str(Path(m).relative_to(ROOT)) for m in missing]
         print("making the default workflow's inputs:", *rel, file=sys.stderr)
-        subprocess.run(
-            ["snakemake", *rel, "--cores", "2", "--quiet", "all"], check=True, cwd=ROOT
-        )  # targets first: --quiet takes several values
+        # the targets first: --quiet takes several values
+        subprocess.run(["snakemake", *rel, "--cores", "2", "--quiet", "all"], check=True, cwd=ROOT)
     env = dict(os.environ, **dict(e.split("=", 1) for e in args.env))
     best: dict[str, dict] = {}
     rounds: dict[str, list[dict]] = {name: [] for name in LOADS}

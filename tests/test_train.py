@@ -39,12 +39,11 @@ def test_resnet20_has_the_papers_parameter_count():
 def test_builtin_parameter_counts_equal_the_built_networks(model, channels, size, classes):
     # the config check counts p without torch; a count that drifts from the network would
     # store a J it meant to stream, or refuse one that fits
-    from jacobian_spectrum.train.models import model_spec
-    from jacobian_spectrum.train.sizes import builtin_parameter_count
+    from jacobian_spectrum.train.spec import builtin_parameter_count, model_spec
 
-    built = count_parameters(build_model(model_spec(model, channels, size, classes)))
-    assert builtin_parameter_count(model, channels, size, classes) == built
-    assert builtin_parameter_count({"name": "torchvision:resnet18"}, channels, size, classes) is None
+    network = model_spec(model, channels, size, classes)
+    assert builtin_parameter_count(network) == count_parameters(build_model(network))
+    assert builtin_parameter_count(model_spec({"name": "torchvision:resnet18"}, channels, size, classes)) is None
 
 
 @pytest.mark.parametrize("channels,size", [(1, 8), (1, 28), (3, 32)])

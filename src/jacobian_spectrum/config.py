@@ -208,7 +208,7 @@ def _check_spectrum(spec: Mapping, ds: Mapping, k: int) -> None:
 def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | None, k: int) -> None:
     """spectrum.method: matrix_free holds p x l panels, whatever nK: refuse, before any job, a
     J whose panels do not fit spectrum.memory_budget_mb (the network's p counted from a built-in
-    network's settings, train/sizes.py, or by building a factory or zoo network).
+    network's settings, train/spec.py, or by building a factory or zoo network).
 
     spectrum.method auto is settled here between a stored and a streamed J: a J of the largest
     split over spectrum.stream_above_gb (nK x p float32) is never stored, and the method becomes
@@ -218,13 +218,14 @@ def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | Non
     spec = config["spectrum"]
     if spec["method"] not in ("matrix_free", "auto") or shape is None:
         return
-    from .train.sizes import builtin_parameter_count
+    from .train.spec import builtin_parameter_count, model_spec
 
-    p = builtin_parameter_count(config["model"], shape[0], shape[1], k)
+    network = model_spec(config["model"], shape[0], shape[1], k)
+    p = builtin_parameter_count(network)
     if p is None:  # a factory or zoo network: built to be counted
-        from .train.models import build_model, count_parameters, model_spec
+        from .train.models import build_model, count_parameters
 
-        p = count_parameters(build_model(model_spec(config["model"], shape[0], shape[1], k)))
+        p = count_parameters(build_model(network))
     rows = max(config["dataset"]["train_per_class"], config["dataset"]["test_per_class"]) * k * k
     if spec["method"] == "auto":
         if rows * p * 4 <= spec["stream_above_gb"] * 1e9:

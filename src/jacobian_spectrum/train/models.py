@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -21,28 +21,12 @@ from torch.nn import functional as F
 
 from ..common.h5io import open_checked
 from ..common.plugins import is_reference
-from .sizes import VGG11
+from .spec import VGG11, ModelSpec, model_spec
 from .zoo import build_named_model
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
 MODEL_NAMES = ("resnet20", "one_hidden", "vgg11_bn", "mlp")
 ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to rebuild a network; stored in every checkpoint."""
-
-    name: str  # one of MODEL_NAMES, a zoo name "torchvision:<name>" / "timm:<name>", or "package.module:factory"
-    in_channels: int
-    image_size: int
-    num_classes: int
-    width: float = 1.0  # ResNet20 / VGG channel multiplier (1.0 = 16/32/64, 64..512 channels)
-    hidden: int = 256  # one_hidden: number of hidden units k; mlp: units of each hidden layer
-    depth: int = 2  # mlp: number of hidden layers
-    activation: str = "softplus"  # one_hidden: phi
-    output_scale: float = 1.0  # one_hidden: nu in V ~ Rademacher * nu / sqrt(k K)
-    kwargs: dict = field(default_factory=dict)  # a factory's extra keyword arguments (model.kwargs)
 
 
 class BasicBlock(nn.Module):
@@ -342,22 +326,6 @@ def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec
         c, h, _ = (int(v) for v in f.attrs["image_shape"])
         k = int(f.attrs["num_classes"])
     return model_spec(model_config, c, h, k)
-
-
-def model_spec(model_config: Mapping, in_channels: int, image_size: int, num_classes: int) -> ModelSpec:
-    """The network of the config's ``model`` section for images of this shape and K classes."""
-    return ModelSpec(
-        name=model_config["name"],
-        in_channels=in_channels,
-        image_size=image_size,
-        num_classes=num_classes,
-        width=float(model_config.get("width", 1.0)),
-        hidden=int(model_config.get("hidden", 256)),
-        depth=int(model_config.get("depth", 2)),
-        activation=model_config.get("activation", "softplus"),
-        output_scale=float(model_config.get("output_scale", 1.0)),
-        kwargs=dict(model_config.get("kwargs") or {}),
-    )
 
 
 def initialise(subset_path: str | Path, model_config: Mapping, out_path: str | Path) -> tuple[nn.Module, ModelSpec]:
