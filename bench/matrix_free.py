@@ -2,7 +2,8 @@
 
   rows          forming J's rows with the chunk kernel (jacobian_spectrum.jacobian.compute.jacobian_blocks,
                 as a chunk job does), block by block into one reused buffer: the bound of one pass
-  normal_pass   one pass as block Krylov runs it: J Z in float64 and J^T J Z from the same rows,
+  normal_pass   one pass as block Krylov runs it: J Z summed in float64 (float32 products over
+                slabs of 4,096 columns) and J^T J Z from the same rows,
                 Z a float32 panel of l = k + oversampling columns
   method        the whole randomized SVD, ``--iteration`` block_krylov or subspace, q + 1 passes:
                 its stored checks (residuals, movement) come from the last pass, no extra pass
@@ -22,7 +23,7 @@ its time is compared with rows measured beside it.
   python bench/matrix_free.py [--samples 200] [--classes 10] [--width 0.25] [--size 32]
                               [--k 50] [--oversampling 150] [--iterations 3]
                               [--iteration block_krylov] [--threads 2] [--skip-jvp]
-                              [--also OVERSAMPLING:Q:ITERATION ...]
+                              [--skip-reference] [--also OVERSAMPLING:Q:ITERATION ...]
 
 The issue's verification at the large size (10 classes x 2,000 images, 20,000 rows):
   python bench/matrix_free.py --samples 2000 --repeats 1 --skip-jvp
@@ -80,6 +81,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-jvp", action="store_true", help="leave out the JVP engine (the large verification)")
     ap.add_argument(
+        "--skip-reference", action="store_true", help="leave out Gram + eigh: the method's cost, no accuracy"
+    )
+    ap.add_argument(
         "--jvp-batch", type=int, default=4, help="samples per vmapped JVP batch (memory: l tangents x activations)"
     )
     ap.add_argument(
@@ -125,21 +129,24 @@ def main() -> None:
         t0 = time.perf_counter()
         other = randomized_svd(op, a.k, int(over), int(q), iteration=iteration)
         others.append((setting, other, op.passes, time.perf_counter() - t0))
-    t0 = time.perf_counter()
-    J = jacobian(model, x).double().numpy()
-    # the Gram step's own update (J @ J.T would take OpenBLAS's threaded dsyrk, which segfaults at
-    # these sizes: spectrum.dense.SYRK_MAX_ROWS)
-    G = symmetrize_upper(rank_update(np.zeros((rows, rows), order="F"), J))
-    del J
-    # the top k of the dense spectrum (LAPACK's subset solver: the whole eigh of a 20,000-row
-    # Gram matrix takes minutes more and gives the same top k)
-    w, V = scipy.linalg.eigh(G, subset_by_index=[rows - a.k, rows - 1], overwrite_a=True)
-    w, V = w[::-1], V[:, ::-1]
-    t_materialised = time.perf_counter() - t0
-    s_ref = np.sqrt(np.maximum(w, 0))
+    s_ref = V = None  # Gram + eigh's top k (--skip-reference: the method's cost alone)
+    t_materialised = float("nan")
+    if not a.skip_reference:
+        t0 = time.perf_counter()
+        J = jacobian(model, x).double().numpy()
+        # the Gram step's own update (J @ J.T would take OpenBLAS's threaded dsyrk, which segfaults at
+        # these sizes: spectrum.dense.SYRK_MAX_ROWS)
+        G = symmetrize_upper(rank_update(np.zeros((rows, rows), order="F"), J))
+        del J
+        # the top k of the dense spectrum (LAPACK's subset solver: the whole eigh of a 20,000-row
+        # Gram matrix takes minutes more and gives the same top k)
+        w, V = scipy.linalg.eigh(G, subset_by_index=[rows - a.k, rows - 1], overwrite_a=True)
+        w, V = w[::-1], V[:, ::-1]
+        t_materialised = time.perf_counter() - t0
+        s_ref = np.sqrt(np.maximum(w, 0))
 
     def error(values: np.ndarray) -> float:
-        return float(np.max(np.abs(values[: a.k] - s_ref) / s_ref))
+        return float("nan") if s_ref is None else float(np.max(np.abs(values[: a.k] - s_ref) / s_ref))
 
     print(
         json.dumps(
@@ -167,7 +174,9 @@ def main() -> None:
                 "max_relative_error_top_k": error(top.singular_values),
                 # each pass's Ritz values (the last: the returned ones) against Gram + eigh
                 "max_relative_error_after_each_pass": [error(e) for e in top.estimates],
-                "subspace_overlap_top_k": float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),
+                "subspace_overlap_top_k": float("nan")
+                if V is None
+                else float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),
                 "stored_residual_top_k": float(top.residuals.max()),
                 "stored_checks": top.checks(),
                 "movement_top_k": top.movement(a.k),

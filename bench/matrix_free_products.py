@@ -6,14 +6,17 @@
                   array added into the sum
   jty             J^T Y now (matrix_free._jty): float64 slabs of J's columns in reused buffers,
                   (J^T Y)^T = Y^T J read as J lies
-  jx              J X with float64 products (the precise half of a block-Krylov pass, _jx)
+  jx_float64      J X as a block-Krylov pass computed it before: R and X cast to float64 a slab
+                  of R's columns at a time, float64 products
+  jx              J X now (matrix_free._jx, precise): float32 products over slabs of SUM_SLAB
+                  columns, summed in float64 (matrix_free.slab_product)
 
 Y has ``--columns`` columns (the gram iteration's check: 10), X ``--panel`` (a block-Krylov panel).
-Prints JSON: the seconds of each (best of ``--repeats`` interleaved rounds), each over rows, and
-jty_fresh_casts / jty, with the largest relative difference between the two J^T Y.
+Prints JSON: the seconds of each (best of ``--repeats`` interleaved rounds), each over rows,
+jty_fresh_casts / jty and jx_float64 / jx, with the largest relative difference of each pair.
 
-  python bench/matrix_free_products.py [--model mlp] [--samples 60] [--classes 3] [--columns 10]
-                                       [--panel 100] [--repeats 2] [--threads 1]
+  python bench/matrix_free_products.py [--model mlp] [--width 1] [--samples 60] [--classes 3]
+                                       [--columns 10] [--panel 100] [--repeats 2] [--threads 1]
 """
 
 import argparse
@@ -36,6 +39,18 @@ def jty_fresh_casts(model, x, Y, batch_size):
     return out.numpy()
 
 
+def jx_float64(model, x, X, batch_size):
+    """The former precise J X: float64 products of R and X cast a slab of R's columns at a time."""
+    Xt, slabs, parts = torch.as_tensor(X), M.Float64Slabs(), []
+    for _, R in M._products(model, x, batch_size, x.dtype):
+        out = torch.zeros(len(R), Xt.shape[1], dtype=torch.float64)
+        step = M._slabs(len(R), R.shape[1]).step
+        for j in range(0, R.shape[1], step):
+            out.addmm_(slabs.cast(R[:, j : j + step], 0), slabs.cast(Xt[j : j + step], 1))
+        parts.append(out)
+    return torch.cat(parts).numpy()
+
+
 def rows(model, x, batch_size):
     for _ in M._products(model, x, batch_size, x.dtype):
         pass
@@ -44,6 +59,7 @@ def rows(model, x, batch_size):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="mlp", help="a built-in model name (mlp: 3072-512-512-K)")
+    ap.add_argument("--width", type=float, default=1.0, help="resnet20's width")
     ap.add_argument("--samples", type=int, default=60)
     ap.add_argument("--classes", type=int, default=3)
     ap.add_argument("--columns", type=int, default=10)
@@ -54,7 +70,9 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = build_model(model_spec({"name": a.model, "hidden": 512, "depth": 2}, 3, 32, a.classes)).eval()
+    model = build_model(
+        model_spec({"name": a.model, "hidden": 512, "depth": 2, "width": a.width}, 3, 32, a.classes)
+    ).eval()
     x = torch.randn(a.samples, 3, 32, 32)
     rng = np.random.default_rng(0)
     Y = rng.standard_normal((a.samples * a.classes, a.columns))
@@ -65,10 +83,14 @@ def main() -> None:
         "rows": lambda: rows(model, x, a.batch),
         "jty_fresh_casts": lambda: out.__setitem__("old", jty_fresh_casts(model, x, Y, a.batch)),
         "jty": lambda: out.__setitem__("new", M._jty(model, x, Y, a.batch)),
-        "jx": lambda: M._jx(model, x, X, a.batch),
+        "jx_float64": lambda: out.__setitem__("jx_old", jx_float64(model, x, X, a.batch)),
+        "jx": lambda: out.__setitem__("jx_new", M._jx(model, x, X, a.batch)),
     }
     best = best_of_interleaved(fns, a.repeats, torch.device("cpu"))
-    diff = float(np.abs(out["old"] - out["new"]).max() / np.abs(out["old"]).max())
+
+    def diff(old, new):
+        return float(np.abs(out[old] - out[new]).max() / np.abs(out[old]).max())
+
     result = {
         "model": a.model,
         "parameters": p,
@@ -76,7 +98,9 @@ def main() -> None:
         "seconds": best,
         "over_rows": {k: v / best["rows"] for k, v in best.items() if k != "rows"},
         "jty_fresh_casts_over_jty": best["jty_fresh_casts"] / best["jty"],
-        "max_relative_difference_jty": diff,
+        "max_relative_difference_jty": diff("old", "new"),
+        "jx_float64_over_jx": best["jx_float64"] / best["jx"],
+        "max_relative_difference_jx": diff("jx_old", "jx_new"),
     }
     print(json.dumps(result, indent=1))
 

@@ -365,6 +365,28 @@ def test_streamed_top_50_matches_gram_and_eigh_at_ten_classes():
     assert overlap >= 0.999
 
 
+def test_a_precise_pass_sums_float32_slab_products_in_float64(monkeypatch):
+    from jacobian_spectrum.spectrum import matrix_free as M
+
+    monkeypatch.setattr(M, "SUM_SLAB", 64)  # 5 slabs and a tail of 17 columns
+    rng = np.random.default_rng(3)
+    # a common offset makes the terms of each sum alike: one float32 sum over all columns errs
+    # by about sqrt(p) its rounding, the slabs' float64 sum by about the slab's
+    R = (1 + 0.01 * rng.standard_normal((30, 5 * 64 + 17))).astype(np.float32)
+    X = (1 + 0.01 * rng.standard_normal((R.shape[1], 4))).astype(np.float32)
+    exact = R.astype(np.float64) @ X.astype(np.float64)
+    got = M.slab_product(torch.from_numpy(R), torch.from_numpy(X).T)
+    assert got.dtype == torch.float64
+    assert np.abs(got.numpy() - exact).max() <= 1e-6 * np.abs(exact).max()  # a missing slab: off by 5%
+    # a pass's J X from these products equals the float64 one to the same bound
+    model, x = streamed_case(samples=12, classes=3)
+    op = M.JacobianOperator(model, x, batch_size=5)
+    Z = rng.standard_normal((op.shape[1], 6)).astype(np.float32)
+    Y, _ = op.normal_matmat(Z, precise=True)
+    Y64 = op.matmat(Z.astype(np.float64))  # float64 products of the same float32 rows
+    assert np.abs(Y - Y64).max() <= 1e-6 * np.abs(Y64).max()
+
+
 def test_streamed_products_on_a_two_worker_cluster_equal_the_local_ones():
     from dask.distributed import Client, LocalCluster
 

@@ -283,7 +283,7 @@ def _matrix_free_step(
         )
         vectors = rows
     elif rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
-        # J Z in float64 on every block_krylov pass and on subspace's last; float32 otherwise
+        # J Z summed in float64 on every block_krylov pass and on subspace's last; float32 otherwise
         precise = passes if mf.iteration == "block_krylov" else 1
         fast = rates.matrix_free_fast_pass_seconds or rates.matrix_free_pass_seconds
         seconds = samples * (precise * rates.matrix_free_pass_seconds + (passes - precise) * fast)

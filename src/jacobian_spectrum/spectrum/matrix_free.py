@@ -48,6 +48,7 @@ from .dense import eigh_descending
 from .store import STREAMED_GRAM, Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
+SUM_SLAB = 4096  # columns of J in one float32 product, the products summed in float64 (slab_product)
 PRODUCT_BYTES = 256 << 20  # rows cast to float64 at a time for a product: the float64 copy stays small
 LOCAL_TASKS = 20  # parts of a pass run here (no dask client), for its progress lines
 PROGRESS_SECONDS = 60  # at most one progress line a minute within a pass
@@ -78,7 +79,8 @@ class JacobianOperator:
         return len(self.x) * self.k, self.cols
 
     def matmat(self, X: np.ndarray) -> np.ndarray:
-        """J X for X (p x l): one pass over the data, products in float64."""
+        """J X for X (p x l): one pass over the data, summed in float64 (float64 products for a
+        float64 X, float32 slab products for a float32 one: :func:`_times`)."""
         out = np.empty((self.shape[0], X.shape[1]))
         for rows, part in self._pass("J X", _jx, np.asarray(X, dtype=np.float64)):
             out[rows] = part
@@ -93,8 +95,9 @@ class JacobianOperator:
 
     def normal_matmat(self, X: np.ndarray, precise: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """(J X, J^T J X) for X (p x l) from one pass: each block's rows are formed once. J X
-        is float64 (from float64 products where ``precise``, else from products in the rows'
-        dtype); J^T J X has X's dtype, so that a float32 panel costs p x l x 4 bytes, not 8."""
+        is float64 (where ``precise``, float32 slab products summed in float64, :func:`_times`;
+        else one product in the rows' dtype); J^T J X has X's dtype, so that a float32 panel
+        costs p x l x 4 bytes, not 8."""
         JX = np.empty((self.shape[0], X.shape[1]))
         JtJX = np.zeros((self.shape[1], X.shape[1]), dtype=X.dtype)
         what = "J X, J^T J X" + ("" if precise else f" in {str(self.x.dtype).removeprefix('torch.')}")
@@ -173,11 +176,28 @@ class Float64Slabs:
         return buf[: t.numel()].view(t.shape).copy_(t)
 
 
+def slab_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
+    """A B^T summed in float64 over products of SUM_SLAB columns in the operands' float32: no
+    float64 copy of J's rows (casting them cost as much as the product). Measured on ResNet20's
+    J_init at nK = 900 (p = 268,579) against float64 products, as the gram iteration's G: the
+    top 50 singular values within 4.9e-7 (slabs of 1,024) to 7.0e-7 (8,192) relative, 3.8e-6
+    in one float32 product."""
+    out = torch.zeros(len(A), len(B), dtype=torch.float64, device=A.device)
+    for j in range(0, A.shape[1], SUM_SLAB):
+        out += A[:, j : j + SUM_SLAB] @ B[:, j : j + SUM_SLAB].T
+    return out
+
+
 def _times(R: torch.Tensor, X: torch.Tensor, precise: bool, slabs: Float64Slabs) -> torch.Tensor:
-    """R X in float64: in R's dtype where not ``precise``, else with R and X cast to float64
-    a slab of columns of R at a time (X, a float32 panel of p x l, is never copied whole)."""
-    if not precise or (R.dtype == torch.float64 and X.dtype == torch.float64):
+    """R X in float64. Not ``precise``: one product in R's dtype. Precise, for float32 R and X
+    (a pass's panel): float32 products over slabs of SUM_SLAB of R's columns summed in float64
+    (:func:`slab_product`, as the gram iteration multiplies), 2.6x faster than casting the slabs
+    to float64 at CIFAR's p (bench/matrix_free_products.py); with a float64 X (J^T U of the
+    residual checks): float64 products, R and X cast a slab of R's columns at a time."""
+    if not precise or R.dtype == X.dtype == torch.float64:
         return (R @ X.to(R.dtype)).double()
+    if R.dtype == X.dtype:
+        return slab_product(R, X.T)
     out = torch.zeros(len(R), X.shape[1], dtype=torch.float64, device=R.device)
     step = _slabs(len(R), R.shape[1]).step
     for j in range(0, R.shape[1], step):
@@ -224,7 +244,8 @@ def _jtjx(
     out: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(J_x X in float64, J_x^T J_x X in X's dtype) with each of the samples' rows formed once.
-    ``precise``: J_x X from float64 products (the Rayleigh-Ritz data), else in the rows' dtype;
+    ``precise``: J_x X summed in float64 (the Rayleigh-Ritz data, :func:`_times`), else in the
+    rows' dtype;
     J^T (J X) is summed in X's dtype, the panels' precision, either way: into ``out`` when
     given (then None is returned in its place)."""
     Xt = torch.as_tensor(X, device=x.device)
@@ -433,9 +454,10 @@ def randomized_svd(
     subspace      Z_{i+1} = orth(J^T J Z_i), Rayleigh-Ritz on the last Z only (Halko, Martinsson,
                   Tropp 2011, Alg. 4.4): 2 panels, for J's too wide for the Krylov basis.
 
-    Panels are stored in the rows' dtype (float32: p x l x 4 bytes). J Z is computed from
-    float64 products for Rayleigh-Ritz (every pass for block_krylov, the last for subspace);
-    the rest in the rows' dtype. The residuals come from the last pass's products."""
+    Panels are stored in the rows' dtype (float32: p x l x 4 bytes). J Z is summed in float64
+    for Rayleigh-Ritz (every pass for block_krylov, the last for subspace) from float32
+    products over slabs of SUM_SLAB columns; the rest in the rows' dtype. The residuals come
+    from the last pass's products."""
     if iteration not in ITERATIONS:
         raise ValueError(f"iteration {iteration!r}; allowed: {', '.join(ITERATIONS)}")
     rows, cols = op.shape
@@ -520,23 +542,11 @@ def gram_formations(n: int, held: int) -> float:
     return sum(n - block.start for block in batch_slices(n, held)) / n
 
 
-def _gram_block(RA: torch.Tensor, RB: torch.Tensor) -> torch.Tensor:
-    """RA RB^T summed in float64 over products of GRAM_SLAB columns in the rows' float32: no
-    float64 copy of the rows (casting them cost as much as the product, and the held rows were
-    cast again for every streamed batch). Measured on ResNet20's J_init at nK = 900 (p = 268,579)
-    against float64 products: the top 50 singular values within 4.9e-7 (slabs of 1,024) to
-    7.0e-7 (8,192) relative, 3.8e-6 in one float32 product."""
-    out = torch.zeros(len(RA), len(RB), dtype=torch.float64, device=RA.device)
-    for j in range(0, RA.shape[1], GRAM_SLAB):
-        out += RA[:, j : j + GRAM_SLAB] @ RB[:, j : j + GRAM_SLAB].T
-    return out
-
-
 def streamed_gram(op: JacobianOperator, held: int) -> np.ndarray:
     """G = J J^T (nK x nK, float64), J never stored: the rows of ``held`` samples at a time are
     held, multiplied with themselves and with the rows of every later sample, formed
     ``op.batch_size`` samples at a time (as many as the held block, :func:`_gram_plan`) and
-    dropped. Products in float32 over slabs of columns, summed in float64 (:func:`_gram_block`).
+    dropped. Products in float32 over slabs of columns, summed in float64 (:func:`slab_product`).
     Costs :func:`gram_formations` passes' worth of rows."""
     n, k, p = len(op.x), op.k, op.cols
     G = torch.zeros(n * k, n * k, dtype=torch.float64)
@@ -548,12 +558,12 @@ def streamed_gram(op: JacobianOperator, held: int) -> np.ndarray:
         RA = held_rows[: a.stop - a.start]
         for _ in jacobian_blocks(op.model, op.x[A], out=RA):
             pass
-        G[a, a] = _gram_block(RA, RA).cpu()
+        G[a, a] = slab_product(RA, RA).cpu()
         formed += A.stop - A.start
         later = op.x[A.stop :]
         for B, RB in jacobian_blocks(op.model, later, op.batch_size) if len(later) else ():
             b = slice((A.stop + B.start) * k, (A.stop + B.stop) * k)
-            G[a, b] = _gram_block(RA, RB).cpu()
+            G[a, b] = slab_product(RA, RB).cpu()
             G[b, a] = G[a, b].T
             formed += B.stop - B.start
             if time.perf_counter() - last > PROGRESS_SECONDS:
@@ -679,7 +689,6 @@ def matrix_free_plan(
     )
 
 
-GRAM_SLAB = 4096  # columns of one float32 product of the gram iteration, summed in float64
 GRAM_CHECKED = 10  # top vectors whose ||J^T u_i|| the gram iteration's check pass measures
 
 
