@@ -1,4 +1,4 @@
-"""The float64 products of the streamed spectrum's passes against forming the rows they read.
+"""The products of the streamed spectrum's passes against forming the rows they read.
 
   rows            forming J's rows of the samples, block by block (the pass's own kernel batches)
   jty_fresh_casts J^T Y as the check pass of the gram iteration computed it before: the rows cast

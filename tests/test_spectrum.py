@@ -1,3 +1,4 @@
+import copy
 import json
 import re
 import subprocess
@@ -369,21 +370,20 @@ def test_a_precise_pass_sums_float32_slab_products_in_float64(monkeypatch):
     from jacobian_spectrum.spectrum import matrix_free as M
 
     monkeypatch.setattr(M, "SUM_SLAB", 64)  # 5 slabs and a tail of 17 columns
-    rng = np.random.default_rng(3)
-    # a common offset makes the terms of each sum alike: one float32 sum over all columns errs
-    # by about sqrt(p) its rounding, the slabs' float64 sum by about the slab's
-    R = (1 + 0.01 * rng.standard_normal((30, 5 * 64 + 17))).astype(np.float32)
-    X = (1 + 0.01 * rng.standard_normal((R.shape[1], 4))).astype(np.float32)
-    exact = R.astype(np.float64) @ X.astype(np.float64)
+    # 2^24 + 273 is no float32 number: a float32 sum of all columns cannot give it, while each
+    # slab's float32 product (2^24, then 64, 64, 64, 64 and 17) is exact and their sum in float64 too
+    R = np.ones((2, 5 * 64 + 17), dtype=np.float32)
+    X = np.ones((R.shape[1], 1), dtype=np.float32)
+    X[0], X[1:64] = 2.0**24, 0.0
     got = M.slab_product(torch.from_numpy(R), torch.from_numpy(X).T)
     assert got.dtype == torch.float64
-    assert np.abs(got.numpy() - exact).max() <= 1e-6 * np.abs(exact).max()  # a missing slab: off by 5%
-    # a pass's J X from these products equals the float64 one to the same bound
+    assert np.array_equal(got.numpy(), np.full((2, 1), 2.0**24 + 273))  # a missing slab: 64 off
+    # a pass's J X from these products equals float64 products of the same float32 rows
     model, x = streamed_case(samples=12, classes=3)
     op = M.JacobianOperator(model, x, batch_size=5)
-    Z = rng.standard_normal((op.shape[1], 6)).astype(np.float32)
+    Z = np.random.default_rng(3).standard_normal((op.shape[1], 6)).astype(np.float32)
     Y, _ = op.normal_matmat(Z, precise=True)
-    Y64 = op.matmat(Z.astype(np.float64))  # float64 products of the same float32 rows
+    Y64 = op.matmat(Z.astype(np.float64))
     assert np.abs(Y - Y64).max() <= 1e-6 * np.abs(Y64).max()
 
 
@@ -396,10 +396,11 @@ def test_streamed_products_on_a_two_worker_cluster_equal_the_local_ones():
     op = JacobianOperator(model, x, batch_size=16)  # 8 tasks of 4 blocks: both workers get some
     rng = np.random.default_rng(2)
     X, Y = rng.standard_normal((op.shape[1], 5)), rng.standard_normal((op.shape[0], 5))
-    local = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X)
+    Z = X.astype(np.float32)  # a pass's float32 panel: J Z from float32 slab products
+    local = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X), *op.normal_matmat(Z)
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         with Client(cluster):
-            distributed = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X)
+            distributed = op.matmat(X), op.rmatmat(Y), *op.normal_matmat(X), *op.normal_matmat(Z)
     # the same rows and products; only torch's thread count differs (one thread on the workers),
     # which may round J's float32 rows differently (1e-7 relative): a misplaced or missing task
     # would be off by O(1)
@@ -493,10 +494,12 @@ def test_streamed_products_on_a_gpu_equal_the_cpu_ones():
 
     model, x = streamed_case(samples=40)
     X = np.random.default_rng(3).standard_normal((sum(p.numel() for p in model.parameters()), 7))
-    cpu = JacobianOperator(model, x, batch_size=16).normal_matmat(X)
-    gpu = JacobianOperator(model.cuda(), x.cuda(), batch_size=16).normal_matmat(X)
-    for a, b in zip(cpu, gpu):  # float32 rows formed by other kernels: rounding apart
-        assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
+    on_gpu = copy.deepcopy(model).cuda()  # .cuda() moves a module in place
+    for panel in (X, X.astype(np.float32)):  # float64 products, and a pass's float32 slab products
+        cpu = JacobianOperator(model, x, batch_size=16).normal_matmat(panel)
+        gpu = JacobianOperator(on_gpu, x.cuda(), batch_size=16).normal_matmat(panel)
+        for a, b in zip(cpu, gpu):  # float32 rows formed by other kernels: rounding apart
+            assert np.abs(a - b).max() <= 1e-5 * np.abs(a).max()
 
 
 def test_the_iterations_hold_the_panels_they_plan(monkeypatch):

@@ -22,7 +22,8 @@ cost one pass, not two. Two iterations (``spectrum.iteration``, :func:`randomize
   subspace      Z_{i+1} = orth(J^T J Z_i); Rayleigh-Ritz on the last Z (Halko, Martinsson,
                 Tropp 2011, Alg. 4.4, with q power iterations from q + 1 passes): 2 panels.
 
-The panels are float32; J Z is summed in float64 where Rayleigh-Ritz reads it. Each pass's
+The panels are float32; J Z is summed in float64 where Rayleigh-Ritz reads it, from float32
+products over slabs of J's columns (:func:`slab_product`, as the gram iteration's). Each pass's
 Ritz values estimate the top ones, so how much the top r moved in the last pass says whether q
 sufficed; the last pass's J^T J Z also gives each returned pair's residual
 ||J^T J v_i - s_i^2 v_i|| / s_i^2, with no extra pass. :func:`matrix_free_plan` sizes the panels
@@ -58,8 +59,8 @@ PROGRESS_SECONDS = 60  # at most one progress line a minute within a pass
 class JacobianOperator:
     """J of a model on samples x (rows sample-major, row = i*K + k), applied without storing it:
     each product forms the rows of ``batch_size`` samples at a time (by default as many as fit
-    ROWS_BUDGET_BYTES) with the Jacobian kernel and multiplies them in float64. ``passes``
-    counts the passes over the data, ``seconds`` their time."""
+    ROWS_BUDGET_BYTES) with the Jacobian kernel and sums their products in float64 (:func:`_times`).
+    ``passes`` counts the passes over the data, ``seconds`` their time."""
 
     model: torch.nn.Module
     x: torch.Tensor
@@ -79,8 +80,7 @@ class JacobianOperator:
         return len(self.x) * self.k, self.cols
 
     def matmat(self, X: np.ndarray) -> np.ndarray:
-        """J X for X (p x l): one pass over the data, summed in float64 (float64 products for a
-        float64 X, float32 slab products for a float32 one: :func:`_times`)."""
+        """J X for X (p x l): one pass over the data, products in float64 (X is cast to float64)."""
         out = np.empty((self.shape[0], X.shape[1]))
         for rows, part in self._pass("J X", _jx, np.asarray(X, dtype=np.float64)):
             out[rows] = part
@@ -181,7 +181,7 @@ def slab_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
     float64 copy of J's rows (casting them cost as much as the product). Measured on ResNet20's
     J_init at nK = 900 (p = 268,579) against float64 products, as the gram iteration's G: the
     top 50 singular values within 4.9e-7 (slabs of 1,024) to 7.0e-7 (8,192) relative, 3.8e-6
-    in one float32 product."""
+    in one float32 product. On CUDA this assumes TF32 off (``select_device`` turns it off)."""
     out = torch.zeros(len(A), len(B), dtype=torch.float64, device=A.device)
     for j in range(0, A.shape[1], SUM_SLAB):
         out += A[:, j : j + SUM_SLAB] @ B[:, j : j + SUM_SLAB].T
@@ -191,9 +191,10 @@ def slab_product(A: torch.Tensor, B: torch.Tensor) -> torch.Tensor:
 def _times(R: torch.Tensor, X: torch.Tensor, precise: bool, slabs: Float64Slabs) -> torch.Tensor:
     """R X in float64. Not ``precise``: one product in R's dtype. Precise, for float32 R and X
     (a pass's panel): float32 products over slabs of SUM_SLAB of R's columns summed in float64
-    (:func:`slab_product`, as the gram iteration multiplies), 2.6x faster than casting the slabs
-    to float64 at CIFAR's p (bench/matrix_free_products.py); with a float64 X (J^T U of the
-    residual checks): float64 products, R and X cast a slab of R's columns at a time."""
+    (:func:`slab_product`, as the gram iteration multiplies): at CIFAR's p 1.65x faster than
+    casting the slabs to float64, equal to 3.5e-7 of the largest entry
+    (bench/matrix_free_products.py). With a float64 X (J^T U of the residual checks): float64
+    products, R and X cast a slab of R's columns at a time."""
     if not precise or R.dtype == X.dtype == torch.float64:
         return (R @ X.to(R.dtype)).double()
     if R.dtype == X.dtype:
@@ -245,9 +246,8 @@ def _jtjx(
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(J_x X in float64, J_x^T J_x X in X's dtype) with each of the samples' rows formed once.
     ``precise``: J_x X summed in float64 (the Rayleigh-Ritz data, :func:`_times`), else in the
-    rows' dtype;
-    J^T (J X) is summed in X's dtype, the panels' precision, either way: into ``out`` when
-    given (then None is returned in its place)."""
+    rows' dtype; J^T (J X) is summed in X's dtype, the panels' precision, either way: into
+    ``out`` when given (then None is returned in its place)."""
     Xt = torch.as_tensor(X, device=x.device)
     parts, W = [], out if out is not None else torch.zeros(Xt.shape, dtype=Xt.dtype, device=x.device)
     slabs = Float64Slabs()
@@ -614,7 +614,7 @@ class MatrixFreePlan:
     panel_bytes: float
     block_bytes: float  # one block of J's rows (float32)
     row_bytes: float  # the kept J Z blocks and U (rows x l and rows x k, float64)
-    work_bytes: float  # float64 pieces: a product's cast rows and slab, the orthonormalisation's slabs
+    work_bytes: float  # float64 pieces: a product's cast rows and slab, the orthonormalisation's slabs (below)
     block_copies: int = 2  # the randomized iterations' block twice (the kernel joins its pieces into it)
     held_samples: int = 0  # gram: samples whose rows are held at a time
     passes: float = 0.0  # passes' worth of J's rows formed, the check's included
@@ -624,7 +624,9 @@ class MatrixFreePlan:
         """Peak memory beyond the process and the model: panels, the rows block (twice for the
         randomized iterations: the kernel joins its per-layer pieces into it), J Z blocks or
         the Gram matrix, and the float64 pieces (a product's cast rows and slab, the
-        orthonormalisation's slabs, a streamed batch of rows)."""
+        orthonormalisation's slabs, a streamed batch of rows). A pass's J Z from float32 slab
+        products casts no rows; the cast rows stay counted as a margin: the laptop variant
+        peaked at 0.98x its plan with them (docs/scale.md)."""
         return self.panels * self.panel_bytes + self.block_copies * self.block_bytes + self.row_bytes + self.work_bytes
 
 
