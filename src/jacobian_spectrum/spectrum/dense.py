@@ -61,14 +61,13 @@ def _slab_bounds(path: str | Path, memory_budget_mb: float, in_flight: int) -> t
     return rows, [(a, min(cols, a + width)) for a in range(0, cols, width)]
 
 
-def float64_slabs(path: str | Path, memory_budget_mb: float, threads: int) -> Iterator[tuple[np.ndarray, int]]:
-    """J's column slabs in float64, in order, with their first column: Dask's threaded scheduler
-    reads and casts ``threads`` slabs at a time, one batch ahead of the slabs handed out, so at
-    most two batches (2 x ``threads`` slabs) are in memory at once, within ``memory_budget_mb``.
-    One pass over J for the Gram step and one for the check pass."""
+def float64_slabs(path: str | Path, bounds: list[tuple[int, int]], threads: int) -> Iterator[tuple[np.ndarray, int]]:
+    """J's column slabs ``bounds`` (:func:`_slab_bounds`, sized for 2 x ``threads`` in flight) in
+    float64, in order, with their first column: Dask's threaded scheduler reads and casts
+    ``threads`` slabs at a time, one batch ahead of the slabs handed out, so at most two batches
+    are in memory at once. One pass over J for the Gram step and one for the check pass."""
     import dask
 
-    _, bounds = _slab_bounds(path, memory_budget_mb, 2 * threads)
     slabs = [dask.delayed(read_slab)(str(path), a, b) for a, b in bounds]
     batches = [(slabs[i : i + threads], bounds[i : i + threads]) for i in range(0, len(slabs), threads)]
 
@@ -100,7 +99,7 @@ def gram(
     G = np.zeros((rows, rows), dtype=np.float64, order="F")
     if scheduler:
         return _gram_distributed(path, bounds, G, scheduler)
-    for slab, start in float64_slabs(path, memory_budget_mb, threads):
+    for slab, start in float64_slabs(path, bounds, threads):
         if not np.isfinite(slab).all():
             raise ValueError(f"{path}: J holds NaN or Inf in columns {start}..{start + slab.shape[1]}")
         G = rank_update(G, slab)
@@ -164,7 +163,8 @@ def verify(path: str | Path, s: np.ndarray, U: np.ndarray, top: int, memory_budg
     """
     Ut = np.ascontiguousarray(U[:, : min(top, U.shape[1])], dtype=np.float64)
     Z, norms2 = np.zeros(Ut.shape), np.zeros(Ut.shape[1])
-    for slab, _ in float64_slabs(path, memory_budget_mb, threads):
+    _, bounds = _slab_bounds(path, memory_budget_mb, 2 * threads)
+    for slab, _ in float64_slabs(path, bounds, threads):
         JtU = slab.T @ Ut  # this slab's rows of J^T U
         Z += slab @ JtU
         norms2 += (JtU**2).sum(axis=0)
