@@ -68,6 +68,17 @@ def test_gram_matches_in_memory_product_for_any_slab_width(tmp_path):
     assert slab_width(50, 333, 0.01, 3) == 5
 
 
+@pytest.mark.parametrize("budget", [0.05, 100])  # many slabs (Dask reads them) and one (read here)
+def test_gram_names_the_columns_holding_nan(tmp_path, budget):
+    J = np.random.default_rng(1).standard_normal((50, 333)).astype(np.float32)
+    J[7, 200] = np.nan
+    path = write_J(tmp_path / "J.h5", J, chunks=(50, 64))
+    with pytest.raises(ValueError, match=r"J.h5: J holds NaN or Inf in columns (\d+)\.\.(\d+)") as err:
+        gram(path, budget, threads=2)
+    start, stop = (int(v) for v in re.search(r"columns (\d+)\.\.(\d+)", str(err.value)).groups())
+    assert start <= 200 < stop and (stop - start < 333) == (budget < 1)
+
+
 def test_the_check_pass_reads_every_slab_and_catches_a_wrong_spectrum(tmp_path):
     from jacobian_spectrum.spectrum.dense import verify
 

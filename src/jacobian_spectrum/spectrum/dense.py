@@ -65,7 +65,13 @@ def float64_slabs(path: str | Path, bounds: list[tuple[int, int]], threads: int)
     """J's column slabs ``bounds`` (:func:`_slab_bounds`, sized for 2 x ``threads`` in flight) in
     float64, in order, with their first column: Dask's threaded scheduler reads and casts
     ``threads`` slabs at a time, one batch ahead of the slabs handed out, so at most two batches
-    are in memory at once. One pass over J for the Gram step and one for the check pass."""
+    are in memory at once. One pass over J for the Gram step and one for the check pass.
+
+    A J of one slab is read here: there is nothing to read ahead, and importing Dask (which
+    imports dask.distributed to look for a client) would cost a small spectrum job 0.6 s."""
+    if len(bounds) == 1:
+        yield read_slab(path, *bounds[0]), bounds[0][0]
+        return
     import dask
 
     slabs = [dask.delayed(read_slab)(str(path), a, b) for a, b in bounds]
@@ -85,6 +91,11 @@ def float64_slabs(path: str | Path, bounds: list[tuple[int, int]], threads: int)
             del done
 
 
+def _check_finite(path: str | Path, slab: np.ndarray, start: int) -> None:
+    if not np.isfinite(slab).all():
+        raise ValueError(f"{path}: J holds NaN or Inf in columns {start}..{start + slab.shape[1]}")
+
+
 def gram(
     path: str | Path, memory_budget_mb: float = 2000, threads: int = 2, scheduler: str | None = None
 ) -> np.ndarray:
@@ -96,12 +107,17 @@ def gram(
     matrix of its slabs and the partials are summed as they arrive.
     """
     rows, bounds = _slab_bounds(path, memory_budget_mb, 2 * threads)
-    G = np.zeros((rows, rows), dtype=np.float64, order="F")
     if scheduler:
-        return _gram_distributed(path, bounds, G, scheduler)
+        return _gram_distributed(path, bounds, np.zeros((rows, rows), order="F"), scheduler)
+    if len(bounds) == 1 and rows <= SYRK_MAX_ROWS:
+        # J in one slab: numpy's A @ A.T is dsyrk with both triangles filled, without the
+        # 0.4 s import of scipy.linalg that an in-place update needs (a small job's fifth)
+        slab = next(float64_slabs(path, bounds, threads))[0]
+        _check_finite(path, slab, 0)
+        return slab @ slab.T
+    G = np.zeros((rows, rows), dtype=np.float64, order="F")
     for slab, start in float64_slabs(path, bounds, threads):
-        if not np.isfinite(slab).all():
-            raise ValueError(f"{path}: J holds NaN or Inf in columns {start}..{start + slab.shape[1]}")
+        _check_finite(path, slab, start)
         G = rank_update(G, slab)
     # dsyrk fills the upper triangle only
     return symmetrize_upper(G)
@@ -113,8 +129,7 @@ def _gram_distributed(path: str | Path, bounds: list[tuple[int, int]], G: np.nda
 
     def partial_gram(a: int, b: int) -> np.ndarray:
         slab = read_slab(path, a, b)
-        if not np.isfinite(slab).all():
-            raise ValueError(f"{path}: J holds NaN or Inf in columns {a}..{b}")
+        _check_finite(path, slab, a)
         return rank_update(np.zeros((len(slab), len(slab)), order="F"), slab)
 
     with Client(scheduler) as client:
