@@ -139,12 +139,18 @@ def test_a_small_spectrum_job_and_a_gather_job_never_import_torch(tmp_path):
     # torch's import alone (1.6 s here) is more than such a job's work: the default's 29 spectrum
     # and 29 gather jobs would each pay it
     write_J(tmp_path / "J.h5", random_J("low_rank", np.random.default_rng(3)).astype(np.float32))
+    one_slab = {**SETTINGS, "memory_budget_mb": 100}  # SETTINGS' 2 MB give J several slabs
     code = textwrap.dedent(
         f"""
         import sys
         from jacobian_spectrum.spectrum.methods import spectrum_of_file
         from jacobian_spectrum.jacobian.store import gather, layer_norms
-        spectrum_of_file({str(tmp_path / "J.h5")!r}, {str(tmp_path / "s.h5")!r}, {SETTINGS!r}, "auto")
+        spectrum_of_file({str(tmp_path / "J.h5")!r}, {str(tmp_path / "s.h5")!r}, {one_slab!r}, "auto")
+        # a J of one slab needs neither Dask's read-ahead (which imports dask.distributed) nor
+        # scipy's in-place dsyrk: 1 s of the default's 2.4 s spectrum jobs
+        heavy = [m for m in ("torch", "dask", "distributed", "scipy") if m in sys.modules]
+        assert not heavy, f"imported {{heavy}}"
+        spectrum_of_file({str(tmp_path / "J.h5")!r}, {str(tmp_path / "s2.h5")!r}, {SETTINGS!r}, "auto")
         assert "torch" not in sys.modules, "torch imported"
         """
     )
