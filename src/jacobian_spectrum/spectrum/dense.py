@@ -102,7 +102,8 @@ def gram(
     """G = J J^T (float64) from the HDF5 file's ``J``, never holding J whole.
 
     Locally the slabs come from :func:`float64_slabs` (read and cast a batch ahead) while the
-    main thread adds each into G with one in-place BLAS rank-w update (:func:`rank_update`).
+    main thread adds each into G with one in-place BLAS rank-w update (:func:`rank_update`);
+    a J that fits in one slab is one product, slab @ slab.T.
     With ``scheduler`` (a dask.distributed address) each worker returns the partial Gram
     matrix of its slabs and the partials are summed as they arrive.
     """
