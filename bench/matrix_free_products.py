@@ -40,14 +40,10 @@ def jty_fresh_casts(model, x, Y, batch_size):
 
 
 def jx_float64(model, x, X, batch_size):
-    """The former precise J X: float64 products of R and X cast a slab of R's columns at a time."""
-    Xt, slabs, parts = torch.as_tensor(X), M.Float64Slabs(), []
-    for _, R in M._products(model, x, batch_size, x.dtype):
-        out = torch.zeros(len(R), Xt.shape[1], dtype=torch.float64)
-        step = M._slabs(len(R), R.shape[1]).step
-        for j in range(0, R.shape[1], step):
-            out.addmm_(slabs.cast(R[:, j : j + step], 0), slabs.cast(Xt[j : j + step], 1))
-        parts.append(out)
+    """The former precise J X: float64 products of R and X cast a slab of R's columns at a time
+    (what matrix_free._times still does for a float64 X; X's float32 values, so the same panel)."""
+    Xt, slabs = torch.as_tensor(X).double(), M.Float64Slabs()
+    parts = [M._times(R, Xt, True, slabs) for _, R in M._products(model, x, batch_size, x.dtype)]
     return torch.cat(parts).numpy()
 
 

@@ -113,7 +113,7 @@ def gram(
     if len(bounds) == 1 and rows <= SYRK_MAX_ROWS:
         # J in one slab: numpy's A @ A.T is dsyrk with both triangles filled, without the
         # 0.4 s import of scipy.linalg that an in-place update needs (a small job's fifth)
-        slab = next(float64_slabs(path, bounds, threads))[0]
+        slab = read_slab(path, *bounds[0])
         _check_finite(path, slab, 0)
         return slab @ slab.T
     G = np.zeros((rows, rows), dtype=np.float64, order="F")
