@@ -6,7 +6,12 @@
                 slabs of 4,096 columns) and J^T J Z from the same rows,
                 Z a float32 panel of l = k + oversampling columns
   method        the whole randomized SVD, ``--iteration`` block_krylov or subspace, q + 1 passes:
-                its stored checks (residuals, movement) come from the last pass, no extra pass
+                its stored checks (residuals, movement) come from the last pass, no extra pass.
+                As the spectrum job runs it within ``--memory-budget-mb`` (spectrum.memory_budget_mb,
+                default 2000 as the schema's): the rows of as many samples as the budget leaves
+                room for are formed by the first pass and held for the later ones
+                (matrix_free_plan's held_samples; ``--memory-budget-mb 0`` holds none: every pass
+                forms every row)
   jvp           the engine it replaced, applying J with one JVP per probe column
                 (torch.func.jvp, vmapped over the l columns), one product J X, timed here
   materialised  J in memory, then G = J J^T and its top-k eigenpairs (spectrum.method: full's
@@ -23,6 +28,7 @@ its time is compared with rows measured beside it.
   python bench/matrix_free.py [--samples 200] [--classes 10] [--width 0.25] [--size 32]
                               [--k 50] [--oversampling 150] [--iterations 3]
                               [--iteration block_krylov] [--threads 2] [--skip-jvp]
+                              [--memory-budget-mb 2000]
                               [--skip-reference] [--also OVERSAMPLING:Q:ITERATION ...]
 
 The issue's verification at the large size (10 classes x 2,000 images, 20,000 rows):
@@ -41,7 +47,12 @@ from torch.func import functional_call, jvp, vmap
 
 from jacobian_spectrum.jacobian.compute import batch_slices, jacobian, jacobian_blocks, split_params
 from jacobian_spectrum.spectrum.dense import rank_update, symmetrize_upper
-from jacobian_spectrum.spectrum.matrix_free import JacobianOperator, randomized_svd, vector_residuals
+from jacobian_spectrum.spectrum.matrix_free import (
+    JacobianOperator,
+    matrix_free_plan,
+    randomized_svd,
+    vector_residuals,
+)
 from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
@@ -78,6 +89,12 @@ def main() -> None:
     ap.add_argument("--iteration", choices=["block_krylov", "subspace"], default="block_krylov")
     ap.add_argument("--batch", type=int, default=64, help="samples per block of rows")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument(
+        "--memory-budget-mb",
+        type=float,
+        default=2000,
+        help="the method's spectrum.memory_budget_mb: the rows it holds between passes (0: none held)",
+    )
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--skip-jvp", action="store_true", help="leave out the JVP engine (the large verification)")
     ap.add_argument(
@@ -98,8 +115,18 @@ def main() -> None:
     spec = ModelSpec("resnet20", a.channels, a.size, a.classes, width=a.width)
     model = build_model(spec, seed=0).eval()
     x = torch.randn(a.samples, a.channels, a.size, a.size, generator=torch.Generator().manual_seed(0))
-    op = JacobianOperator(model, x, batch_size=a.batch)
+    op = JacobianOperator(model, x, batch_size=a.batch)  # one streamed pass, for the per-pass ratio
     rows, cols = op.shape
+    k_out = rows // a.samples
+
+    def method_operator(oversampling: int, q: int, iteration: str) -> tuple[JacobianOperator, int]:
+        """A fresh operator holding the rows the spectrum job's plan holds at the budget."""
+        held = 0
+        if a.memory_budget_mb > 0:
+            plan = matrix_free_plan(rows, k_out, cols, a.k, oversampling, q, a.memory_budget_mb, iteration)
+            held = plan.held_samples
+        return JacobianOperator(model, x, batch_size=a.batch, held=held), held
+
     ell = a.k + a.oversampling
     Z = np.random.default_rng(0).standard_normal((cols, ell)).astype(np.float32)
     # rows and one pass take turns in each round (with a warm-up), so that load from other
@@ -113,22 +140,24 @@ def main() -> None:
     t = best_of_interleaved(timings, a.repeats, torch.device("cpu"))
     t_rows, t_normal = t["rows"], t["normal_pass"]
     t_jvp = t.get("jvp_product", float("nan"))
-    op.passes = 0
+    mop, held = method_operator(a.oversampling, a.iterations, a.iteration)
     t0 = time.perf_counter()
-    top = randomized_svd(op, a.k, a.oversampling, a.iterations, iteration=a.iteration)
+    top = randomized_svd(mop, a.k, a.oversampling, a.iterations, iteration=a.iteration)
     t_method = time.perf_counter() - t0
-    passes = op.passes
+    passes = mop.passes
     t0 = time.perf_counter()
     [None for _ in jacobian_blocks(model, x, a.batch)]  # the rows once more, right after the method
     t_rows_after = time.perf_counter() - t0
-    residuals, _ = vector_residuals(op, top.singular_values, top.U)  # independent: two more passes
+    residuals, _ = vector_residuals(mop, top.singular_values, top.U)  # independent: two more passes
+    del mop
     others = []
     for setting in a.also:
         over, q, iteration = setting.split(":")
-        op.passes = 0
+        other_op, other_held = method_operator(int(over), int(q), iteration)
         t0 = time.perf_counter()
-        other = randomized_svd(op, a.k, int(over), int(q), iteration=iteration)
-        others.append((setting, other, op.passes, time.perf_counter() - t0))
+        other = randomized_svd(other_op, a.k, int(over), int(q), iteration=iteration)
+        others.append((setting, other, other_op.passes, time.perf_counter() - t0, other_held))
+        del other_op
     s_ref = V = None  # Gram + eigh's top k (--skip-reference: the method's cost alone)
     t_materialised = float("nan")
     if not a.skip_reference:
@@ -158,6 +187,9 @@ def main() -> None:
                 "power_iterations": a.iterations,
                 "iteration": a.iteration,
                 "passes": passes,
+                "memory_budget_mb": a.memory_budget_mb,
+                "held_samples": held,
+                "rows_formed_in_passes": 1 + (passes - 1) * (a.samples - held) / a.samples,
                 "seconds": {
                     "rows": t_rows,
                     "rows_after_method": t_rows_after,
@@ -185,13 +217,14 @@ def main() -> None:
                     {
                         "setting": setting,
                         "passes": passes_,
+                        "held_samples": held_,
                         "method_over_rows": seconds / min(t_rows, t_rows_after),
                         "max_relative_error_top_k": error(other.singular_values),
                         "max_relative_error_after_each_pass": [error(e) for e in other.estimates],
                         "stored_residual_top_k": float(other.residuals.max()),
                         "movement_top_k": other.movement(a.k),
                     }
-                    for setting, other, passes_, seconds in others
+                    for setting, other, passes_, seconds, held_ in others
                 ],
             },
             indent=1,

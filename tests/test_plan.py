@@ -269,7 +269,8 @@ def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path
 
 def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
     # the products of a pass, not the Gram update's rate, set its time: the plan times one pass at
-    # the configured width, and the step's time is passes x samples x that
+    # the configured width, and the step's time is passes x samples x that, less the rows that the
+    # budget holds from the first pass on (their later passes cost their products alone, timed too)
     import torch
 
     from jacobian_spectrum.train.models import build_model
@@ -279,8 +280,8 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
         method="matrix_free", iteration="block_krylov", topk=20, oversampling=20, power_iterations=6
     )
     model = build_model(P._model_spec(config), seed=0)
-    pass_s, fast_s = P._matrix_free_pass_seconds(config, model, torch.randn(8, 1, 8, 8), torch.device("cpu"))
-    assert 0 < pass_s < 60 and 0 < fast_s < 60
+    pass_s, fast_s, held_s = P._matrix_free_pass_seconds(config, model, torch.randn(8, 1, 8, 8), torch.device("cpu"))
+    assert 0 < pass_s < 60 and 0 < fast_s < 60 and 0 < held_s < pass_s  # held rows are not formed again
     config["runs"], config["analysis"]["track_runs"] = {}, []
     config["figures"].update(table1=None, table2=None, table3=None, corruption_runs=[])
     rates = P.Rates(
@@ -289,27 +290,41 @@ def test_a_matrix_free_plan_measures_the_pass_it_will_run(tmp_path):
             "parameters": count_parameters(model),
             "matrix_free_pass_seconds": pass_s,
             "matrix_free_fast_pass_seconds": fast_s,
+            "matrix_free_held_pass_seconds": held_s,
         }
     )
-    (step,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
     samples = config["dataset"]["train_per_class"] * 3
-    assert step.seconds - rates.job_start_seconds == pytest.approx(7 * samples * pass_s, rel=1e-9)
-    # its memory is the one the job plans and logs when it starts (matrix_free_plan)
     from jacobian_spectrum.spectrum.matrix_free import matrix_free_plan
 
-    mf = matrix_free_plan(
-        samples * 3, 3, rates.parameters, 20, 20, 6, config["spectrum"]["memory_budget_mb"], "block_krylov"
-    )
-    assert mf.iteration == "block_krylov" and step.memory_bytes == rates.base_bytes + mf.bytes
-    # subspace iteration: J Z in float64 on the last pass only, the other 6 at the float32 rate
-    config["spectrum"]["iteration"] = "subspace"
-    (sub,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
-    assert sub.seconds - rates.job_start_seconds == pytest.approx(samples * (pass_s + 6 * fast_s), rel=1e-9)
-    config["spectrum"]["iteration"] = "block_krylov"
-    # without the measurement the model of the Gram update's rate stands in
-    modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
-    (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]
-    assert other.seconds != step.seconds
+    budget = config["spectrum"]["memory_budget_mb"]
+    mf = matrix_free_plan(samples * 3, 3, rates.parameters, 20, 20, 6, budget, "block_krylov")
+    assert mf.iteration == "block_krylov" and mf.held_samples == samples  # this small J is held whole
+    for held, mb in ((samples, budget), (0, (mf.bytes - mf.held_bytes) / 1e6)):  # a budget with no room to hold rows
+        config["spectrum"]["memory_budget_mb"] = mb
+        (step,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
+        saved = 6 * held * (pass_s - held_s)
+        assert step.seconds - rates.job_start_seconds == pytest.approx(7 * samples * pass_s - saved, rel=1e-9)
+        # its memory is the one the job plans and logs when it starts (matrix_free_plan)
+        planned = matrix_free_plan(samples * 3, 3, rates.parameters, 20, 20, 6, mb, "block_krylov")
+        assert planned.held_samples == held and step.memory_bytes == rates.base_bytes + planned.bytes
+        # subspace iteration: J Z in float64 on the last pass only, the other 6 at the float32 rate
+        config["spectrum"]["iteration"] = "subspace"
+        (sub,) = [s for s in P.make_plan(config, rates, cores=2).steps if s.rule == "spectrum"]
+        assert sub.seconds - rates.job_start_seconds == pytest.approx(
+            samples * (pass_s + 6 * fast_s) - 6 * sub_held(config, samples, rates) * (pass_s - held_s), rel=1e-9
+        )
+        config["spectrum"]["iteration"] = "block_krylov"
+        # without the measurement the model of the Gram update's rate stands in
+        modelled = P.Rates(**{**rates.__dict__, "matrix_free_pass_seconds": 0.0})
+        (other,) = [s for s in P.make_plan(config, modelled, cores=2).steps if s.rule == "spectrum"]
+        assert other.seconds != step.seconds
+
+
+def sub_held(config: dict, samples: int, rates) -> int:
+    """Samples whose rows the subspace iteration holds at the config's budget (2 panels: more room)."""
+    from jacobian_spectrum.spectrum.matrix_free import plan_for_settings
+
+    return plan_for_settings(config["spectrum"], samples * 3, 3, rates.parameters).held_samples
 
 
 def test_plan_warns_when_it_timed_a_busy_machine():

@@ -297,6 +297,64 @@ def test_matrix_free_randomized_svd_matches_the_materialised_spectrum():
     assert sub.residuals[0] < 1e-10 and sub.residuals.max() < 1e-3
 
 
+@pytest.mark.parametrize("held", [17, 40])  # part of J (a task straddles the held samples' end), all of it
+def test_held_rows_give_the_same_products_and_later_passes_form_only_the_rest(monkeypatch, held):
+    import torch
+
+    from jacobian_spectrum.jacobian.compute import jacobian
+    from jacobian_spectrum.spectrum import matrix_free
+    from jacobian_spectrum.train.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
+    x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    J = jacobian(model, x).numpy()
+    formed = []
+    kernel = matrix_free.jacobian_blocks
+
+    def counted(model, x, batch_size=None, out=None):
+        formed[-1] += len(x)
+        return kernel(model, x, batch_size, out)
+
+    monkeypatch.setattr(matrix_free, "jacobian_blocks", counted)
+    op = matrix_free.JacobianOperator(model, x, batch_size=16, held=held)
+    monkeypatch.setattr(matrix_free, "LOCAL_TASKS", 3)  # tasks of 13 or 14 samples
+    rng = np.random.default_rng(0)
+    X, Y = rng.standard_normal((J.shape[1], 3)), rng.standard_normal((J.shape[0], 3))
+    for _ in range(2):  # the second round reads every held row again
+        formed.append(0)
+        JX, JtJX = op.normal_matmat(X)
+        assert np.allclose(JX, J @ X, rtol=1e-10, atol=1e-12)
+        assert np.allclose(JtJX, J.T @ (J @ X), rtol=1e-10, atol=1e-12)
+        formed.append(0)
+        assert np.allclose(op.rmatmat(Y), J.T @ Y, rtol=1e-10, atol=1e-12)
+        formed.append(0)
+        assert np.allclose(op.matmat(X), J @ X, rtol=1e-10, atol=1e-12)
+    # the first pass formed every sample's rows, the later ones those of the samples not held
+    assert formed == [40] + [40 - held] * 5 and op.passes == 6
+    # the randomized SVD from held rows: the values of the streamed one
+    streamed = matrix_free.randomized_svd(matrix_free.JacobianOperator(model, x, batch_size=16), 10, 30, 3)
+    top = matrix_free.randomized_svd(matrix_free.JacobianOperator(model, x, batch_size=16, held=held), 10, 30, 3)
+    assert np.allclose(top.singular_values, streamed.singular_values, rtol=1e-10)
+
+
+def test_the_plan_holds_the_rows_the_budget_leaves_room_for():
+    # beyond the panels, a streamed block and the float64 pieces, the budget holds samples' rows:
+    # all of a J that fits, part of a larger one, none at the least budget; never over the budget
+    from jacobian_spectrum.spectrum.matrix_free import STREAM_BLOCK_BYTES, matrix_free_plan
+
+    rows, k, p = 20_000, 10, 17_154  # the 2,000-image verification J: 1.37 GB in float32
+    sample = k * p * 4
+    plans = {mb: matrix_free_plan(rows, k, p, 50, 150, 3, mb, "block_krylov") for mb in (1300, 2000, 4000)}
+    assert plans[4000].held_samples == 2000 and plans[4000].formations == 1.0
+    assert 0 < plans[2000].held_samples < 2000 and plans[2000].block_bytes <= STREAM_BLOCK_BYTES
+    assert plans[2000].formations == pytest.approx(1 + 3 * (2000 - plans[2000].held_samples) / 2000)
+    assert plans[1300].held_samples == 0 and plans[1300].formations == 4
+    for mb, plan in plans.items():
+        assert plan.bytes <= mb * 1e6 and plan.held_bytes == plan.held_samples * sample
+    # a single pass (q = 0) has no later pass to hold rows for
+    assert matrix_free_plan(rows, k, p, 50, 150, 0, 4000, "block_krylov").held_samples == 0
+
+
 def test_a_planted_error_in_a_pass_shows_in_the_residuals(monkeypatch):
     """The stored residuals are those of the pairs the method returns: a J^T J Z off by 1e-4 of
     its size in a pass whose block those pairs are built from (the last one for subspace

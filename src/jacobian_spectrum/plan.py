@@ -61,6 +61,7 @@ class Rates:
     # one matrix-free power-iteration pass (rows, J Z and J^T J Z at the configured width), per sample
     matrix_free_pass_seconds: float = 0.0  # 0: not measured (another method), modelled from the rates above
     matrix_free_fast_pass_seconds: float = 0.0  # a pass with float32 products (subspace's first q); 0: as above
+    matrix_free_held_pass_seconds: float = 0.0  # a pass over held rows (its products alone); 0: as above
 
 
 @dataclass
@@ -263,9 +264,10 @@ def _matrix_free_step(
     spec: Mapping, rates: Rates, device: str, tag: str, samples: int, k: int, waits: list[str]
 ) -> Step:
     """The streamed spectrum of one J (jacobian_spectrum.spectrum.matrix_free): power_iterations + 1
-    passes that each form every row and make two products (J Z, J^T J Z) with topk + oversampling
-    columns; J is never stored. Memory from :func:`.spectrum.matrix_free.matrix_free_plan`, the
-    plan the job itself follows (it logs the same figure when it starts)."""
+    passes that each form every row (after the first, all but the rows the memory budget holds)
+    and make two products (J Z, J^T J Z) with topk + oversampling columns; J is never stored.
+    Memory from :func:`.spectrum.matrix_free.matrix_free_plan`, the plan the job itself follows
+    (it logs the same figure when it starts)."""
     from .spectrum.matrix_free import plan_for_settings
     from .spectrum.store import stored_vector_count
 
@@ -290,6 +292,11 @@ def _matrix_free_step(
     else:
         # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
         seconds = passes * (samples * per_sample + 2 * rows * p * mf.columns / rates.gram_flops)
+    if mf.iteration != "gram" and mf.held_samples:  # held rows: formed by the first pass only
+        measured = rates.matrix_free_pass_seconds and rates.matrix_free_held_pass_seconds
+        rows_s = rates.matrix_free_pass_seconds - rates.matrix_free_held_pass_seconds if measured else per_sample
+        seconds -= (passes - 1) * mf.held_samples * max(rows_s, 0.0)
+        what += f", the rows of {mf.held_samples} samples held ({mf.formations:.2f} passes' worth of rows)"
     return Step(
         f"spectrum:{tag}",
         f"spectrum {tag} ({what})",
@@ -383,10 +390,10 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     jac_s = _best_seconds(lambda: probe_errors(model, xs, jacobian(model, xs)), dev, repeats=1) / len(xs)
     rows_s = _best_seconds(lambda: jacobian(model, xs), dev, repeats=2) / len(xs)  # a streamed pass: no check
     del J
-    pass_s, fast_s = (
+    pass_s, fast_s, held_s = (
         _matrix_free_pass_seconds(config, model, xs, dev)
         if config["spectrum"]["method"] == "matrix_free"
-        else (0.0, 0.0)
+        else (0.0, 0.0, 0.0)
     )
     # more BLAS threads than cores would measure the oversubscription, not the machine
     gram_flops, eigh_c = _linear_algebra_rates(min(int(config["spectrum"]["threads"]), os.cpu_count() or 1), dev)
@@ -412,17 +419,20 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
         jacobian_rows_seconds=rows_s,
         matrix_free_pass_seconds=pass_s,
         matrix_free_fast_pass_seconds=fast_s,
+        matrix_free_held_pass_seconds=held_s,
     )
 
 
-def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, float]:
+def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, float, float]:
     """Seconds per sample of one pass of ``spectrum.method: matrix_free`` as the spectrum job runs
     it (its rows formed, J Z and J^T J Z from float32 panels) at topk + oversampling columns, on
-    the samples ``xs``: with J Z summed in float64 (block_krylov's passes, subspace's last) and
-    in float32 (subspace's others). Timed at 2 columns and at as many as a panel of
-    PLAN_PANEL_BYTES holds (all l at CIFAR's p; 16 at least), extrapolated where that is below l
-    (a pass is linear in the columns), so that the plan never holds a whole p x l panel of a
-    wide network; the panels are drawn before the clock starts."""
+    the samples ``xs``: with J Z summed in float64 (block_krylov's passes, subspace's last), in
+    float32 (subspace's others), and in float64 over rows held from an earlier pass (the
+    products alone: the passes after the first over the samples the budget holds). Timed at 2
+    columns and at as many as a panel of PLAN_PANEL_BYTES holds (all l at CIFAR's p; 16 at
+    least), extrapolated where that is below l (a pass is linear in the columns), so that the
+    plan never holds a whole p x l panel of a wide network; the panels are drawn before the
+    clock starts."""
     import torch
 
     from .spectrum.matrix_free import JacobianOperator
@@ -430,6 +440,7 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, f
     spec = config["spectrum"]
     threads = min(int(spec["threads"]), os.cpu_count() or 1)
     op = JacobianOperator(model.eval(), xs, batch_size=len(xs))
+    held = JacobianOperator(model, xs, batch_size=len(xs), held=len(xs))  # its warm-up forms the rows
     ell = min(int(spec["topk"]) + int(spec["oversampling"]), *op.shape)
     # the wider column count as near l as a panel of PLAN_PANEL_BYTES allows: extrapolating
     # from 16 columns to 100 magnified the timing noise (17 and 11 samples/s in two plans of
@@ -441,16 +452,16 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, f
     torch.set_num_threads(threads)  # the spectrum job's threads
     out = []
     try:
-        for precise in (True, False):
+        for o, precise in ((op, True), (op, False), (held, True)):
             t = {
-                c: _best_seconds(lambda Z=Z: op.normal_matmat(Z, precise=precise), dev, repeats=2)
+                c: _best_seconds(lambda Z=Z: o.normal_matmat(Z, precise=precise), dev, repeats=2)
                 for c, Z in panels.items()
             }
             slope = (t[more] - t[few]) / (more - few) if more > few else 0.0
             out.append((t[few] + max(slope, 0.0) * (ell - few)) / len(xs))
     finally:
         torch.set_num_threads(before)
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 def _best_seconds(fn, dev, repeats: int = 3) -> float:

@@ -5,7 +5,9 @@ Gram matrix), each product J X (p x l -> nK x l) or J^T Y (nK x l -> p x l) form
 block of samples at a time with the Jacobian kernel (:func:`jacobian_spectrum.jacobian.compute.jacobian_blocks`:
 the per-layer kernel for Conv2d/Linear networks, ``torch.func`` or one sample at a time
 otherwise), multiplies the block and drops it. A pass therefore costs about one J's worth of rows, whatever the
-number of probe columns l, and holds one block (not J). Earlier versions applied J with one
+number of probe columns l, and holds one block (not J). What the memory budget leaves beyond that holds
+the rows of the first samples from the first pass on: the later passes multiply them again without
+forming them (all of a J that fits: the rows are formed once). Earlier versions applied J with one
 JVP/VJP per probe column: ``bench/matrix_free.py`` measured that 82x slower than forming J at
 900 images, so this engine replaced it. The blocks of one pass are independent tasks: locally
 they run one after the other (each uses torch's threads); with a ``dask.distributed`` client
@@ -49,6 +51,11 @@ from .dense import eigh_descending
 from .store import STREAMED_GRAM, Spectrum, spectrum_checks, stored_vector_count, write_spectrum
 
 ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is given
+# the randomized iterations' streamed block at most, the rest of the budget holding rows. Larger
+# blocks form rows no faster (ResNet20 at 3x32x32, 2 cores): at width 1 (p = 269k) 24, 48, 72
+# and 144 samples a block gave 482, 511, 435 and 254 rows/s; at width 0.25, 72 to 216 samples
+# 3,100 to 3,400, 432 samples 2,830
+STREAM_BLOCK_BYTES = 256e6
 SUM_SLAB = 4096  # columns of J in one float32 product, the products summed in float64 (slab_product)
 PRODUCT_BYTES = 256 << 20  # rows cast to float64 at a time for a product: the float64 copy stays small
 LOCAL_TASKS = 20  # parts of a pass run here (no dask client), for its progress lines
@@ -60,11 +67,16 @@ class JacobianOperator:
     """J of a model on samples x (rows sample-major, row = i*K + k), applied without storing it:
     each product forms the rows of ``batch_size`` samples at a time (by default as many as fit
     ROWS_BUDGET_BYTES) with the Jacobian kernel and sums their products in float64 (:func:`_times`).
-    ``passes`` counts the passes over the data, ``seconds`` their time."""
+    ``passes`` counts the passes over the data, ``seconds`` their time. The rows of the first
+    ``held`` samples (:func:`matrix_free_plan`'s ``held_samples``: what the memory budget holds
+    beyond the panels) are formed by the first pass into a buffer kept for the later ones, which
+    form only the rest: a pass over held rows costs its products alone. Rows are held where the
+    passes run here (no ``dask.distributed`` client)."""
 
     model: torch.nn.Module
     x: torch.Tensor
     batch_size: int | None = None
+    held: int = 0  # samples (the first ones) whose rows the first pass keeps for the later ones
     passes: int = 0
     seconds: float = 0.0
 
@@ -74,6 +86,9 @@ class JacobianOperator:
         self.k = rows // len(self.x)
         if self.batch_size is None:
             self.batch_size = max(1, int(ROWS_BUDGET_BYTES // (self.k * self.cols * self.x.element_size())))
+        self.held = max(0, min(self.held, len(self.x)))
+        self._held_rows: torch.Tensor | None = None  # allocated by the first pass, filled by its end
+        self._held_filled = False
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -114,7 +129,11 @@ class JacobianOperator:
         t0 = last = time.perf_counter()
         M = np.ascontiguousarray(M)
         done, total = 0, self.shape[0]
-        for rows, part in _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows):
+        here = _client() is None
+        if self.held and here and self._held_rows is None:
+            self._held_rows = torch.empty(self.held * self.k, self.cols, dtype=self.x.dtype, device=self.x.device)
+        held = (self._held_rows, self.held, self._held_filled) if self.held and here else None
+        for rows, part in _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows, held):
             yield rows, part
             done += rows.stop - rows.start
             if time.perf_counter() - last > PROGRESS_SECONDS and done < total:
@@ -128,31 +147,52 @@ class JacobianOperator:
                     100 * done / total,
                     last - t0,
                 )
+        reused = held[1] * self.k if held is not None and held[2] else 0
         self.passes += 1
+        self._held_filled = held is not None
         dt = time.perf_counter() - t0
         self.seconds += dt
         logger.info(
-            "pass %d (%s, %d columns): %d rows in %.1fs, %.0f rows/s",
+            "pass %d (%s, %d columns): %d rows%s in %.1fs, %.0f rows/s",
             self.passes,
             what,
             M.shape[1],
             self.shape[0],
+            f" ({reused} of them held from the first pass)" if reused else "",
             dt,
             self.shape[0] / dt,
         )
 
 
-def _products(model: torch.nn.Module, x: torch.Tensor, batch_size: int, dtype: torch.dtype):
+Held = tuple[torch.Tensor, int, bool]  # rows of a task's first samples, how many samples, formed already
+
+
+def _products(
+    model: torch.nn.Module, x: torch.Tensor, batch_size: int, dtype: torch.dtype, held: Held | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
     """J's rows of the samples x, one kernel batch at a time (one reused buffer), with their
-    offset; cast to ``dtype`` PRODUCT_BYTES at a time where it is not the rows' own."""
-    for batch, rows in jacobian_blocks(model, x, batch_size):
-        k = len(rows) // (batch.stop - batch.start)
-        if rows.dtype == dtype:
-            yield batch.start * k, rows
-            continue
-        step = max(1, PRODUCT_BYTES // (8 * rows.shape[1]))
-        for i in range(0, len(rows), step):
-            yield batch.start * k + i, rows[i : i + step].to(dtype)
+    offset; cast to ``dtype`` PRODUCT_BYTES at a time where it is not the rows' own. With
+    ``held`` = (rows, h, formed): the rows of x's first h samples are ``rows``, formed into it
+    now unless ``formed`` (then one block, no kernel); the rest are formed here."""
+    h = 0
+    if held is not None and held[1]:
+        rows, h, formed = held
+        k = len(rows) // h
+        for batch, R in [(slice(0, h), rows)] if formed else jacobian_blocks(model, x[:h], batch_size, out=rows):
+            yield from _in_dtype(batch.start * k, R, dtype)
+    rest = x[h:]
+    for batch, R in jacobian_blocks(model, rest, batch_size) if len(rest) else ():
+        yield from _in_dtype((h + batch.start) * (len(R) // (batch.stop - batch.start)), R, dtype)
+
+
+def _in_dtype(offset: int, rows: torch.Tensor, dtype: torch.dtype) -> Iterator[tuple[int, torch.Tensor]]:
+    """(offset, rows) in ``dtype``, cast PRODUCT_BYTES at a time where it is not the rows' own."""
+    if rows.dtype == dtype:
+        yield offset, rows
+        return
+    step = max(1, PRODUCT_BYTES // (8 * rows.shape[1]))
+    for i in range(0, len(rows), step):
+        yield offset + i, rows[i : i + step].to(dtype)
 
 
 def _slabs(rows: int, cols: int) -> range:
@@ -211,22 +251,31 @@ def _add_transposed_times(W: torch.Tensor, R: torch.Tensor, Y: torch.Tensor) -> 
     return W.addmm_(R.T.to(W.dtype), Y.to(W.dtype)) if R.dtype != W.dtype else W.addmm_(R.T, Y.to(R.dtype))
 
 
-def _jx(model: torch.nn.Module, x: torch.Tensor, X: np.ndarray, batch_size: int, precise: bool = True) -> np.ndarray:
+def _jx(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    X: np.ndarray,
+    batch_size: int,
+    held: Held | None = None,
+    precise: bool = True,
+) -> np.ndarray:
     """J_x X: the rows of the samples x times X (p x l), in float64."""
     Xt = torch.as_tensor(X, device=x.device)
     slabs = Float64Slabs()
-    parts = [_times(R, Xt, precise, slabs) for _, R in _products(model, x, batch_size, x.dtype)]
+    parts = [_times(R, Xt, precise, slabs) for _, R in _products(model, x, batch_size, x.dtype, held)]
     return torch.cat(parts).cpu().numpy()
 
 
-def _jty(model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int) -> np.ndarray:
+def _jty(
+    model: torch.nn.Module, x: torch.Tensor, Y: np.ndarray, batch_size: int, held: Held | None = None
+) -> np.ndarray:
     """J_x^T Y_x: the rows of the samples x transposed, times their rows of Y, from float64
     products a slab of J's columns (the output's rows) at a time, so that each block of rows adds
     into each part of the p x l output once. Casting a few rows at a time instead, each few rows
     wrote the whole p x l output: the check pass of a gram spectrum then took 4x a pass of the
     Gram step (ViT-Tiny, p = 5.4M, 10 columns)."""
     Yt, outT, slabs = torch.as_tensor(Y, device=x.device, dtype=torch.float64), None, Float64Slabs()
-    for off, R in _products(model, x, batch_size, x.dtype):
+    for off, R in _products(model, x, batch_size, x.dtype, held):
         if outT is None:  # (J^T Y)^T, l x p: Y^T R reads R as it lies
             outT = torch.zeros(Yt.shape[1], R.shape[1], dtype=torch.float64, device=x.device)
         yT = Yt[off : off + len(R)].T
@@ -241,6 +290,7 @@ def _jtjx(
     x: torch.Tensor,
     X: np.ndarray,
     batch_size: int,
+    held: Held | None = None,
     precise: bool = True,
     out: torch.Tensor | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
@@ -251,7 +301,7 @@ def _jtjx(
     Xt = torch.as_tensor(X, device=x.device)
     parts, W = [], out if out is not None else torch.zeros(Xt.shape, dtype=Xt.dtype, device=x.device)
     slabs = Float64Slabs()
-    for _, R in _products(model, x, batch_size, x.dtype):
+    for _, R in _products(model, x, batch_size, x.dtype, held):
         y = _times(R, Xt, precise, slabs)
         parts.append(y)
         _add_transposed_times(W, R, y)
@@ -278,9 +328,11 @@ def _client():
         return None
 
 
-def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator[tuple[slice, object]]:
-    """Yield (a task's rows of J, fn(model, x of the task, M or its rows, batch_size)) for each
-    task of one pass.
+def _run(
+    fn, model, x, M, k: int, batch_size: int, split_rows: bool, held: Held | None = None
+) -> Iterator[tuple[slice, object]]:
+    """Yield (a task's rows of J, fn(model, x of the task, M or its rows, batch_size, its part
+    of ``held``)) for each task of one pass.
 
     Without a ``dask.distributed`` client the tasks run here one after the other (their blocks
     each on torch's threads). With one, the samples are cut into about four tasks
@@ -293,7 +345,9 @@ def _run(fn, model, x, M, k: int, batch_size: int, split_rows: bool) -> Iterator
     if client is None:  # here, in about LOCAL_TASKS parts (each whole kernel batches) for progress lines
         for t in batch_slices(n, max(batch_size, -(-n // LOCAL_TASKS))):
             rows = slice(t.start * k, t.stop * k)
-            yield rows, fn(model, x[t], M[rows] if split_rows else M, batch_size)
+            h = 0 if held is None else max(0, min(t.stop, held[1]) - t.start)
+            part = (held[0][t.start * k : (t.start + h) * k], h, held[2]) if h else None
+            yield rows, fn(model, x[t], M[rows] if split_rows else M, batch_size, part)
         return
     from dask.distributed import as_completed
 
@@ -616,8 +670,10 @@ class MatrixFreePlan:
     row_bytes: float  # the kept J Z blocks and U (rows x l and rows x k, float64)
     work_bytes: float  # float64 pieces: a product's cast rows and slab, the orthonormalisation's slabs (below)
     block_copies: int = 2  # the randomized iterations' block twice (the kernel joins its pieces into it)
-    held_samples: int = 0  # gram: samples whose rows are held at a time
-    passes: float = 0.0  # passes' worth of J's rows formed, the check's included
+    held_samples: int = 0  # gram: samples whose rows are held at a time; the others: held from the first pass on
+    passes: float = 0.0  # gram: passes' worth of J's rows formed, the check's included; the others: passes
+    held_bytes: float = 0.0  # the randomized iterations' held rows (gram's held block is block_bytes)
+    samples: int = 0  # n (J has n K rows)
 
     @property
     def bytes(self) -> float:
@@ -626,8 +682,23 @@ class MatrixFreePlan:
         the Gram matrix, and the float64 pieces (a product's cast rows and slab, the
         orthonormalisation's slabs, a streamed batch of rows). A pass's J Z from float32 slab
         products casts no rows; the cast rows stay counted as a margin: the laptop variant
-        peaked at 0.98x its plan with them (docs/scale.md)."""
-        return self.panels * self.panel_bytes + self.block_copies * self.block_bytes + self.row_bytes + self.work_bytes
+        peaked at 0.98x its plan with them (docs/scale.md). The randomized iterations' held
+        rows come on top."""
+        return (
+            self.panels * self.panel_bytes
+            + self.block_copies * self.block_bytes
+            + self.row_bytes
+            + self.work_bytes
+            + self.held_bytes
+        )
+
+    @property
+    def formations(self) -> float:
+        """Passes' worth of J's rows formed: gram's ``passes``; for the randomized iterations the
+        first pass forms every row and each later one all but the held samples'."""
+        if self.iteration == "gram" or not self.samples:
+            return self.passes
+        return 1 + (self.passes - 1) * (self.samples - self.held_samples) / self.samples
 
 
 def matrix_free_plan(
@@ -646,7 +717,12 @@ def matrix_free_plan(
     and forms no more rows than the q + 1 passes of the randomized iterations (every singular
     value, exactly), else block_krylov where its 2 (q + 1) panels and one sample's rows fit,
     else subspace (2 panels). ValueError, naming the settings to change, where even that does
-    not fit or a named iteration does not."""
+    not fit or a named iteration does not.
+
+    The randomized iterations' rows: a streamed block of at most STREAM_BLOCK_BYTES (beyond
+    that the kernel gains nothing: ``bench/jacobian.py``), and the rest of the budget holds the
+    rows of as many samples as fit (formed by the first pass, multiplied again by the later
+    ones without forming them: each held sample saves q formations of its rows)."""
     gram = _gram_plan(rows, k, p, budget_mb, itemsize)
     if iteration == "gram" or (iteration == "auto" and gram is not None and gram.passes <= power_iterations + 1):
         if gram is None:
@@ -683,11 +759,22 @@ def matrix_free_plan(
             f"{least[iteration] / 1e6:,.0f} MB, over spectrum.memory_budget_mb = "
             f"{budget_mb:g}; raise the budget, or set spectrum.iteration: auto"
         )
-    # the rest of the budget to the rows' block, up to all of J: every block reads both panels
-    # once, so at a large p the fewer the blocks, the less memory traffic a pass makes
-    block = max(sample_rows, min(float(rows) * p * itemsize, (budget - need[iteration] * panel - fixed[iteration]) / 2))
+    free = budget - need[iteration] * panel - fixed[iteration]
+    block = max(sample_rows, min(float(rows) * p * itemsize, free / 2, STREAM_BLOCK_BYTES))
+    n = max(1, rows // max(k, 1))
+    held = 0 if power_iterations == 0 else max(0, min(n, int((free - 2 * block) // sample_rows)))
     return MatrixFreePlan(
-        iteration, ell, need[iteration], panel, block, row_side[iteration], work, passes=power_iterations + 1
+        iteration,
+        ell,
+        need[iteration],
+        panel,
+        block,
+        row_side[iteration],
+        work,
+        held_samples=held,
+        passes=power_iterations + 1,
+        held_bytes=held * sample_rows,
+        samples=n,
     )
 
 
@@ -785,7 +872,8 @@ def matrix_free_spectrum(
         batch_size = max(1, int(plan.block_bytes // (rows * p * x.element_size())))
     logger.info(
         "matrix-free spectrum of J (%d x %d): %s, %d passes, %d panels of %d columns (%.0f MB), rows %d samples "
-        "a block: %.0f MB planned",
+        "a block, the rows of %d samples held from the first pass on (%.0f MB): %.2f passes' worth of rows, "
+        "%.0f MB planned",
         rows * len(x),
         p,
         plan.iteration,
@@ -794,9 +882,12 @@ def matrix_free_spectrum(
         plan.columns,
         plan.panels * plan.panel_bytes / 1e6,
         batch_size,
+        0 if scheduler else plan.held_samples,
+        0 if scheduler else plan.held_bytes / 1e6,
+        plan.formations if not scheduler else plan.passes,
         plan.bytes / 1e6,
     )
-    op = JacobianOperator(model, x, batch_size)
+    op = JacobianOperator(model, x, batch_size, held=0 if scheduler else plan.held_samples)
     with dask_workers(scheduler):
         t0 = time.perf_counter()
         top = randomized_svd(op, k, oversampling, power_iterations, iteration=plan.iteration)
