@@ -344,10 +344,10 @@ def test_the_plan_holds_the_rows_the_budget_leaves_room_for():
 
     rows, k, p = 20_000, 10, 17_154  # the 2,000-image verification J: 1.37 GB in float32
     sample = k * p * 4
-    plans = {mb: matrix_free_plan(rows, k, p, 50, 150, 3, mb, "block_krylov") for mb in (1300, 2000, 4000)}
+    plans = {mb: matrix_free_plan(rows, k, p, 50, 150, 3, mb, "block_krylov") for mb in (1300, 2500, 4000)}
     assert plans[4000].held_samples == 2000 and plans[4000].formations == 1.0
-    assert 0 < plans[2000].held_samples < 2000 and plans[2000].block_bytes <= STREAM_BLOCK_BYTES
-    assert plans[2000].formations == pytest.approx(1 + 3 * (2000 - plans[2000].held_samples) / 2000)
+    assert 0 < plans[2500].held_samples < 2000 and plans[2500].block_bytes == STREAM_BLOCK_BYTES
+    assert plans[2500].formations == pytest.approx(1 + 3 * (2000 - plans[2500].held_samples) / 2000)
     assert plans[1300].held_samples == 0 and plans[1300].formations == 4
     for mb, plan in plans.items():
         assert plan.bytes <= mb * 1e6 and plan.held_bytes == plan.held_samples * sample

@@ -54,8 +54,9 @@ ROWS_BUDGET_BYTES = 1e9  # one block of J's rows (float32) when no batch size is
 # the randomized iterations' streamed block at most, the rest of the budget holding rows. Larger
 # blocks form rows no faster (ResNet20 at 3x32x32, 2 cores): at width 1 (p = 269k) 24, 48, 72
 # and 144 samples a block gave 482, 511, 435 and 254 rows/s; at width 0.25, 72 to 216 samples
-# 3,100 to 3,400, 432 samples 2,830
-STREAM_BLOCK_BYTES = 256e6
+# 3,100 to 3,400, 432 samples 2,830. Smaller ones make more panel traffic: a whole pass at width
+# 1 took 5.62 s in blocks of 24 samples against 5.47 s in blocks of 72 (best of 5 interleaved)
+STREAM_BLOCK_BYTES = 512e6
 SUM_SLAB = 4096  # columns of J in one float32 product, the products summed in float64 (slab_product)
 PRODUCT_BYTES = 256 << 20  # rows cast to float64 at a time for a product: the float64 copy stays small
 LOCAL_TASKS = 20  # parts of a pass run here (no dask client), for its progress lines
