@@ -144,7 +144,7 @@ def main() -> None:
     t0 = time.perf_counter()
     top = randomized_svd(mop, a.k, a.oversampling, a.iterations, iteration=a.iteration)
     t_method = time.perf_counter() - t0
-    passes = mop.passes
+    passes, rows_formed = mop.passes, mop.rows_formed
     t0 = time.perf_counter()
     [None for _ in jacobian_blocks(model, x, a.batch)]  # the rows once more, right after the method
     t_rows_after = time.perf_counter() - t0
@@ -189,7 +189,7 @@ def main() -> None:
                 "passes": passes,
                 "memory_budget_mb": a.memory_budget_mb,
                 "held_samples": held,
-                "rows_formed_in_passes": 1 + (passes - 1) * (a.samples - held) / a.samples,
+                "rows_formed_in_passes": rows_formed / rows,
                 "seconds": {
                     "rows": t_rows,
                     "rows_after_method": t_rows_after,

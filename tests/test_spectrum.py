@@ -351,8 +351,9 @@ def test_the_plan_holds_the_rows_the_budget_leaves_room_for():
     assert plans[1300].held_samples == 0 and plans[1300].formations == 4
     for mb, plan in plans.items():
         assert plan.bytes <= mb * 1e6 and plan.held_bytes == plan.held_samples * sample
-    # a single pass (q = 0) has no later pass to hold rows for
+    # a single pass (q = 0) has no later pass to hold rows for; Dask workers form every row
     assert matrix_free_plan(rows, k, p, 50, 150, 0, 4000, "block_krylov").held_samples == 0
+    assert matrix_free_plan(rows, k, p, 50, 150, 3, 4000, "block_krylov", hold=False).held_samples == 0
 
 
 def test_a_planted_error_in_a_pass_shows_in_the_residuals(monkeypatch):

@@ -40,6 +40,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -68,7 +69,8 @@ class JacobianOperator:
     """J of a model on samples x (rows sample-major, row = i*K + k), applied without storing it:
     each product forms the rows of ``batch_size`` samples at a time (by default as many as fit
     ROWS_BUDGET_BYTES) with the Jacobian kernel and sums their products in float64 (:func:`_times`).
-    ``passes`` counts the passes over the data, ``seconds`` their time. The rows of the first
+    ``passes`` counts the passes over the data, ``seconds`` their time, ``rows_formed`` the rows
+    the kernel formed in them. The rows of the first
     ``held`` samples (:func:`matrix_free_plan`'s ``held_samples``: what the memory budget holds
     beyond the panels) are formed by the first pass into a buffer kept for the later ones, which
     form only the rest: a pass over held rows costs its products alone. Rows are held where the
@@ -80,6 +82,7 @@ class JacobianOperator:
     held: int = 0  # samples (the first ones) whose rows the first pass keeps for the later ones
     passes: int = 0
     seconds: float = 0.0
+    rows_formed: int = 0
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -133,7 +136,7 @@ class JacobianOperator:
         here = _client() is None
         if self.held and here and self._held_rows is None:
             self._held_rows = torch.empty(self.held * self.k, self.cols, dtype=self.x.dtype, device=self.x.device)
-        held = (self._held_rows, self.held, self._held_filled) if self.held and here else None
+        held = Held(self._held_rows, self.held, self._held_filled) if self.held and here else None
         for rows, part in _run(fn, self.model, self.x, M, self.k, self.batch_size, split_rows, held):
             yield rows, part
             done += rows.stop - rows.start
@@ -148,8 +151,9 @@ class JacobianOperator:
                     100 * done / total,
                     last - t0,
                 )
-        reused = held[1] * self.k if held is not None and held[2] else 0
+        reused = held.samples * self.k if held is not None and held.formed else 0
         self.passes += 1
+        self.rows_formed += self.shape[0] - reused
         self._held_filled = held is not None
         dt = time.perf_counter() - t0
         self.seconds += dt
@@ -165,7 +169,12 @@ class JacobianOperator:
         )
 
 
-Held = tuple[torch.Tensor, int, bool]  # rows of a task's first samples, how many samples, formed already
+class Held(NamedTuple):
+    """Held rows as a pass (or one of its tasks) sees them."""
+
+    rows: torch.Tensor  # the rows of the first ``samples`` samples
+    samples: int
+    formed: bool  # by an earlier pass (else this one forms them into ``rows``)
 
 
 def _products(
@@ -173,13 +182,14 @@ def _products(
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """J's rows of the samples x, one kernel batch at a time (one reused buffer), with their
     offset; cast to ``dtype`` PRODUCT_BYTES at a time where it is not the rows' own. With
-    ``held`` = (rows, h, formed): the rows of x's first h samples are ``rows``, formed into it
-    now unless ``formed`` (then one block, no kernel); the rest are formed here."""
+    ``held``: the rows of x's first ``held.samples`` samples are ``held.rows``, formed into it
+    now unless ``held.formed`` (then one block, no kernel); the rest are formed here."""
     h = 0
-    if held is not None and held[1]:
-        rows, h, formed = held
+    if held is not None:
+        rows, h = held.rows, held.samples
         k = len(rows) // h
-        for batch, R in [(slice(0, h), rows)] if formed else jacobian_blocks(model, x[:h], batch_size, out=rows):
+        blocks = [(slice(0, h), rows)] if held.formed else jacobian_blocks(model, x[:h], batch_size, out=rows)
+        for batch, R in blocks:
             yield from _in_dtype(batch.start * k, R, dtype)
     rest = x[h:]
     for batch, R in jacobian_blocks(model, rest, batch_size) if len(rest) else ():
@@ -346,8 +356,8 @@ def _run(
     if client is None:  # here, in about LOCAL_TASKS parts (each whole kernel batches) for progress lines
         for t in batch_slices(n, max(batch_size, -(-n // LOCAL_TASKS))):
             rows = slice(t.start * k, t.stop * k)
-            h = 0 if held is None else max(0, min(t.stop, held[1]) - t.start)
-            part = (held[0][t.start * k : (t.start + h) * k], h, held[2]) if h else None
+            h = 0 if held is None else max(0, min(t.stop, held.samples) - t.start)
+            part = Held(held.rows[t.start * k : (t.start + h) * k], h, held.formed) if h else None
             yield rows, fn(model, x[t], M[rows] if split_rows else M, batch_size, part)
         return
     from dask.distributed import as_completed
@@ -712,6 +722,7 @@ def matrix_free_plan(
     budget_mb: float,
     iteration: str = "auto",
     itemsize: int = 4,
+    hold: bool = True,
 ) -> MatrixFreePlan:
     """The iteration and memory of a matrix-free spectrum of J (rows = n K, K outputs, p
     columns) within ``budget_mb`` (spectrum.memory_budget_mb). ``auto``: gram where it fits
@@ -721,9 +732,10 @@ def matrix_free_plan(
     not fit or a named iteration does not.
 
     The randomized iterations' rows: a streamed block of at most STREAM_BLOCK_BYTES (beyond
-    that the kernel gains nothing: ``bench/jacobian.py``), and the rest of the budget holds the
+    that a pass gains nothing: see its measurements), and the rest of the budget holds the
     rows of as many samples as fit (formed by the first pass, multiplied again by the later
-    ones without forming them: each held sample saves q formations of its rows)."""
+    ones without forming them: each held sample saves q formations of its rows). ``hold``
+    False (passes on ``dask.distributed`` workers, which form every row): none held."""
     gram = _gram_plan(rows, k, p, budget_mb, itemsize)
     if iteration == "gram" or (iteration == "auto" and gram is not None and gram.passes <= power_iterations + 1):
         if gram is None:
@@ -763,7 +775,7 @@ def matrix_free_plan(
     free = budget - need[iteration] * panel - fixed[iteration]
     block = max(sample_rows, min(float(rows) * p * itemsize, free / 2, STREAM_BLOCK_BYTES))
     n = max(1, rows // max(k, 1))
-    held = 0 if power_iterations == 0 else max(0, min(n, int((free - 2 * block) // sample_rows)))
+    held = 0 if power_iterations == 0 or not hold else max(0, min(n, int((free - 2 * block) // sample_rows)))
     return MatrixFreePlan(
         iteration,
         ell,
@@ -831,6 +843,7 @@ def plan_for_settings(settings: Mapping, rows: int, k: int, p: int) -> MatrixFre
         settings["power_iterations"],
         settings["memory_budget_mb"],
         settings.get("iteration", "auto"),
+        hold=not settings.get("scheduler"),
     )
 
 
@@ -866,7 +879,9 @@ def matrix_free_spectrum(
     torch.set_num_threads(max(1, threads))
     x = torch.from_numpy(data.x).to(dev)
     rows, p = jacobian_shape(model, x[:1])
-    plan = matrix_free_plan(rows * len(x), rows, p, k, oversampling, power_iterations, memory_budget_mb, iteration)
+    plan = matrix_free_plan(
+        rows * len(x), rows, p, k, oversampling, power_iterations, memory_budget_mb, iteration, hold=not scheduler
+    )
     if plan.iteration == "gram":
         return _gram_spectrum_of(model, x, plan, info_dim, stored_vectors, checkpoint, split, batch_size)
     if batch_size is None:
@@ -883,12 +898,12 @@ def matrix_free_spectrum(
         plan.columns,
         plan.panels * plan.panel_bytes / 1e6,
         batch_size,
-        0 if scheduler else plan.held_samples,
-        0 if scheduler else plan.held_bytes / 1e6,
-        plan.formations if not scheduler else plan.passes,
+        plan.held_samples,
+        plan.held_bytes / 1e6,
+        plan.formations,
         plan.bytes / 1e6,
     )
-    op = JacobianOperator(model, x, batch_size, held=0 if scheduler else plan.held_samples)
+    op = JacobianOperator(model, x, batch_size, held=plan.held_samples)
     with dask_workers(scheduler):
         t0 = time.perf_counter()
         top = randomized_svd(op, k, oversampling, power_iterations, iteration=plan.iteration)
