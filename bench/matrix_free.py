@@ -144,7 +144,7 @@ def main() -> None:
     t0 = time.perf_counter()
     top = randomized_svd(mop, a.k, a.oversampling, a.iterations, iteration=a.iteration)
     t_method = time.perf_counter() - t0
-    passes, rows_formed = mop.passes, mop.rows_formed
+    passes, rows_formed, t_method_passes = mop.passes, mop.rows_formed, mop.seconds
     t0 = time.perf_counter()
     [None for _ in jacobian_blocks(model, x, a.batch)]  # the rows once more, right after the method
     t_rows_after = time.perf_counter() - t0
@@ -196,6 +196,8 @@ def main() -> None:
                     "normal_pass": t_normal,
                     "jvp_product": t_jvp,
                     "method": t_method,
+                    # the passes within the method: the rest is its own work between passes
+                    "method_passes": t_method_passes,
                     "materialised": t_materialised,
                 },
                 # against the faster of the two rows timings (the bound is the machine's best)
