@@ -350,7 +350,7 @@ def load_data(data: Path, work: Path, plan: Plan, device: torch.device) -> Data:
 class TrainingRun:
     """One run's network, optimizer, schedule and generator, stepped a batch at a time so that
     several runs can share the device. The ops and their order are those of
-    ``train.loop._train_epoch`` (bit-for-bit on the CPU, tests/test_paper_gpu.py); only the
+    ``train.loop.train_epoch`` (bit-for-bit on the CPU, tests/test_paper_gpu.py); only the
     per-step ``float(loss)`` is gone: the loss sums on the device and is read once an epoch."""
 
     def __init__(self, name: str, settings: TrainSettings, labels: np.ndarray, num_classes: int, model, device) -> None:

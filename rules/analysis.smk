@@ -147,6 +147,7 @@ rule init_spectrum:
     params:
         info_dim=config["spectrum"]["info_dim"],
         classes=K,
+        normalisation=config["model"]["normalisation"],
         caption=CAPTION,
         code=code_version("init_spectrum.py"),
     script:

@@ -84,6 +84,7 @@ rule table:
         "../workflow/envs/jacobian-spectrum.yaml"
     params:
         info_dim=config["spectrum"]["info_dim"],
+        run=lambda w: RUNS[TABLE_RUNS[int(w.number)]],
         code=code_version("table.py"),
     script:
         "../workflow/scripts/table.py"
@@ -102,6 +103,7 @@ rule comparison:
         "../workflow/envs/jacobian-spectrum.yaml"
     params:
         numbers=list(TABLE_RUNS),
+        settings={number: RUNS[run] for number, run in TABLE_RUNS.items()},
         info_dim=config["spectrum"]["info_dim"],
         code=code_version("comparison.py"),
     script:

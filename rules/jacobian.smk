@@ -25,6 +25,8 @@ rule jacobian_chunk:
         chunk_size=config["jacobian"]["chunk_size"],
         dtype=config["jacobian"]["dtype"],
         device=config["device"],
+        normalisation=config["model"]["normalisation"],
+        allow_degenerate=config["jacobian"]["allow_degenerate"],
         code=code_version("jacobian_chunk.py"),
     script:
         "../workflow/scripts/jacobian_chunk.py"

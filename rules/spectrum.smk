@@ -26,6 +26,8 @@ if config["spectrum"]["method"] == "matrix_free":
             checkpoint=lambda w: checkpoint_path(w.owner, w.epoch),
             settings=spectrum_settings,
             device=config["device"],
+            normalisation=config["model"]["normalisation"],
+            allow_degenerate=config["jacobian"]["allow_degenerate"],
             code=code_version("spectrum_matrix_free.py"),
         script:
             "../workflow/scripts/spectrum_matrix_free.py"
@@ -53,6 +55,7 @@ else:
         params:
             settings=spectrum_settings,
             device=config["device"],
+            allow_degenerate=config["jacobian"]["allow_degenerate"],
             code=code_version("spectrum.py"),
         script:
             "../workflow/scripts/spectrum.py"

@@ -43,6 +43,7 @@ rule train:
         checkpoint_epochs=lambda w: checkpoint_epochs(w.run),
         device=config["device"],
         resume=lambda w: f"{R}/runs/{w.run}/resume/state.pt",
+        normalisation=config["model"]["normalisation"],
         code=code_version("train.py"),
     script:
         "../workflow/scripts/train.py"

@@ -161,3 +161,70 @@ def test_no_memorisation_reference_is_a_projection_onto_the_class_structure():
     projected = B @ (B.T @ y)
     assert info == pytest.approx(np.linalg.norm(projected) / np.linalg.norm(y), abs=1e-12)
     assert nuis == pytest.approx(np.sum((y - projected) ** 2) / np.sum(y**2), abs=1e-12)
+
+
+def small_run(tmp_path, s):
+    """A run of n = 4 samples, K = 2 classes, 3 epochs, and every spectrum equal: U the first
+    three unit vectors of R^8, singular values ``s``, floors as a full spectrum writes them."""
+    from jacobian_spectrum.spectrum.store import SpectrumData
+    from jacobian_spectrum.train.trajectory import Trajectory, read_trajectory, write_trajectory
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1, 1, 0])
+    preds = [rng.standard_normal((4, 2)).astype(np.float32) for _ in range(3)]
+    traj = Trajectory(preds, [p[:2] for p in preds], [0.1] * 3, [1.0] * 3, [0.0] * 3)
+    write_trajectory(tmp_path / "trajectory.h5", traj, y, y, y[:2], 2, {"run": "r"})
+    attrs = {"numerical_floor": 1e-8 * s[0], "storage_floor": 1.2e-7 * s[0]}
+    sp = SpectrumData(np.asarray(s, dtype=float), np.eye(8)[:, :3], attrs)
+    test_sp = SpectrumData(np.asarray(s, dtype=float), np.eye(4)[:, :3], attrs)
+    spectra = {"init": sp, "final": sp, "ref_train": sp, "ref_test": test_sp}
+    return read_trajectory(tmp_path / "trajectory.h5"), spectra
+
+
+def test_tables_measure_the_pseudo_inverse_with_the_floor_as_the_cutoff_curves_do(tmp_path):
+    from jacobian_spectrum.analysis.measure import measure, measure_cutoff
+
+    traj, spectra = small_run(tmp_path, [3.0, 2.0, 1e-9])
+    tables = measure(traj, spectra, 3).alignment
+    cutoff, _ = measure_cutoff(traj, spectra)
+    assert np.isnan(tables[:, [2, 5]]).all()  # s_3 lies below the floor: ||J_I^+ y|| is not resolved
+    assert np.array_equal(np.isnan(cutoff["J_init"][2]), np.isnan(tables[0]))
+    resolved = measure(traj, spectra, 2).alignment
+    assert np.allclose(resolved[0], cutoff["J_init"][1])
+
+
+def write_measurement_file(path, degenerate_final=""):
+    import h5py
+
+    from jacobian_spectrum.common.h5io import write_provenance
+
+    with h5py.File(path, "w") as f:
+        write_provenance(f, "measurements", None, run="fit", degenerate_J_init="", degenerate_J_final=degenerate_final)
+        f.create_dataset("alignment/values", data=np.full((2, 6), 0.5))
+        f.create_dataset("no_memorisation", data=np.array([1.0, 0.0]))
+
+
+def test_table_titles_come_from_the_configured_run_and_degenerate_rows_are_marked(tmp_path):
+    from jacobian_spectrum.figures.paper import comparison_table, write_table
+
+    write_measurement_file(tmp_path / "m.h5", degenerate_final="J has numerical rank 3")
+    out = {fmt: tmp_path / f"table1.{fmt}" for fmt in ("csv", "md", "tex")}
+    adam = {"optimizer": "adam", "lr": 0.001, "epochs": 40, "corruption": 0.25}
+    write_table(1, tmp_path / "m.h5", out, "digits, n = 300", adam)
+    md = out["md"].read_text()
+    assert md.startswith("**Table 1: 25% corrupted labels, Adam lr 0.001, 40 epochs (run fit;")
+    assert "SGD" not in md and "Adam" in out["tex"].read_text()
+    assert "| J_final (degenerate) |" in md and "J has numerical rank 3" in md
+    text = comparison_table({1: out["csv"]}, tmp_path / "comparison.md", "scale", {1: adam}, "torchvision:x", 60)
+    for words in (
+        "Not the paper's setting",
+        "network torchvision:x",
+        "n = 60 training images",
+        "Adam, not the paper's SGD",
+        "25% corrupted labels, not the paper's clean labels",
+    ):
+        assert words in text
+    sgd = {"optimizer": "sgd", "lr": 0.05, "momentum": 0.9, "epochs": 400, "corruption": 0.0}
+    assert "Not the paper's" not in comparison_table(
+        {1: out["csv"]}, tmp_path / "c.md", "scale", {1: sgd}, "resnet20", 9999
+    )

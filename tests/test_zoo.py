@@ -172,7 +172,8 @@ def test_the_config_check_refuses_bad_weights_and_names_before_any_job(tmp_path,
     ids=["torchvision", "timm"],
 )
 def test_zoo_networks_run_through_the_whole_workflow(tmp_path, model):
-    """A zoo network named in a config: every stage, and J_final's rows equal autograd's."""
+    """A zoo network named in a config: every stage, and J_final's rows equal autograd's, the
+    network's batch-norm statistics those recomputed for its weights (model.normalisation)."""
     from jacobian_spectrum.data.subset import read_split
     from jacobian_spectrum.train.models import load_checkpoint, read_checkpoint
 
@@ -181,7 +182,8 @@ def test_zoo_networks_run_through_the_whole_workflow(tmp_path, model):
     config.write_text(yaml.safe_dump(zoo_config(**model)))
     snakemake("--cores", "2", "--configfile", str(config), "--config", f"results={out}")
     assert read_checkpoint(out / "init/checkpoints/epoch0.pt")["model"]["name"] == model["name"]
-    net, _ = load_checkpoint(out / "runs/sgd_clean/checkpoints/epoch2.pt")
+    net, payload = load_checkpoint(out / "runs/sgd_clean/checkpoints/epoch2.pt", normalisation="recomputed")
+    assert payload["normalisation"] == ("recomputed" if model["name"].startswith("torchvision") else "none")
     net.eval()
     x = torch.from_numpy(read_split(out / "data/subset.h5", "train").x)
     with h5py.File(out / "runs/sgd_clean/jacobian/train_epoch2.h5") as f:
@@ -192,3 +194,75 @@ def test_zoo_networks_run_through_the_whole_workflow(tmp_path, model):
             grad = torch.cat([p.grad.reshape(-1) for p in net.parameters()]).numpy()
             assert np.allclose(f["J"][i * 3 + k], grad, rtol=1e-4, atol=1e-6)
     assert model["name"] in (out / "tables/table1.md").read_text()
+
+
+@pytest.mark.slow
+def test_googlenet_with_its_unused_auxiliary_heads_runs_through_the_workflow(tmp_path):
+    """torchvision's GoogLeNet keeps two auxiliary heads that its eval-mode forward pass never
+    calls: training fits its main output, and their columns of J are zero (9.9M parameters:
+    4 images a class of 32 x 32, spectra streamed)."""
+    out = tmp_path / "results"
+    cfg = zoo_config(name="torchvision:googlenet")
+    cfg["dataset"].update(train_per_class=4, test_per_class=2)
+    cfg["dataset"]["kwargs"]["size"] = 32  # GoogLeNet's pooling needs more than 8 x 8
+    cfg["spectrum"].update(method="matrix_free", info_dim=4, topk=8, oversampling=8, memory_budget_mb=2500)
+    cfg["analysis"]["track_runs"] = []
+    cfg["runs"]["sgd_clean"]["epochs"] = 1
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    snakemake("--cores", "2", "--configfile", str(config), "--config", f"results={out}")
+    with h5py.File(out / "runs/sgd_clean/spectrum/train_epoch1.h5") as f:
+        assert f.attrs["normalisation"] == "recomputed" and f.attrs["degenerate"] == ""
+        assert f.attrs["numerical_rank"] > 3
+    assert "googlenet" in (out / "tables/table1.md").read_text()
+
+
+def small_torchvision_classifiers(limit: int = 12_000_000) -> list[str]:
+    """torchvision's classification models that build at 32 x 32 with 3 classes, run there, and
+    have under ``limit`` parameters."""
+    import torchvision
+
+    names = []
+    for name in torchvision.models.list_models(module=torchvision.models):
+        try:
+            net = build_named_model(f"torchvision:{name}", 3, 32, 3)
+            if sum(p.numel() for p in net.parameters()) >= limit:
+                continue
+            with torch.no_grad():
+                net.eval()(torch.zeros(2, 3, 32, 32))
+        except Exception:  # made for larger images, or arguments this size cannot take
+            continue
+        names.append(name)
+    return names
+
+
+@pytest.mark.slow
+def test_no_small_torchvision_classifier_passes_silently_as_a_degenerate_network():
+    """Each is measured at initialisation (batch-norm statistics recomputed on the images), with
+    outputs that vary across samples and a J of numerical rank above K, or stopped with the
+    degeneracy error: none gives numbers from a degenerate network."""
+    from jacobian_spectrum.jacobian.degeneracy import SPREAD_TOLERANCE, DegenerateNetworkError
+    from jacobian_spectrum.spaces import information_space
+    from jacobian_spectrum.train.normalisation import evaluation_statistics
+
+    names = small_torchvision_classifiers()
+    assert {"resnet18", "mobilenet_v3_small", "googlenet", "shufflenet_v2_x0_5"} <= set(names)
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    verdicts = {}
+    for name in names:
+        torch.manual_seed(0)
+        net = build_named_model(f"torchvision:{name}", 3, 32, 3)
+        try:
+            space = information_space(net, x, rank=3)
+        except DegenerateNetworkError as exc:
+            verdicts[name] = f"stopped: {exc}"
+            continue
+        with evaluation_statistics(net, x, "recomputed"), torch.no_grad():
+            out = net.eval()(x).double()
+        spread = float(out.std(dim=0).pow(2).mean().sqrt() / out.pow(2).mean().sqrt())
+        s = space.singular_values
+        rank = int((s > np.finfo(np.float32).eps * s[0] * len(s)).sum())
+        assert spread > SPREAD_TOLERANCE and rank > 3, f"{name}: spread {spread:.1e}, rank {rank}"
+        verdicts[name] = f"measured: spread {spread:.2f}, rank {rank}"
+    print("\n".join(f"{n}: {v}" for n, v in verdicts.items()))
+    assert verdicts["mobilenet_v3_small"].startswith("measured")

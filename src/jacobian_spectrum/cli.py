@@ -2,6 +2,8 @@
 
 ``inspect FILE...`` prints any of the workflow's HDF5 files as a tree with shapes, dtypes and
 attrs; for a Jacobian also the Frobenius norm of each parameter tensor's column block.
+``materialise JACOBIAN COPY`` writes a self-contained copy of one Jacobian file (J is a
+virtual dataset over its chunk files; the copy holds the values and reads anywhere).
 ``plan [--configfile FILE] [--device cpu|cuda] [--cores N]`` prints each step's expected
 time, memory, GPU memory and disk before a run (:mod:`jacobian_spectrum.plan`).
 """
@@ -29,9 +31,10 @@ def _fmt_attr(value: object, width: int = 100) -> str:
 
 def describe(path: str | Path, out=sys.stdout) -> None:
     """Write the tree of an HDF5 file to ``out``."""
-    from .common.h5io import open_checked
+    from .common.h5io import check_all_virtual_sources, open_checked
 
     with open_checked(path) as f:
+        check_all_virtual_sources(f, path)  # a copied J without its chunk files is named, not printed as NaN
         print(f"{path}", file=out)
         for key, value in sorted(f.attrs.items()):
             print(f"  @{key} = {_fmt_attr(value)}", file=out)
@@ -65,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         "inspect", help="print an HDF5 artifact as a tree (shapes, dtypes, attrs; J: per-layer norms)"
     )
     p_inspect.add_argument("files", nargs="+")
+    p_copy = sub.add_parser(
+        "materialise", help="write a self-contained copy of a Jacobian file (its J's values, not links to chunk files)"
+    )
+    p_copy.add_argument("jacobian", help="a jacobian/{split}_epoch{E}.h5 of the workflow")
+    p_copy.add_argument("copy", help="the new file (must not exist)")
     p_plan = sub.add_parser(
         "plan", help="expected time, memory, GPU memory and disk of each step of a config, before running it"
     )
@@ -82,6 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         except (OSError, ValueError, RuntimeError, WorkflowError) as exc:  # a missing or invalid config, no CUDA
             print(f"error: {exc}", file=sys.stderr)
             return 2
+    if args.command == "materialise":
+        from .jacobian.store import materialise
+
+        try:
+            materialise(args.jacobian, args.copy)
+        except (OSError, ValueError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.copy}: a self-contained copy of {args.jacobian}")
+        return 0
     status = 0
     for path in args.files:
         try:

@@ -62,6 +62,9 @@ class Rates:
     matrix_free_pass_seconds: float = 0.0  # 0: not measured (another method), modelled from the rates above
     matrix_free_fast_pass_seconds: float = 0.0  # a pass with float32 products (subspace's first q); 0: as above
     matrix_free_held_pass_seconds: float = 0.0  # a pass over held rows (its products alone); 0: as above
+    # model.normalisation recomputed on a batch-norm network: each evaluation first recomputes the
+    # statistics, a forward pass over the training split (counted at eval_image_seconds)
+    recomputes_statistics: bool = False
 
 
 @dataclass
@@ -163,7 +166,8 @@ def _steps(config: Mapping, rates: Rates, device: str, table: Mapping[str, str] 
     threads = int(config["training"].get("threads", 1))
     for run, r in config["runs"].items():
         epochs = int(r["epochs"])
-        per_epoch = n["train"] * rates.train_image_seconds + sum(n.values()) * rates.eval_image_seconds
+        evaluated = sum(n.values()) + (n["train"] if rates.recomputes_statistics else 0)
+        per_epoch = n["train"] * rates.train_image_seconds + evaluated * rates.eval_image_seconds
         kept = len(run_epochs_needed(r, int(config["training"]["checkpoint_every"]))) - 1  # epoch 0 is init's
         trajectory = (epochs + 1) * sum(n.values()) * k * 4
         on_device = sum(n.values()) * pixels * 4
@@ -355,8 +359,9 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     from .common.device import select_device
     from .jacobian.compute import jacobian, plain_layers
     from .jacobian.probe import probe_errors
-    from .train.loop import least_squares_loss
+    from .train.loop import least_squares_loss, main_output
     from .train.models import build_model, count_parameters
+    from .train.normalisation import effective_mode
 
     dev = select_device(device)
     threads = int(config["training"].get("threads", 1))
@@ -369,7 +374,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
     def train_step() -> None:
-        loss = least_squares_loss(model(x), y)
+        loss = least_squares_loss(main_output(model(x)), y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -418,6 +423,7 @@ def measure_rates(config: Mapping, device: str = "cpu", scratch: str | Path | No
         largest_layer=max((m.weight.numel() for _, m in layers), default=0),
         jacobian_rows_seconds=rows_s,
         matrix_free_pass_seconds=pass_s,
+        recomputes_statistics=effective_mode(model, config["model"].get("normalisation", "recomputed")) == "recomputed",
         matrix_free_fast_pass_seconds=fast_s,
         matrix_free_held_pass_seconds=held_s,
     )

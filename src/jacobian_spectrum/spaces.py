@@ -3,6 +3,8 @@ J in chunks, its spectrum, and how a vector splits between the information space
 left singular vectors of J) and the nuisance space N = I^perp (docs/python.md).
 
     space = information_space(model, x, rank=50)        # J formed chunk by chunk, Gram + eigh
+    # batch-norm statistics recomputed on x (normalisation="stored": as the model holds them);
+    # the model is left as given
     space = information_space(model, x, rank=50, streamed=True)   # top-k, J never stored
     space.fractions(label_vector(labels, K))             # ||P_I y||/||y||, ||P_N y||/||y||, ||J_I^+ y||/||y||
 
@@ -18,10 +20,14 @@ import numpy as np
 import torch
 
 from .analysis.quantities import projection_curves
+from .common.logs import logger
 from .data.corruption import one_hot
-from .jacobian.compute import jacobian
+from .jacobian.compute import jacobian, outputs
+from .jacobian.degeneracy import degeneracy, handle_degeneracy, numerical_rank, output_spread
 from .spectrum.dense import eigh_descending
 from .spectrum.matrix_free import JacobianOperator, randomized_svd
+from .spectrum.store import GRAM_FLOOR
+from .train.normalisation import evaluation_statistics
 
 
 @dataclass
@@ -66,20 +72,44 @@ def information_space(
     topk: int | None = None,
     oversampling: int = 100,
     power_iterations: int = 6,
+    normalisation: str = "recomputed",
+    allow_degenerate: bool = False,
 ) -> InformationSpace:
-    """The information space of J(model) on the samples x, in eval mode (batch-norm with its
-    running statistics). Dense: J chunk by chunk, G = J J^T in float64, eigh (every singular
-    value). Streamed: randomized SVD whose passes form J's rows ``chunk`` samples at a time and
-    drop them (the top ``topk``, default ``rank``; oversampling and power iterations as the
-    workflow's defaults, measured to give the top 50 to 1e-6)."""
-    model.eval()
-    if streamed:
-        top = randomized_svd(JacobianOperator(model, x, chunk), topk or rank, oversampling, power_iterations)
-        s, U = top.singular_values, top.U
-    else:
-        J = jacobian_matrix(model, x, chunk).astype(np.float64)
-        w, U = eigh_descending(J @ J.T)
-        s = np.sqrt(np.maximum(w, 0.0))
+    """The information space of J(model) on the samples x, in eval mode. Dense: J chunk by chunk,
+    G = J J^T in float64, eigh (every singular value). Streamed: randomized SVD whose passes form
+    J's rows ``chunk`` samples at a time and drop them (the top ``topk``, default ``rank``;
+    oversampling and power iterations as the workflow's defaults, measured to give the top 50
+    to 1e-6).
+
+    ``normalisation``: the batch-norm statistics J is taken with, as model.normalisation in the
+    workflow: "recomputed" (each layer's mean and variance over ``x``, the network as in
+    training; :mod:`.train.normalisation`) or "stored" (the running statistics the model holds).
+    The model is left as it was given: its weights, running statistics and train/eval mode.
+    A degenerate network (outputs that do not vary across the samples, or J of numerical rank at
+    most K; :mod:`.jacobian.degeneracy`) raises DegenerateNetworkError, unless
+    ``allow_degenerate``."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        with evaluation_statistics(model, x, normalisation):
+            model.eval()
+            spread = output_spread(outputs(model, x).double().cpu().numpy())
+            handle_degeneracy(degeneracy(spread), "information_space", allow_degenerate, logger)
+            if streamed:
+                top = randomized_svd(JacobianOperator(model, x, chunk), topk or rank, oversampling, power_iterations)
+                s, U = top.singular_values, top.U
+                floor = 0.0
+            else:
+                J = jacobian_matrix(model, x, chunk).astype(np.float64)
+                w, U = eigh_descending(J @ J.T)
+                s = np.sqrt(np.maximum(w, 0.0))
+                floor = GRAM_FLOOR * float(s[0])
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    floor = max(floor, float(np.finfo(np.float32).eps) * float(s[0]))  # J's rows are float32
+    k = U.shape[0] // len(x)
+    description = degeneracy(rank=numerical_rank(s, floor), num_classes=k, num_samples=len(x))
+    handle_degeneracy(description, "information_space", allow_degenerate, logger)
     if rank > U.shape[1]:
         raise ValueError(f"rank {rank} exceeds the {U.shape[1]} computed singular vectors")
     return InformationSpace(s, U, rank)

@@ -13,7 +13,7 @@ from jacobian_spectrum.train.models import load_checkpoint
 
 info_dim = snakemake.params.info_dim
 data = read_split(snakemake.input.subset, "train")
-model, _ = load_checkpoint(snakemake.input.checkpoint)
+model, _ = load_checkpoint(snakemake.input.checkpoint, normalisation=snakemake.params.normalisation)
 torch.set_num_threads(snakemake.threads)
 a = init_alignment(
     data.y, predict(model, torch.from_numpy(data.x)).numpy(), read_spectrum(snakemake.input.spectrum), info_dim

@@ -15,4 +15,6 @@ compute_chunk(
     out_path=snakemake.output[0],
     dtype=snakemake.params.dtype,
     device=snakemake.params.device,
+    normalisation=snakemake.params.normalisation,
+    allow_degenerate=snakemake.params.allow_degenerate,
 )

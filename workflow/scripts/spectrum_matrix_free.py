@@ -11,4 +11,6 @@ spectrum_matrix_free(
     dict(snakemake.params.settings),
     snakemake.threads,
     snakemake.params.device,
+    normalisation=snakemake.params.normalisation,
+    allow_degenerate=snakemake.params.allow_degenerate,
 )

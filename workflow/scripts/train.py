@@ -16,4 +16,5 @@ train_run(
     resume_path=snakemake.params.resume,
     trajectory_path=snakemake.output.trajectory,
     checkpoint_dir=snakemake.output.checkpoints,
+    normalisation=snakemake.params.normalisation,
 )

@@ -48,9 +48,10 @@ def flatten_rows(a: np.ndarray) -> np.ndarray:
     return a.reshape(*a.shape[:-2], a.shape[-2] * a.shape[-1]).astype(np.float64)
 
 
-def projection_ratios(x: np.ndarray, U: np.ndarray, s: np.ndarray) -> tuple[float, float, float]:
-    """(||P_I x||, ||P_N x||, ||J_I^+ x||), each divided by ||x||, for I = span(U)."""
-    return tuple(float(v) for v in projection_curves(x, U, s)[-1])
+def projection_ratios(x: np.ndarray, U: np.ndarray, s: np.ndarray, floor: float = 0.0) -> tuple[float, float, float]:
+    """(||P_I x||, ||P_N x||, ||J_I^+ x||), each divided by ||x||, for I = span(U); ||J_I^+ x|| is
+    NaN when a singular value of I is at or below ``floor`` (the spectrum's resolved floor)."""
+    return tuple(float(v) for v in projection_curves(x, U, s, floor)[-1])
 
 
 def residual_energies(residuals: np.ndarray, U: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -146,7 +147,7 @@ def measure_tracking(
         check_rows(sp, len(vectors["labels"]), f"epoch {e}")
         U, s = sp.U[:, :info_dim], sp.singular_values
         for name, v in vectors.items():
-            labels[name][i] = projection_ratios(v, U, s)
+            labels[name][i] = projection_ratios(v, U, s, resolved_floor(sp))
         for key in cosines:
             cosines[key][i] = principal_cosines(U, spectra[key].U[:, :info_dim])
         terms.append(theorem_terms(vectors["labels"], sp.U[:, :R], s, k, resolved_floor(sp)))
@@ -173,8 +174,8 @@ def measure(traj: TrajectoryData, spectra: Mapping[str, SpectrumData], info_dim:
     for key in ("init", "final"):
         sp = spectra[key]
         check_rows(sp, len(y), key)
-        U, s = sp.U[:, :info_dim], sp.singular_values
-        rows.append(projection_ratios(y, U, s) + projection_ratios(r0, U, s))
+        U, s, floor = sp.U[:, :info_dim], sp.singular_values, resolved_floor(sp)
+        rows.append(projection_ratios(y, U, s, floor) + projection_ratios(r0, U, s, floor))
         fractions.append(rows[-1][1] ** 2)
     residual, residual0 = {}, {}
     for split, preds, labels in (
@@ -200,6 +201,7 @@ class InitAlignment:
     row: np.ndarray  # (6,): TABLE_COLUMNS at r = info_dim
     cutoff: np.ndarray  # (R, 6): TABLE_COLUMNS at every r up to the stored vectors
     method: str
+    degenerate: str = ""  # why J_init is degenerate, where it was measured anyway (jacobian.allow_degenerate)
 
 
 def init_alignment(labels: np.ndarray, predictions0: np.ndarray, sp: SpectrumData, info_dim: int) -> InitAlignment:
@@ -213,7 +215,13 @@ def init_alignment(labels: np.ndarray, predictions0: np.ndarray, sp: SpectrumDat
         raise ValueError(f"spectrum init has {sp.U.shape[1]} stored vectors, fewer than info_dim = {info_dim}")
     floor = resolved_floor(sp)
     cutoff = np.concatenate([projection_curves(v, sp.U, sp.singular_values, floor) for v in (y, r0)], axis=1)
-    return InitAlignment(sp.singular_values, cutoff[info_dim - 1].copy(), cutoff, str(sp.attrs.get("method", "?")))
+    return InitAlignment(
+        sp.singular_values,
+        cutoff[info_dim - 1].copy(),
+        cutoff,
+        str(sp.attrs.get("method", "?")),
+        str(sp.attrs.get("degenerate", "")),
+    )
 
 
 def check_rows(sp: SpectrumData, n_rows: int, key: str) -> None:
@@ -341,6 +349,14 @@ def measure_run(
             raise ValueError("tracked epochs need Theorem 3.2's constants (analysis.theorem: B, gamma)")
         m.tracking = measure_tracking(traj, {e: loaded[f"epoch{e}"] for e in tracked}, loaded, info_dim, theorem)
         extra = {"theorem_B": theorem["B"], "theorem_gamma": theorem["gamma"]}
+    # what the tables mark: a Jacobian measured although degenerate (jacobian.allow_degenerate)
+    extra.update(
+        {
+            f"degenerate_{row}": str(loaded[key].attrs.get("degenerate", ""))
+            for key, row in zip(("init", "final"), TABLE_ROWS)
+        }
+    )
+    extra["normalisation"] = str(loaded["init"].attrs.get("normalisation", ""))
     write_measurements(
         out_path, m, {**attrs, "info_dim": info_dim, **extra, **{f"spectrum_{k}": str(v) for k, v in paths.items()}}
     )

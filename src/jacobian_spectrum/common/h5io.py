@@ -151,11 +151,20 @@ def check_virtual_sources(f: h5py.File, name: str, path: str | Path) -> None:
     if not isinstance(dset, h5py.Dataset) or not dset.is_virtual:
         return
     folder = Path(path).resolve().parent
-    for vs in dset.virtual_sources():
-        source = Path(vs.file_name) if Path(vs.file_name).is_absolute() else folder / vs.file_name
+    sources = [
+        (vs, Path(vs.file_name) if Path(vs.file_name).is_absolute() else folder / vs.file_name)
+        for vs in dset.virtual_sources()
+    ]
+    missing = [str(source) for _, source in sources if not source.is_file()]
+    if missing:
+        listed = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        raise FileNotFoundError(
+            f"{path}: {name} is a virtual dataset over {len(sources)} chunk file(s), of which {len(missing)} "
+            f"do not exist: {listed}. Read it where its chunks are, copy it with `jacobian-spectrum materialise "
+            f"{Path(path).name} COPY.h5` there to get one self-contained file, or delete it and rerun to rebuild"
+        )
+    for vs, source in sources:
         what = f"{path}: {name} is stored in {source}"
-        if not source.is_file():
-            raise FileNotFoundError(f"{what}, which does not exist; delete {path} and rerun to rebuild both")
         try:
             g = h5py.File(source, "r")
         except OSError as exc:
@@ -173,6 +182,14 @@ def check_virtual_sources(f: h5py.File, name: str, path: str | Path) -> None:
             for key, value in expected.items():
                 if key in g.attrs and g.attrs[key] != value:
                     raise ValueError(f"{what}, whose {key} is {g.attrs[key]!r}, not {value!r}: it is from another J")
+
+
+def check_all_virtual_sources(f: h5py.File, path: str | Path) -> None:
+    """:func:`check_virtual_sources` for every virtual dataset in the file."""
+    names: list[str] = []
+    f.visititems(lambda name, obj: names.append(name) if isinstance(obj, h5py.Dataset) and obj.is_virtual else None)
+    for name in names:
+        check_virtual_sources(f, name, path)
 
 
 def require_finite(array: np.ndarray, what: str, row_offset: int = 0) -> None:

@@ -355,13 +355,16 @@ def init_spectrum_figure(
 
 def write_init_row(a: InitAlignment, out: Mapping[str, str | Path], scale: str) -> None:
     """Table 1's J_init row (clean labels, no training) as CSV and Markdown."""
-    write_csv(out["csv"], ["jacobian", *TABLE_COLUMNS], [["J_init", *(repr(float(v)) for v in a.row)]])
+    name = "J_init (degenerate)" if a.degenerate else "J_init"
+    write_csv(out["csv"], ["jacobian", *TABLE_COLUMNS], [[name, *(repr(float(v)) for v in a.row)]])
     md = [
         f"**Table 1, J_init row: clean labels, the initial network ({scale}; {a.method} spectrum)**",
         "",
         "| | " + " | ".join(markdown_columns()) + " |",
         "|---" * (len(TABLE_COLUMNS) + 1) + "|",
-        "| J_init | " + " | ".join(format_value(v) for v in a.row) + " |",
+        f"| {name} | " + " | ".join(format_value(v) for v in a.row) + " |",
     ]
+    if a.degenerate:
+        md += ["", f"J_init is degenerate, measured anyway (jacobian.allow_degenerate): {a.degenerate}"]
     with atomic_path(out["md"]) as tmp:
         tmp.write_text("\n".join(md) + "\n")

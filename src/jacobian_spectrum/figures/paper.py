@@ -27,11 +27,16 @@ PAPER_TABLES = {
     2: np.array([[0.702, 0.712, 5.36e-3, 0.814, 0.582, 4.43e-3], [0.997, 0.078, 3.10e-3, 0.991, 0.136, 3.06e-3]]),
     3: np.array([[0.587, 0.810, 1.72e-3, 0.643, 0.766, 1.98e-3], [0.751, 0.660, 1.87e-3, 0.763, 0.646, 1.20e-3]]),
 }
+# the paper's tables as the paper titles them (the measured tables are titled by their runs: table_title)
 PAPER_TABLE_TITLES = {
     1: "Table 1: clean labels, SGD",
     2: "Table 2: clean labels, Adam",
     3: "Table 3: 50% corrupted labels, SGD",
 }
+# the paper's setting of each table: (optimizer, corruption); all on ResNet20, n = 9,999
+PAPER_TABLE_SETTINGS = {1: ("sgd", 0.0), 2: ("adam", 0.0), 3: ("sgd", 0.5)}
+PAPER_NETWORK, PAPER_SAMPLES = "resnet20", 9999
+OPTIMIZER_NAMES = {"sgd": "SGD", "adam": "Adam"}
 LATEX_COLUMNS = (
     r"$\|\Pi_I(y)\|/\|y\|$",
     r"$\|\Pi_N(y)\|/\|y\|$",
@@ -291,20 +296,54 @@ def format_value(v: float) -> str:
     return f"{v:.3f}" if abs(v) >= 0.01 else f"{v:.2e}"
 
 
-def write_table(number: int, measurements: str | Path, out: Mapping[str, str | Path], scale: str) -> np.ndarray:
-    """Table ``number`` as CSV, Markdown and LaTeX from a run's measurement file."""
+def labels_and_recipe(settings: Mapping) -> tuple[str, str]:
+    """("clean labels" or "50% corrupted labels", "SGD lr 0.05, momentum 0.9, 400 epochs") of a run's settings."""
+    corruption = float(settings.get("corruption", 0.0))
+    labels = "clean labels" if corruption == 0 else f"{corruption:.0%} corrupted labels"
+    optimizer = OPTIMIZER_NAMES.get(settings["optimizer"], settings["optimizer"])
+    momentum = f", momentum {settings['momentum']:g}" if settings.get("momentum") else ""
+    return labels, f"{optimizer} lr {settings['lr']:g}{momentum}, {settings['epochs']} epochs"
+
+
+def table_title(number: int, run: str, settings: Mapping, scale: str) -> str:
+    """A table's title from the run it shows: its labels, optimiser and recipe, and the scale."""
+    labels, recipe = labels_and_recipe(settings)
+    return f"Table {number}: {labels}, {recipe} (run {run}; {scale})"
+
+
+def degenerate_rows(attrs: Mapping) -> dict[str, str]:
+    """Table row -> why its Jacobian is degenerate, from a measurement file's attrs (measured
+    anyway under jacobian.allow_degenerate)."""
+    return {row: str(attrs[f"degenerate_{row}"]) for row in TABLE_ROWS if str(attrs.get(f"degenerate_{row}", ""))}
+
+
+def write_table(
+    number: int, measurements: str | Path, out: Mapping[str, str | Path], scale: str, settings: Mapping
+) -> np.ndarray:
+    """Table ``number`` as CSV, Markdown and LaTeX from a run's measurement file; ``settings``:
+    the run's (runs.<run> in the config), for the title. A row whose Jacobian is degenerate is
+    marked (its name ends in " (degenerate)", and a note says why)."""
     with open_checked(measurements, ["alignment/values", "no_memorisation"], artifact="measurements") as f:
         values = f["alignment/values"][...]
         reference = f["no_memorisation"][...]
         run = f.attrs["run"]
-    title = f"{PAPER_TABLE_TITLES[number]} (run {run}; {scale})"
+        degenerate = degenerate_rows(f.attrs)
+    title = table_title(number, run, settings, scale)
+    names = [f"{name} (degenerate)" if name in degenerate else name for name in TABLE_ROWS]
     write_csv(
         out["csv"],
         ["jacobian", *TABLE_COLUMNS],
-        [[name, *(repr(float(v)) for v in row)] for name, row in zip(TABLE_ROWS, values)],
+        [[name, *(repr(float(v)) for v in row)] for name, row in zip(names, values)],
     )
     md = [f"**{title}**", "", "| | " + " | ".join(markdown_columns()) + " |", "|---" * (len(TABLE_COLUMNS) + 1) + "|"]
-    md += [f"| {name} | " + " | ".join(format_value(v) for v in row) + " |" for name, row in zip(TABLE_ROWS, values)]
+    md += [f"| {name} | " + " | ".join(format_value(v) for v in row) + " |" for name, row in zip(names, values)]
+    md += [
+        "",
+        *(
+            f"{row} is degenerate, measured anyway (jacobian.allow_degenerate): {why}"
+            for row, why in degenerate.items()
+        ),
+    ]
     if reference[0] < 1:  # a corrupted run: how much of y a network that memorised no noise would hold
         md += [
             "",
@@ -337,14 +376,48 @@ def write_table(number: int, measurements: str | Path, out: Mapping[str, str | P
     return values
 
 
-def comparison_table(tables: Mapping[int, str | Path], out_path: str | Path, scale: str) -> str:
-    """One Markdown table: every measured value beside the paper's printed value."""
+def setting_differences(settings: Mapping[int, Mapping], network: str, n: int) -> list[str]:
+    """Where the measured setting differs from the paper's: the network and n for all tables,
+    then each table's recipe (optimiser, corruption) against the paper's for that table."""
+    out = []
+    if network != PAPER_NETWORK:
+        out.append(f"network {network}, not the paper's ResNet20")
+    if n != PAPER_SAMPLES:
+        out.append(f"n = {n:,} training images, not the paper's {PAPER_SAMPLES:,}")
+    for number, run in sorted(settings.items()):
+        optimizer, corruption = PAPER_TABLE_SETTINGS[number]
+        if run["optimizer"] != optimizer:
+            ours = OPTIMIZER_NAMES.get(run["optimizer"], run["optimizer"])
+            out.append(f"Table {number}: {ours}, not the paper's {OPTIMIZER_NAMES[optimizer]}")
+        if float(run.get("corruption", 0.0)) != corruption:
+            paper_labels = "clean labels" if corruption == 0 else f"{corruption:.0%} corrupted labels"
+            out.append(f"Table {number}: {labels_and_recipe(run)[0]}, not the paper's {paper_labels}")
+    return out
+
+
+def comparison_table(
+    tables: Mapping[int, str | Path],
+    out_path: str | Path,
+    scale: str,
+    settings: Mapping[int, Mapping] | None = None,
+    network: str = PAPER_NETWORK,
+    n: int = PAPER_SAMPLES,
+) -> str:
+    """One Markdown table: every measured value beside the paper's printed value, and where the
+    measured setting differs from the paper's (``settings``: table number -> its run's settings;
+    ``network``: model.name, the paper's "resnet20" at width 1 only; ``n``: training images)."""
     lines = [
         "# Measured versus the paper's Tables 1-3",
         "",
         f"Measured: {scale}.",
         "Paper: CIFAR-10 (airplane, automobile, bird), n = 9999, ResNet20 without batch-norm (p ~ 0.27M), r = 50.",
         "",
+    ]
+    differences = setting_differences({k: v for k, v in (settings or {}).items() if k in tables}, network, n)
+    if differences:
+        lines += ["**Not the paper's setting**, so these values are no reproduction of the paper's:", ""]
+        lines += [f"- {d}." for d in differences] + [""]
+    lines += [
         "| table | Jacobian | " + " | ".join(markdown_columns()) + " |",
         "|---|---|" + "---|" * len(TABLE_COLUMNS),
     ]
@@ -358,6 +431,17 @@ def comparison_table(tables: Mapping[int, str | Path], out_path: str | Path, sca
     with atomic_path(out_path) as tmp:
         tmp.write_text(text)
     return text
+
+
+def measured_network(subset_path: str | Path, checkpoint_path: str | Path) -> tuple[str, int]:
+    """(the network as the comparison names it: model.name, with its width where not 1; n)."""
+    from ..train.models import read_checkpoint
+
+    with open_checked(subset_path, ["train/y"], artifact="subset") as f:
+        n = len(f["train/y"])
+    spec = read_checkpoint(checkpoint_path)["model"]
+    width = f" width {spec['width']:g}" if spec["name"] in ("resnet20", "vgg11_bn") and spec["width"] != 1 else ""
+    return f"{spec['name']}{width}", n
 
 
 def scale_statement(subset_path: str | Path, checkpoint_path: str | Path, info_dim: int) -> str:

@@ -28,7 +28,8 @@ import torch
 
 from ..common.h5io import atomic_h5, require_finite, write_provenance
 from ..common.logs import logger
-from .compute import jacobian_blocks, jacobian_shape, parameter_table
+from .compute import jacobian_blocks, jacobian_shape, outputs, parameter_table
+from .degeneracy import degeneracy, handle_degeneracy, output_spread
 from .probe import ProbeCheck
 from .store import ROW_ORDER, _write_table
 
@@ -74,6 +75,8 @@ def compute_chunk(
     dtype: str = "float32",
     device: str = "auto",
     tolerance: float = 1e-4,
+    normalisation: str = "recomputed",
+    allow_degenerate: bool = False,
 ) -> ChunkSeconds:
     """One job of the scatter: J for samples [chunk*chunk_size, (chunk+1)*chunk_size) of ``split``.
 
@@ -81,14 +84,21 @@ def compute_chunk(
     as they are computed, so the job holds one batch of J, not the chunk; the probe verdict
     comes after the last batch, before the file gets its final name. Returns where its time
     went.
+
+    The network is the checkpoint's in eval mode, its batch-norm statistics those of
+    ``normalisation`` (model.normalisation: recomputed for these weights, or stored). Before any
+    row, the chunk's outputs are checked for variation across samples
+    (:mod:`.degeneracy`): constant outputs stop the job naming the checkpoint, unless
+    ``allow_degenerate``.
     """
     from ..common.device import select_device
     from ..data.subset import read_split
     from ..train.models import load_checkpoint
+    from ..train.normalisation import NORMALISATION_MEANING
 
     dev = select_device(device)
-    model, payload = load_checkpoint(checkpoint, dev)
-    model.eval()  # J of the network as trained: batch-norm with its running statistics, fixed
+    model, payload = load_checkpoint(checkpoint, dev, normalisation)
+    model.eval()  # J of the network as measured: batch-norm with fixed statistics (those of `normalisation`)
     data = read_split(subset_path, split)
     n = len(data.y)
     start, stop = chunk * chunk_size, min(n, (chunk + 1) * chunk_size)
@@ -97,6 +107,9 @@ def compute_chunk(
     torch_dtype = torch.float64 if dtype == "float64" else torch.float32
     model = model.to(torch_dtype)
     x = torch.from_numpy(data.x[start:stop]).to(dev, torch_dtype)
+    spread = output_spread(outputs(model, x).double().cpu().numpy())
+    where = f"{checkpoint} ({split} samples {start}..{stop}, batch-norm statistics: {payload['normalisation']})"
+    degenerate = handle_degeneracy(degeneracy(spread), where, allow_degenerate, logger)
     shape = jacobian_shape(model, x)
     k = shape[0] // len(x)
     check = ProbeCheck(model, *shape, seed=chunk)
@@ -130,17 +143,25 @@ def compute_chunk(
             device=str(dev),
             probe_error_jvp=err_jvp,
             probe_error_vjp=err_vjp,
+            normalisation=payload["normalisation"],
+            normalisation_meaning=NORMALISATION_MEANING[payload["normalisation"]],
+            output_spread=spread.spread,
+            output_size=spread.size,
+            degenerate=degenerate,
         )
         _write_table(f, parameter_table(model))
     seconds.write += time.perf_counter() - t
     logger.info(
-        "J chunk %d of %s (samples %d..%d, %d x %d) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, "
-        "probe check %.1f, writing %.1f",
+        "J chunk %d of %s (samples %d..%d, %d x %d; eval mode, batch-norm statistics: %s; output spread %.2e of "
+        "size %.2e) probe errors jvp %.1e vjp %.1e -> %s; seconds: J %.1f, probe check %.1f, writing %.1f",
         chunk,
         split,
         start,
         stop,
         *shape,
+        payload["normalisation"],
+        spread.spread,
+        spread.size,
         err_jvp,
         err_vjp,
         out_path,

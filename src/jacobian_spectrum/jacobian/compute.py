@@ -197,14 +197,11 @@ def jacobian_by_layers(
         for h in hooks:
             h.remove()
     n, k = f.shape
+    # a layer the forward pass does not call (an unused head) has no output: its columns are zero
+    unused = [(name, module) for name, module in layers if name not in outputs]
+    layers = [(name, module) for name, module in layers if name in outputs]
     names = [name for name, _ in layers]
-    # backprops of all K outputs first: each layer's per-sample gradients for every output
-    # then come from one call with K*C_out rows per sample
-    backprops: list[list[torch.Tensor]] = [[] for _ in layers]
-    for c in range(k):
-        grads = torch.autograd.grad(f[:, c].sum(), [outputs[nm] for nm in names], retain_graph=c < k - 1)
-        for store, g in zip(backprops, grads):
-            store.append(g)
+    backprops = _backprops(f, [outputs[nm] for nm in names])
     table = parameter_table(model)
     offsets = {e.name: e.offset for e in table}
     p_total = table[-1].offset + table[-1].size
@@ -227,7 +224,29 @@ def jacobian_by_layers(
         put(prefix + "weight", weight)
         if module.bias is not None and module.bias.requires_grad:
             put(prefix + "bias", bias)
+    for name, module in unused:
+        _zero_columns(rows, module, name, offsets)
     return rows.view(n * k, p_total)
+
+
+def _zero_columns(rows: torch.Tensor, module: nn.Module, name: str, offsets: dict[str, int]) -> None:
+    """The columns of a layer the forward pass did not call: J is zero there."""
+    for pn, par in module.named_parameters(prefix=name, recurse=False):
+        if par.requires_grad:
+            rows[:, :, offsets[pn] : offsets[pn] + par.numel()].zero_()
+
+
+def _backprops(f: torch.Tensor, layer_outputs: list[torch.Tensor]) -> list[list[torch.Tensor]]:
+    """Per layer, the K gradients of f[:, c].sum() w.r.t. its output: all K outputs first, so that
+    each layer's per-sample gradients for every output come from one call with K*C_out rows per
+    sample. A layer called but not on the path to f gets zeros."""
+    k = f.shape[1]
+    backprops: list[list[torch.Tensor]] = [[] for _ in layer_outputs]
+    for c in range(k):
+        grads = torch.autograd.grad(f[:, c].sum(), layer_outputs, retain_graph=c < k - 1, allow_unused=True)
+        for store, g, t in zip(backprops, grads, layer_outputs):
+            store.append(g if g is not None else torch.zeros_like(t))
+    return backprops
 
 
 def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
@@ -240,6 +259,14 @@ def jacobian(model: nn.Module, x: torch.Tensor, batch_size: int | None = None) -
     for _ in jacobian_blocks(model, x, batch_size, out=rows):
         pass
     return rows
+
+
+@torch.no_grad()
+def outputs(model: nn.Module, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The network's outputs f(x) (n, K) in eval mode, the samples in batches (no augmentation)."""
+    model.eval()
+    with math_attention():
+        return torch.cat([model(x[b]) for b in batch_slices(len(x), batch_size)])
 
 
 def jacobian_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:

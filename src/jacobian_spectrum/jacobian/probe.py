@@ -204,7 +204,8 @@ class ProbeCheck:
         # the gradient of the scalar u . out is u^T J exactly (its backward multiplies by u);
         # autograd.grad given an output gradient imports sympy (about 1 s) to compare shapes
         u_out = u.reshape(out.shape).to(out.device, out.dtype)
-        uj = torch.autograd.grad((out * u_out).sum(), list(leaves.values()))
+        # a parameter the forward pass does not use (an unused head) has zero columns in J
+        uj = torch.autograd.grad((out * u_out).sum(), list(leaves.values()), allow_unused=True, materialize_grads=True)
         uj = torch.cat([g.reshape(-1) for g in uj]).double().cpu()
         del leaves, out
         with warnings.catch_warnings():  # torch's own jvp decompositions, scripted on first use

@@ -64,8 +64,8 @@ def _checked_chunks(chunk_paths: Sequence[str | Path]) -> list[tuple[Path, dict,
             metas.append((Path(path), dict(f.attrs), f["J"].shape, read_table(f)))
     first = metas[0]
     for path, a, shape, table in metas:
-        for key in ("checkpoint", "checkpoint_epoch", "split", "dtype", "num_classes"):
-            if a[key] != first[1][key]:
+        for key in ("checkpoint", "checkpoint_epoch", "split", "dtype", "num_classes", "normalisation"):
+            if a.get(key) != first[1].get(key):
                 raise ValueError(
                     f"{path}: {key} = {a[key]!r} but {first[0]} has {first[1][key]!r}; "
                     "the chunk is from another Jacobian"
@@ -117,6 +117,11 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
             chunks=[str(m[0].name) for m in metas],
             probe_error_jvp_max=max(float(m[1]["probe_error_jvp"]) for m in metas),
             probe_error_vjp_max=max(float(m[1]["probe_error_vjp"]) for m in metas),
+            normalisation=first[1].get("normalisation", ""),
+            normalisation_meaning=first[1].get("normalisation_meaning", ""),
+            degenerate="; ".join(
+                f"{m[0].name}: {m[1]['degenerate']}" for m in metas if str(m[1].get("degenerate", ""))
+            ),
             **(attrs or {}),
         )
         layout = h5py.VirtualLayout(shape=(rows, p), dtype=np_dtype)
@@ -132,6 +137,31 @@ def gather(chunk_paths: Sequence[str | Path], out_path: str | Path, attrs: dict 
         f.create_virtual_dataset("J", layout, fillvalue=np.nan)
         _write_table(f, first[3])
     logger.info("gathered %d chunks into J (%d x %d, a virtual dataset over them) -> %s", len(metas), rows, p, out_path)
+
+
+def materialise(path: str | Path, copy_path: str | Path) -> None:
+    """Write a self-contained copy of a Jacobian file: J's values (read through its chunk files,
+    in row blocks of GATHER_READ_BYTES), its parameter table and its attrs, plus
+    ``materialised_from``. Refuses to overwrite; a J whose chunk files are missing is refused
+    naming them (:func:`open_checked`)."""
+    copy_path = Path(copy_path)
+    if copy_path.exists():
+        raise FileExistsError(f"{copy_path} exists; name a new file")
+    with open_checked(path, ["J", "parameters/name"], artifact="jacobian") as f:
+        J = f["J"]
+        shape = J.shape
+        step = max(1, GATHER_READ_BYTES // (shape[1] * J.dtype.itemsize))
+        with atomic_h5(copy_path) as out:
+            for key, value in f.attrs.items():
+                out.attrs[key] = value
+            out.attrs["materialised_from"] = str(Path(path).resolve())
+            dset = out.create_dataset("J", shape=J.shape, dtype=J.dtype)
+            for r in range(0, J.shape[0], step):
+                block = J[r : r + step]
+                require_finite(block, f"{path}: J rows {r}..{r + len(block)}", row_offset=r)
+                dset[r : r + len(block)] = block
+            _write_table(out, read_table(f))
+    logger.info("materialised %s (%d x %d) -> %s", path, *shape, copy_path)
 
 
 def layer_norms(path: str | Path) -> list[tuple[str, float]]:

@@ -863,27 +863,46 @@ def matrix_free_spectrum(
     memory_budget_mb: float = 2000.0,
     iteration: str = "auto",
     stored_vectors: int | str = "all",
+    normalisation: str = "recomputed",
+    allow_degenerate: bool = False,
 ) -> Spectrum:
     """Spectrum of J(checkpoint) on ``split`` without storing J, checked from its last pass.
     The passes run on the workers of ``scheduler`` (see :func:`dask_workers`) when given, else
     here on ``device`` (``auto`` = CUDA when present: rows and products on the GPU). The
-    iteration and the rows' block follow from ``memory_budget_mb`` (:func:`matrix_free_plan`)."""
+    iteration and the rows' block follow from ``memory_budget_mb`` (:func:`matrix_free_plan`).
+    The network's batch-norm statistics are those of ``normalisation`` (model.normalisation);
+    outputs that do not vary across the samples stop it before any pass, unless
+    ``allow_degenerate`` (:mod:`..jacobian.degeneracy`): the returned checks then say so."""
     from ..common.device import select_device
     from ..data.subset import read_split
+    from ..jacobian.compute import outputs
+    from ..jacobian.degeneracy import degeneracy, handle_degeneracy, output_spread
     from ..train.models import load_checkpoint
 
     dev = torch.device("cpu") if scheduler else select_device(device)
-    model, _ = load_checkpoint(checkpoint, dev)
+    model, payload = load_checkpoint(checkpoint, dev, normalisation)
     model.eval()  # J's rows in the checkpoint's precision (float32); J Z in float64 where Rayleigh-Ritz reads it
     data = read_split(subset_path, split)
     torch.set_num_threads(max(1, threads))
     x = torch.from_numpy(data.x).to(dev)
+    spread = output_spread(outputs(model, x).double().cpu().numpy())
+    where = f"{checkpoint} ({split}, batch-norm statistics: {payload['normalisation']})"
+    degenerate = handle_degeneracy(degeneracy(spread), where, allow_degenerate, logger)
+    # what the spectrum file records of the network measured (spectrum_matrix_free pops the last two)
+    measured = dict(
+        output_spread=spread.spread,
+        output_size=spread.size,
+        degenerate=degenerate,
+        normalisation=payload["normalisation"],
+    )
     rows, p = jacobian_shape(model, x[:1])
     plan = matrix_free_plan(
         rows * len(x), rows, p, k, oversampling, power_iterations, memory_budget_mb, iteration, hold=not scheduler
     )
     if plan.iteration == "gram":
-        return _gram_spectrum_of(model, x, plan, info_dim, stored_vectors, checkpoint, split, batch_size)
+        spec = _gram_spectrum_of(model, x, plan, info_dim, stored_vectors, checkpoint, split, batch_size)
+        spec.checks.update(measured)
+        return spec
     if batch_size is None:
         batch_size = max(1, int(plan.block_bytes // (rows * p * x.element_size())))
     logger.info(
@@ -917,6 +936,7 @@ def matrix_free_spectrum(
         vector_residuals=residuals,
         max_residual_top_r=float(residuals[:r].max()),
         movement_top_r=top.movement(r),
+        **measured,
     )
     keep = info_dim if keep is None else min(keep, top.U.shape[1])  # the stored vectors (spectrum.stored_vectors)
     logger.info(
@@ -989,9 +1009,14 @@ def spectrum_matrix_free(
     settings: dict,
     threads: int = 1,
     device: str = "cpu",
+    normalisation: str = "recomputed",
+    allow_degenerate: bool = False,
 ) -> Spectrum:
-    """The matrix-free spectrum rule: compute and write ``spectrum/{split}_epoch{E}.h5``."""
+    """The matrix-free spectrum rule: compute and write ``spectrum/{split}_epoch{E}.h5``. A
+    degenerate network (constant outputs, or J of numerical rank at most K) stops it naming the
+    checkpoint, unless ``allow_degenerate``."""
     from ..train.models import read_checkpoint
+    from .store import checked_degeneracy
 
     spec = matrix_free_spectrum(
         checkpoint,
@@ -1008,14 +1033,24 @@ def spectrum_matrix_free(
         device=device,
         memory_budget_mb=settings["memory_budget_mb"],
         iteration=settings.get("iteration", "auto"),
+        normalisation=normalisation,
+        allow_degenerate=allow_degenerate,
     )
     payload = read_checkpoint(checkpoint)
+    degenerate = spec.checks.pop("degenerate")
+    normalisation = spec.checks.pop("normalisation")
     source = {
         "split": split,
         "checkpoint": str(checkpoint),
         "checkpoint_epoch": payload["epoch"],
         "dtype": "float32",  # J's rows are formed in the checkpoint's float32; products sum in float64
         "row_order": ROW_ORDER,
+        "num_classes": int(payload["model"]["num_classes"]),
+        "normalisation": normalisation,
+        "degenerate": degenerate,
     }
-    write_spectrum(out_path, spec, settings["info_dim"], f"matrix-free J of {checkpoint} on {split}", source, settings)
+    degenerate = checked_degeneracy(spec, source, allow_degenerate, f"{checkpoint} ({split})")
+    write_spectrum(
+        out_path, spec, settings["info_dim"], f"matrix-free J of {checkpoint} on {split}", source, settings, degenerate
+    )
     return spec

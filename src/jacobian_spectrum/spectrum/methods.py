@@ -25,7 +25,7 @@ import numpy as np
 from ..common.h5io import open_checked
 from ..common.logs import logger
 from .dense import eigh_descending, gram, topk_spectrum, verify
-from .store import Spectrum, stored_vector_count, write_spectrum
+from .store import Spectrum, checked_degeneracy, stored_vector_count, write_spectrum
 
 
 def full_spectrum(
@@ -101,11 +101,19 @@ def compute_spectrum(path: str | Path, settings: dict, device: str = "cpu") -> S
     return spec
 
 
-def spectrum_of_file(jacobian_path: str | Path, out_path: str | Path, settings: dict, device: str = "auto") -> Spectrum:
+def spectrum_of_file(
+    jacobian_path: str | Path,
+    out_path: str | Path,
+    settings: dict,
+    device: str = "auto",
+    allow_degenerate: bool = False,
+) -> Spectrum:
     """The spectrum rule: compute, check and write the spectrum of one stored J.
 
     With ``device="auto"`` a J whose Gram matrix is small (:data:`SMALL_GRAM`) stays on the CPU
-    without importing torch, whose import alone costs more than its Gram matrix there."""
+    without importing torch, whose import alone costs more than its Gram matrix there. A J of
+    numerical rank at most K stops the job naming its checkpoint, unless ``allow_degenerate``
+    (:func:`.store.checked_degeneracy`)."""
     with open_checked(jacobian_path, ["J"], artifact="jacobian") as f:
         source_attrs = dict(f.attrs)
         rows, cols = f["J"].shape
@@ -116,13 +124,17 @@ def spectrum_of_file(jacobian_path: str | Path, out_path: str | Path, settings: 
 
         dev = select_device(device).type
     spec = compute_spectrum(jacobian_path, settings, dev)
-    write_spectrum(out_path, spec, settings["info_dim"], jacobian_path, source_attrs, settings)
+    what = f"{source_attrs.get('checkpoint', '?')} (J {jacobian_path})"
+    degenerate = checked_degeneracy(spec, source_attrs, allow_degenerate, what)
+    write_spectrum(out_path, spec, settings["info_dim"], jacobian_path, source_attrs, settings, degenerate)
     s = spec.singular_values
     r = settings["info_dim"]
     logger.info(
-        "%s spectrum of %s: s_1 = %.4g, s_r = %.4g (r = %d), %d values; checks %s; seconds %s -> %s",
+        "%s spectrum of %s (batch-norm statistics: %s): s_1 = %.4g, s_r = %.4g (r = %d), %d values; checks %s; "
+        "seconds %s -> %s",
         spec.method,
         jacobian_path,
+        source_attrs.get("normalisation", "?"),
         s[0],
         s[r - 1],
         r,

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..common.h5io import atomic_h5, open_checked, require_finite, write_provenance
+from ..common.logs import logger
+from ..jacobian.degeneracy import degeneracy, handle_degeneracy, numerical_rank
 
 GRAM_FLOOR = 1e-8  # relative to s_max: below it, Gram-based singular values are noise
 # the methods that give every singular value, through the Gram matrix J J^T (stored J, streamed rows)
@@ -45,13 +48,42 @@ def stored_vector_count(settings: dict, available: int) -> int:
     return max(keep, min(int(settings["info_dim"]), available))
 
 
+def spectrum_floors(spec: Spectrum, source_attrs: Mapping) -> tuple[float, float]:
+    """(numerical floor, storage floor): singular values at or below the larger are not resolved,
+    the first by the Gram route (1e-8 s_max), the second by J's stored precision (eps s_max)."""
+    s = spec.singular_values
+    smax = float(s[0]) if len(s) else 0.0
+    numerical = GRAM_FLOOR * smax if spec.method in GRAM_METHODS else 0.0
+    eps = np.finfo(np.float32 if source_attrs.get("dtype") == "float32" else np.float64).eps
+    return numerical, float(eps) * smax
+
+
+def checked_degeneracy(spec: Spectrum, source_attrs: Mapping, allow: bool, what: str) -> str:
+    """Stop naming ``what`` (the checkpoint) when J's numerical rank is at most K, or when its J
+    was already marked degenerate (constant outputs), unless ``allow``; returns the description
+    for the spectrum's ``degenerate`` attr ("" for a sound network). See :mod:`..jacobian.degeneracy`."""
+    k = int(source_attrs.get("num_classes", 0)) or 1
+    rank = numerical_rank(spec.singular_values, max(spectrum_floors(spec, source_attrs)))
+    signs = [
+        str(source_attrs.get("degenerate", "")),
+        degeneracy(rank=rank, num_classes=k, num_samples=len(spec.U) // k),
+    ]
+    return handle_degeneracy("; ".join(x for x in signs if x), what, allow, logger)
+
+
 def write_spectrum(
-    path: str | Path, spec: Spectrum, info_dim: int, source: str | Path, source_attrs: dict, settings: dict
+    path: str | Path,
+    spec: Spectrum,
+    info_dim: int,
+    source: str | Path,
+    source_attrs: Mapping,
+    settings: dict,
+    degenerate: str = "",
 ) -> None:
     """``spectrum/{split}_epoch{epoch}.h5``: singular_values (descending), U (nK x stored), attrs."""
     s = spec.singular_values
     require_finite(s, f"{path}: singular values")
-    smax = float(s[0]) if len(s) else 0.0
+    numerical_floor, storage_floor = spectrum_floors(spec, source_attrs)
     with atomic_h5(path) as f:
         write_provenance(
             f,
@@ -60,12 +92,14 @@ def write_spectrum(
             method=spec.method,
             info_dim=int(info_dim),
             precision="float64",
-            numerical_floor=GRAM_FLOOR * smax if spec.method in GRAM_METHODS else 0.0,
+            numerical_floor=numerical_floor,
             numerical_floor_meaning="singular values below this are float64 noise of the Gram route (1e-8 * s_max)",
-            storage_floor=float(np.finfo(np.float32).eps) * smax
-            if source_attrs.get("dtype") == "float32"
-            else float(np.finfo(np.float64).eps) * smax,
+            storage_floor=storage_floor,
             storage_floor_meaning="relative rounding of J's stored entries times s_max: values below are not resolved",
+            numerical_rank=numerical_rank(s, max(numerical_floor, storage_floor)),
+            numerical_rank_meaning="singular values above both floors (of those computed)",
+            normalisation=str(source_attrs.get("normalisation", "")),
+            degenerate=degenerate,
             all_singular_values=spec.method in GRAM_METHODS,
             jacobian=str(source),
             split=source_attrs.get("split", ""),

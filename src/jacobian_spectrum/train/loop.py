@@ -26,9 +26,16 @@ from ..common.logs import logger
 from ..data.corruption import one_hot
 from ..data.subset import SplitData
 from .models import ModelSpec, save_checkpoint
+from .normalisation import NORMALISATION_MEANING, effective_mode, evaluation_statistics, recompute_statistics
 from .trajectory import Trajectory, errors, write_trajectory
 
 OPTIMIZERS = ("sgd", "adam")
+# what the training log says of each evaluation's batch-norm statistics
+EVALUATION_STATISTICS = {
+    "recomputed": "batch-norm statistics recomputed",
+    "stored": "batch-norm statistics as trained",
+    "none": "no batch-norm",
+}
 
 
 @dataclass
@@ -45,9 +52,12 @@ class TrainSettings:
     seed: int = 0
     resume_every: int = 10
     checkpoint_epochs: list[int] = field(default_factory=list)
+    normalisation: str = "recomputed"  # the batch-norm statistics of each evaluation (model.normalisation)
 
     @classmethod
-    def from_config(cls, run: Mapping, training: Mapping, checkpoint_epochs: list[int]) -> "TrainSettings":
+    def from_config(
+        cls, run: Mapping, training: Mapping, checkpoint_epochs: list[int], normalisation: str = "recomputed"
+    ) -> "TrainSettings":
         if run["optimizer"] not in OPTIMIZERS:
             raise ValueError(f"optimizer {run['optimizer']!r} is not one of {list(OPTIMIZERS)}")
         return cls(
@@ -63,10 +73,19 @@ class TrainSettings:
             seed=int(training["seed"]),
             resume_every=int(training["resume_every"]),
             checkpoint_epochs=sorted(set(checkpoint_epochs)),
+            normalisation=normalisation,
         )
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def main_output(out: torch.Tensor | tuple) -> torch.Tensor:
+    """The network's outputs f(x) (b, K). A network with auxiliary heads returns, in train mode
+    only, a tuple whose first entry is its main output (torchvision's GoogLeNet and Inception):
+    training fits that one, the output J and every evaluation measure, so the auxiliary heads
+    get no gradient and their columns of J are zero."""
+    return out if isinstance(out, torch.Tensor) else out[0]
 
 
 def least_squares_loss(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -206,7 +225,7 @@ def _state_copy(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     opt: torch.optim.Optimizer,
     x_train: torch.Tensor,
@@ -221,7 +240,7 @@ def _train_epoch(
     for i in range(0, n, s.batch_size):
         idx = perm[i : i + s.batch_size]
         xb = augment(x_train[idx], s.augment_crop, s.augment_flip, gen)
-        loss = least_squares_loss(model(xb), y_train[idx])
+        loss = least_squares_loss(main_output(model(xb)), y_train[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -237,14 +256,18 @@ def _record_epoch(
     lr: float,
     loss: float,
     started: float | None,
+    normalisation: str = "stored",
 ) -> None:
     """Append the unaugmented predictions on both splits after an epoch (or at initialisation,
     ``started`` None); the epoch's seconds count from ``started`` to the end of the predictions.
+    With ``normalisation`` "recomputed", the batch-norm statistics are those of the current
+    weights on the training split during the predictions, and the trained ones again after.
 
     ``x_both`` is the training split followed by the test split: one pass over both costs
     less than two at small sizes (the default's 300 + 210 images: 16 against 21 ms), and in
     eval mode each sample's output does not depend on the others in its batch."""
-    out = predict(model, x_both).numpy()
+    with evaluation_statistics(model, x_both[:n_train], normalisation):
+        out = predict(model, x_both).numpy()
     traj.train_predictions.append(out[:n_train])
     traj.test_predictions.append(out[n_train:])
     traj.lr.append(lr)
@@ -275,6 +298,7 @@ def train(
     x_train = x_both[:n_train]
     y_train = torch.from_numpy(one_hot(train_labels, k, np.float32)).to(device)
     model.to(device).train()
+    statistics = EVALUATION_STATISTICS[effective_mode(model, s.normalisation)]
     opt, sched = make_optimizer(model, s)
     gen = torch.Generator(device=device)
     gen.manual_seed(s.seed)
@@ -287,15 +311,15 @@ def train(
         if resume_path:  # a state of other settings, or unreadable: its checkpoint files must not be reused
             _remove_resume(resume_path)
         traj, ckpts, start = Trajectory(), {}, 1
-        _record_epoch(traj, model, x_both, n_train, float("nan"), float("nan"), None)
+        _record_epoch(traj, model, x_both, n_train, float("nan"), float("nan"), None, s.normalisation)
         if 0 in s.checkpoint_epochs:
             ckpts[0] = _state_copy(model)
     for epoch in range(start, s.epochs + 1):
         t0 = time.perf_counter()
         lr = opt.param_groups[0]["lr"]
-        loss = _train_epoch(model, opt, x_train, y_train, s, gen)
+        loss = train_epoch(model, opt, x_train, y_train, s, gen)
         sched.step()
-        _record_epoch(traj, model, x_both, n_train, lr, loss, t0)
+        _record_epoch(traj, model, x_both, n_train, lr, loss, t0, s.normalisation)
         if not math.isfinite(loss):
             raise FloatingPointError(f"training diverged at epoch {epoch} (loss {loss}); lower the learning rate")
         if epoch in s.checkpoint_epochs:
@@ -303,12 +327,14 @@ def train(
         train_err = errors(traj.train_predictions[-1], train_labels)
         test_err = errors(traj.test_predictions[-1], test_data.y)
         logger.info(
-            "epoch %d/%d  loss %.4f  train error %.3f  test error %.3f  lr %.2g  %.2fs",
+            "epoch %d/%d  batch loss %.4f (train mode, augmented)  train error %.3f  test error %.3f "
+            "(eval mode, %s)  lr %.2g  %.2fs",
             epoch,
             s.epochs,
             loss,
             train_err,
             test_err,
+            statistics,
             lr,
             traj.seconds[-1],
         )
@@ -320,15 +346,22 @@ def train(
 
 
 def write_checkpoints(
-    folder: str | Path, model: nn.Module, spec: ModelSpec, ckpts: Mapping[int, dict], run: str
+    folder: str | Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    ckpts: Mapping[int, dict],
+    run: str,
+    statistics_from: torch.Tensor | None = None,
 ) -> None:
-    """One weights-only checkpoint per epoch: ``{folder}/epoch{E}.pt``."""
+    """One weights-only checkpoint per epoch: ``{folder}/epoch{E}.pt``. With ``statistics_from``
+    (the training split) each also holds its weights' recomputed batch-norm statistics on it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     current = {k: v.clone() for k, v in model.state_dict().items()}
     for epoch, sd in sorted(ckpts.items()):
         model.load_state_dict(sd)
-        save_checkpoint(folder / f"epoch{epoch}.pt", model, spec, epoch, run=run)
+        stats = recompute_statistics(model, statistics_from) if statistics_from is not None else None
+        save_checkpoint(folder / f"epoch{epoch}.pt", model, spec, epoch, normalisation_statistics=stats, run=run)
     model.load_state_dict(current)
 
 
@@ -347,6 +380,7 @@ def train_run(
     trajectory_path: str | Path,
     checkpoint_dir: str | Path,
     stop_after: int | None = None,
+    normalisation: str = "recomputed",
 ) -> Trajectory:
     """Read the data, train from the shared initialisation, write trajectory and checkpoints."""
     from ..data.corruption import read_labels
@@ -355,7 +389,7 @@ def train_run(
 
     torch.set_num_threads(max(1, int(threads)))
     dev = select_device(device)
-    settings = TrainSettings.from_config(run_config, training, checkpoint_epochs)
+    settings = TrainSettings.from_config(run_config, training, checkpoint_epochs, normalisation)
     train_data = read_split(subset_path, "train")
     test_data = read_split(subset_path, "test")
     labels = read_labels(labels_path, n=len(train_data.y))
@@ -371,7 +405,9 @@ def train_run(
     if stop_after is not None and stop_after < settings.epochs:
         return traj
     model.cpu()
-    write_checkpoints(checkpoint_dir, model, spec, ckpts, run)
+    mode = effective_mode(model, settings.normalisation)
+    x_stats = torch.from_numpy(train_data.x) if mode == "recomputed" else None
+    write_checkpoints(checkpoint_dir, model, spec, ckpts, run, x_stats)
     write_trajectory(
         trajectory_path,
         traj,
@@ -379,7 +415,14 @@ def train_run(
         train_data.y,
         test_data.y,
         train_data.num_classes,
-        {"run": run, "settings": asdict(settings), "device": str(dev), "checkpoint_dir": str(checkpoint_dir)},
+        {
+            "run": run,
+            "settings": asdict(settings),
+            "device": str(dev),
+            "checkpoint_dir": str(checkpoint_dir),
+            "normalisation": mode,
+            "normalisation_meaning": NORMALISATION_MEANING[mode],
+        },
     )
     _remove_resume(Path(resume_path))
     return traj

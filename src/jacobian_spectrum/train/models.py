@@ -21,10 +21,12 @@ from torch.nn import functional as F
 
 from ..common.h5io import open_checked
 from ..common.plugins import is_reference
+from .normalisation import effective_mode, load_statistics, recompute_statistics
 from .spec import VGG11, ModelSpec, model_spec
 from .zoo import build_named_model
 
 CHECKPOINT_FORMAT = "jacobian_spectrum.checkpoint/1"
+RECOMPUTED_KEY = "normalisation_statistics"  # a checkpoint's recomputed batch-norm statistics
 MODEL_NAMES = ("resnet20", "one_hidden", "vgg11_bn", "mlp")
 ACTIVATIONS = {"softplus": F.softplus, "relu": F.relu}
 
@@ -211,8 +213,19 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, epoch: int, **meta: object) -> None:
-    """Write a weights-only checkpoint atomically (temporary name, then rename)."""
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    spec: ModelSpec,
+    epoch: int,
+    normalisation_statistics: Mapping[str, torch.Tensor] | None = None,
+    **meta: object,
+) -> None:
+    """Write a weights-only checkpoint atomically (temporary name, then rename).
+
+    ``normalisation_statistics``: the batch-norm statistics recomputed for these weights
+    (:mod:`.normalisation`), stored beside the trained ones under their own key; a network
+    without normalisation layers has none, and its checkpoint no such key."""
     from ..common.h5io import atomic_path
 
     payload = {
@@ -222,6 +235,8 @@ def save_checkpoint(path: str | Path, model: nn.Module, spec: ModelSpec, epoch: 
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "meta": {k: v for k, v in meta.items()},
     }
+    if normalisation_statistics:
+        payload[RECOMPUTED_KEY] = {k: v.detach().cpu() for k, v in normalisation_statistics.items()}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 
@@ -240,12 +255,29 @@ def read_checkpoint(path: str | Path) -> dict:
     return payload
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """Return ``(model, checkpoint)`` for a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", normalisation: str = "stored"
+) -> tuple[nn.Module, dict]:
+    """Return ``(model, checkpoint)`` for a checkpoint written by :func:`save_checkpoint`.
+
+    ``normalisation``: "stored" loads the running statistics as trained; "recomputed" those
+    recomputed for these weights on the training split (model.normalisation, :mod:`.normalisation`),
+    ValueError naming the checkpoint when a network with normalisation layers has none stored.
+    ``checkpoint["normalisation"]`` says which the model holds ("none" without such layers)."""
     payload = read_checkpoint(path)
     spec = ModelSpec(**payload["model"])
     model = build_model(spec)
     model.load_state_dict(payload["state_dict"])
+    mode = effective_mode(model, normalisation)
+    if mode == "recomputed":
+        if RECOMPUTED_KEY not in payload:
+            raise ValueError(
+                f"{path}: the network has batch-norm layers but the checkpoint holds no recomputed statistics "
+                "(written with model.normalisation: stored, or by another tool); rerun the rule that wrote it "
+                "with model.normalisation: recomputed, or measure with model.normalisation: stored"
+            )
+        load_statistics(model, payload[RECOMPUTED_KEY])
+    payload["normalisation"] = mode
     return model.to(device), payload
 
 
@@ -329,17 +361,25 @@ def model_spec_from(subset_path: str | Path, model_config: Mapping) -> ModelSpec
 
 
 def initialise(subset_path: str | Path, model_config: Mapping, out_path: str | Path) -> tuple[nn.Module, ModelSpec]:
-    """Write the shared epoch-0 checkpoint: every run starts from (and J_init is taken at) it."""
+    """Write the shared epoch-0 checkpoint: every run starts from (and J_init is taken at) it.
+    With model.normalisation recomputed, it also holds the batch-norm statistics of these
+    weights on the training split (:mod:`.normalisation`)."""
     spec = model_spec_from(subset_path, model_config)
     model = build_model(spec, seed=int(model_config.get("init_seed", 0)))
     weights = model_config.get("weights")
     if weights:
         apply_weights(model, weights)
+    stats = None
+    if effective_mode(model, model_config.get("normalisation", "recomputed")) == "recomputed":
+        from ..data.subset import read_split
+
+        stats = recompute_statistics(model, torch.from_numpy(read_split(subset_path, "train").x))
     save_checkpoint(
         out_path,
         model,
         spec,
         0,
+        normalisation_statistics=stats,
         run="init",
         init_seed=int(model_config.get("init_seed", 0)),
         weights=str(weights or ""),
