@@ -152,3 +152,26 @@ rule init_spectrum:
         code=code_version("init_spectrum.py"),
     script:
         "../workflow/scripts/init_spectrum.py"
+
+
+rule label_noise:
+    input:
+        measurements=[f"{R}/runs/{run}/measurements.h5" for run in LABEL_NOISE_RUNS],
+        trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in LABEL_NOISE_RUNS],
+        labels=[labels_path(run) for run in LABEL_NOISE_RUNS],
+    output:
+        **figure_output("label_noise", "label_noise"),
+        csv=f"{R}/tables/label_noise.csv",
+        md=report(f"{R}/tables/label_noise.md", caption="../workflow/report/label_noise.rst", category="Tables"),
+    log:
+        f"{R}/logs/figures/label_noise.log",
+    conda:
+        "../workflow/envs/jacobian-spectrum.yaml"
+    params:
+        runs=LABEL_NOISE_RUNS,
+        corruption={run: RUNS[run]["corruption"] for run in LABEL_NOISE_RUNS},
+        window=config["figures"]["min_window"],
+        caption=CAPTION,
+        code=code_version("label_noise.py"),
+    script:
+        "../workflow/scripts/label_noise.py"

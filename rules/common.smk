@@ -155,6 +155,8 @@ def all_targets():
         targets += figure_files("theorem_terms") + [f"{R}/figures/theorem_terms.csv"]
     if any(RUNS[run]["corruption"] > 0 for run in MEMORISATION_RUNS):
         targets += figure_files("memorisation") + [f"{R}/figures/memorisation.csv"]
+    if LABEL_NOISE_RUNS:
+        targets += figure_files("label_noise") + [f"{R}/tables/label_noise.md"]
     return targets
 
 
@@ -202,6 +204,8 @@ TABLE_RUNS = paper_tables()
 THEOREM_RUNS = config["figures"]["corruption_runs"]
 # the memorisation figure: every run of Figure 9, at each epoch whose J is measured
 MEMORISATION_RUNS = config["figures"]["corruption_runs"]
+# which labels are wrong: every run with corrupted and kept labels both (docs/label_noise.md)
+LABEL_NOISE_RUNS = [run for run in RUNS if 0 < RUNS[run]["corruption"] < 1]
 # names the config on every figure of the analysis (results folder, data set, n, r)
 CAPTION = (
     f"{R}: {config['dataset']['name']}, n = {N_SPLIT['train']}, K = {K}, "

@@ -248,3 +248,24 @@ def test_the_workflow_stops_at_the_jacobian_of_a_network_with_constant_outputs(t
     logs = "".join(p.read_text() for p in (out / "logs/jacobian").rglob("*.log"))
     assert "DegenerateNetworkError" in logs and "checkpoints/epoch" in logs and "do not vary across" in logs
     assert not (out / "tables/table1.md").exists()
+
+
+def test_the_probe_check_pins_the_pieces_of_hard_activations():
+    """MobileNetV3 (hardswish, hardsigmoid) with its batch-norm statistics recomputed: inputs near
+    the kinks at -3 and 3 fall on either side in passes that round differently; with the rows'
+    pieces pinned the check reads rounding (its chunk job failed at 1.4e-4 before)."""
+    from jacobian_spectrum.jacobian.compute import jacobian
+    from jacobian_spectrum.jacobian.probe import RecordKinks, probe_errors
+    from jacobian_spectrum.train.normalisation import load_statistics
+    from jacobian_spectrum.train.zoo import build_named_model
+
+    torch.manual_seed(0)
+    net = build_named_model("torchvision:mobilenet_v3_small", 3, 32, 3)
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    load_statistics(net, recompute_statistics(net, x))
+    net.eval()
+    with torch.no_grad(), RecordKinks(values=True) as rec:
+        net(x)
+    near = sum(int(((v.abs() - 3).abs() < 1e-2).sum()) for v in rec.masks)
+    assert near > 0  # inputs within 1e-2 of a hard activation's kink
+    assert max(probe_errors(net, x, jacobian(net, x))) < 1e-5

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .analysis.quantities import projection_curves
+from .analysis.quantities import projection_curves, sample_energies
 from .common.logs import logger
 from .data.corruption import one_hot
 from .jacobian.compute import jacobian, outputs
@@ -37,6 +37,7 @@ class InformationSpace:
     singular_values: np.ndarray  # all nK (dense) or the top k (streamed), descending
     U: np.ndarray  # (nK, computed) left singular vectors
     rank: int  # r, the dimension of I
+    num_classes: int = 1  # K: rows per sample
 
     def project(self, v: np.ndarray) -> np.ndarray:
         """P_I v."""
@@ -47,6 +48,11 @@ class InformationSpace:
         """(||P_I v||, ||P_N v||, ||J_I^+ v||), each over ||v||: one row of the paper's Tables 1-3."""
         curves = projection_curves(v, self.U[:, : self.rank], self.singular_values)
         return tuple(float(c) for c in curves[-1])
+
+    def sample_energies(self, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each sample's share of ||P_I v||^2 and ||P_N v||^2 (two arrays (n,), its K rows summed):
+        with v the labels, a sample whose label does not fit the rest has a large share on N."""
+        return sample_energies(v, self.U[:, : self.rank], self.num_classes)
 
     def fractions_over_rank(self, v: np.ndarray) -> np.ndarray:
         """(R, 3): the same for every cut-off r = 1..R up to the computed vectors."""
@@ -112,4 +118,4 @@ def information_space(
     handle_degeneracy(description, "information_space", allow_degenerate, logger)
     if rank > U.shape[1]:
         raise ValueError(f"rank {rank} exceeds the {U.shape[1]} computed singular vectors")
-    return InformationSpace(s, U, rank)
+    return InformationSpace(s, U, rank, k)

@@ -23,10 +23,13 @@ from ..train.trajectory import TrajectoryData, read_trajectory
 from .quantities import (
     CUTOFF_COLUMNS,
     best_cutoff,
+    cutoff_grid,
     energy_share,
     no_memorisation_alignment,
     principal_cosines,
     projection_curves,
+    sample_energies,
+    sample_nuisance_over_r,
     subspace_overlap,
     theorem_terms,
 )
@@ -83,6 +86,20 @@ class RunMeasurements:
     tracking: Tracking | None = None
     # (||P_I y||/||y||, ||P_N y||^2/||y||^2) for I = the true-class structure alone: no noise memorised
     no_memorisation: tuple[float, float] = (float("nan"), float("nan"))
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)  # see measure_per_sample
+
+
+PER_SAMPLE_MEANING = {
+    "label_information": "each sample's ||(P_I y)_i||^2 (its K rows), rows J_init, J_final, r = info_dim",
+    "label_nuisance": "each sample's ||(P_N y)_i||^2: summed over samples, ||P_N y||^2 of Tables 1-3 and Figure 9",
+    "residual_information": "each sample's ||(P_I r0)_i||^2, r0 = f(W0) - y",
+    "residual_nuisance": "each sample's ||(P_N r0)_i||^2",
+    "r_grid": "the cut-offs r of label_nuisance_over_r (log-spaced, with info_dim)",
+    "label_nuisance_over_r": "each sample's ||(P_N y)_i||^2 for I = the top r of J_init (row 0) and J_final (row 1), "
+    "r = r_grid: (2, len(r_grid), n)",
+    "tracking_epochs": "the tracked epochs of tracking_label_nuisance",
+    "tracking_label_nuisance": "each sample's ||(P_N y)_i||^2 at each tracked epoch's J, r = info_dim",
+}
 
 
 def resolved_floor(sp: SpectrumData) -> float:
@@ -159,6 +176,38 @@ def measure_tracking(
         out[f"{tag}_bias"] = np.array([t.bias[r - 1] for t, (r, _) in zip(terms, best)])
         out[f"{tag}_variance"] = out[f"{tag}_bound"] - out[f"{tag}_bias"]
     return Tracking(epochs, labels, cosines, out)
+
+
+def measure_per_sample(
+    traj: TrajectoryData,
+    spectra: Mapping[str, SpectrumData],
+    info_dim: int,
+    tracked: Mapping[int, SpectrumData] | None = None,
+) -> dict[str, np.ndarray]:
+    """Each sample's share of the label vector y and of the residual r0 on I and N (J_init,
+    J_final at r = info_dim), of y on N over the cut-off r, and at each tracked epoch: the
+    paper's claim that label noise lives in N, one sample at a time (PER_SAMPLE_MEANING)."""
+    k = traj.train_predictions.shape[-1]
+    y, r0 = labels_and_initial_residual(traj)
+    out: dict[str, list] = {name: [] for name in ("label_information", "label_nuisance")}
+    out.update(residual_information=[], residual_nuisance=[], label_nuisance_over_r=[])
+    grid = cutoff_grid(min(spectra[key].U.shape[1] for key in ("init", "final")), info_dim)
+    for key in ("init", "final"):
+        U = spectra[key].U
+        for name, v in (("label", y), ("residual", r0)):
+            info, nuisance = sample_energies(v, U[:, :info_dim], k)
+            out[f"{name}_information"].append(info)
+            out[f"{name}_nuisance"].append(nuisance)
+        out["label_nuisance_over_r"].append(sample_nuisance_over_r(y, U, k, grid))
+    result = {name: np.array(v) for name, v in out.items()}
+    result["r_grid"] = grid
+    if tracked:
+        epochs = sorted(tracked)
+        result["tracking_epochs"] = np.array(epochs)
+        result["tracking_label_nuisance"] = np.array(
+            [sample_energies(y, tracked[e].U[:, :info_dim], k)[1] for e in epochs]
+        )
+    return result
 
 
 def theorem_constants(theorem: Mapping[str, float]) -> dict[str, tuple[float, float]]:
@@ -271,6 +320,9 @@ def write_measurements(path: str | Path, m: RunMeasurements, attrs: Mapping[str,
             e.attrs["meaning"] = f"share of ||{row}||_F^2 in the top r singular values, r = 1..{len(e)}"
         if m.tracking is not None:
             _write_tracking(f, m.tracking)
+        for name, values in m.per_sample.items():
+            d = f.create_dataset(f"per_sample/{name}", data=values)
+            d.attrs["meaning"] = PER_SAMPLE_MEANING[name]
 
 
 def _write_tracking(f, t: Tracking) -> None:
@@ -310,7 +362,7 @@ def read_measurements(path: str | Path) -> dict:
     names += ["cutoff/J_init", "cutoff/J_final", "cutoff/energy_share_J_init", "cutoff/energy_share_J_final"]
     with open_checked(path, names, artifact="measurements") as f:
         out = {n: f[n][...] for n in names}
-        for group in ("tracking", "theorem"):  # only in tracked runs (analysis.track_runs)
+        for group in ("tracking", "theorem", "per_sample"):  # tracked runs; files of the per-sample scores
             if group in f:
                 out.update({f"{group}/{k}": v[...] for k, v in f[group].items()})
         for split in ("train", "test"):
@@ -343,6 +395,7 @@ def measure_run(
             )
     m = measure(traj, loaded, info_dim)
     m.cutoff, m.energy_share = measure_cutoff(traj, loaded)
+    m.per_sample = measure_per_sample(traj, loaded, info_dim, {e: loaded[f"epoch{e}"] for e in tracked or {}})
     extra = {}
     if tracked:
         if theorem is None:

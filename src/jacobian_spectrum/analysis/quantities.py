@@ -135,3 +135,36 @@ def no_memorisation_alignment(y: np.ndarray, clean: np.ndarray, num_classes: int
         raise ValueError("cannot measure a zero vector (||y|| = 0)")
     # the nuisance part as its own sum of squares, not 1 - the information part (no cancellation)
     return float(np.sqrt(np.sum(fitted**2) / total)), float(np.sum((rows - fitted) ** 2) / total)
+
+
+def sample_energies(x: np.ndarray, U: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's share of ||P_I x||^2 and of ||P_N x||^2 (two arrays (n,)), I = span(U): the
+    squares of P_I x and x - P_I x summed over the sample's K rows. Summed over the samples they
+    are ||P_I x||^2 and ||P_N x||^2 (a sample's two need not add up to ||x_i||^2: the projections
+    are orthogonal over all rows, not within one sample's)."""
+    x = np.asarray(x, dtype=np.float64)
+    p = U @ (U.T @ x)
+    info = (p**2).reshape(-1, num_classes).sum(axis=1)
+    nuisance = ((x - p) ** 2).reshape(-1, num_classes).sum(axis=1)
+    return info, nuisance
+
+
+def sample_nuisance_over_r(x: np.ndarray, U: np.ndarray, num_classes: int, ranks: np.ndarray) -> np.ndarray:
+    """(len(ranks), n): each sample's ||(P_N x)_i||^2 with I = the top r columns of U, for each r
+    of ``ranks`` (1-based, at most U's columns), from one running sum of the projections."""
+    x = np.asarray(x, dtype=np.float64)
+    c = U.T @ x
+    out = np.empty((len(ranks), len(x) // num_classes))
+    p = np.zeros_like(x)
+    done = 0
+    for i, r in enumerate(ranks):
+        p += U[:, done:r] @ c[done:r]
+        done = r
+        out[i] = ((x - p) ** 2).reshape(-1, num_classes).sum(axis=1)
+    return out
+
+
+def cutoff_grid(available: int, info_dim: int, points: int = 40) -> np.ndarray:
+    """Cut-offs r from 1 to ``available``, log-spaced (``points`` of them at most), with info_dim."""
+    grid = np.unique(np.round(np.logspace(0, np.log10(max(1, available)), points)).astype(int))
+    return np.unique(np.concatenate([grid, [min(info_dim, available)]]))

@@ -14,6 +14,8 @@ a unit in about one sample in eight, and the check of a chunk failed on a correc
 units by its own rounding. So the check records which ReLU inputs were positive in a forward
 pass computed as the rows' is (:class:`RecordKinks`) and pins those decisions in its jvp and
 vjp (:class:`PinKinks`); what is left is rounding, 1e-7 to 3.4e-6 from 17k to 21M parameters.
+The other piecewise activations with kinks (hardtanh, relu6, hardsigmoid and hardswish, as in
+MobileNets) have their pieces pinned the same way.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from .compute import (
 # every spelling of ReLU that nn.ReLU, F.relu and tensor methods reach
 _RELUS = (F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_)
 _IN_PLACE = (torch.relu_, torch.Tensor.relu_)
+# the other piecewise activations, by their kinks: (low, high) thresholds of their three pieces
+_PIECEWISE = (F.hardtanh, F.relu6, F.hardsigmoid, F.hardswish)
 
 
 def _in_place(func, args: tuple, kwargs: dict) -> bool:
@@ -48,9 +52,36 @@ def _in_place(func, args: tuple, kwargs: dict) -> bool:
     return func is F.relu and bool(kwargs.get("inplace", args[1] if len(args) > 1 else False))
 
 
+def _thresholds(func, args: tuple, kwargs: dict) -> tuple[float, float]:
+    """Where the pieces of a hard activation meet: hardtanh's (min_val, max_val), relu6's (0, 6),
+    hardsigmoid's and hardswish's (-3, 3)."""
+    if func is F.hardtanh:
+        low = kwargs.get("min_val", args[1] if len(args) > 1 else -1.0)
+        return float(low), float(kwargs.get("max_val", args[2] if len(args) > 2 else 1.0))
+    return (0.0, 6.0) if func is F.relu6 else (-3.0, 3.0)
+
+
+def _pieces(func, z: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """Which piece each input of a hard activation falls on: 0 below, 1 between, 2 above its kinks."""
+    low, high = _thresholds(func, args, kwargs)
+    return (z > low).to(torch.int8) + (z >= high).to(torch.int8)
+
+
+def _on_pieces(func, z: torch.Tensor, pieces: torch.Tensor, args: tuple, kwargs: dict) -> torch.Tensor:
+    """The hard activation of z with each input on the recorded piece."""
+    low, high = _thresholds(func, args, kwargs)
+    below, above = pieces == 0, pieces == 2
+    if func in (F.hardtanh, F.relu6):
+        return z.masked_fill(below, low).masked_fill(above, high)
+    if func is F.hardsigmoid:
+        return (z / 6 + 0.5).masked_fill(below, 0.0).masked_fill(above, 1.0)
+    return torch.where(above, z, (z * (z + 3) / 6).masked_fill(below, 0.0))  # hardswish
+
+
 class RecordKinks(TorchFunctionMode):
-    """Records, for every ReLU call of a forward pass in order, which inputs were positive
-    (``values``: the inputs themselves, to see how close to 0 they are)."""
+    """Records, for every ReLU call of a forward pass in order, which inputs were positive, and
+    for every other hard activation (hardtanh, relu6, hardsigmoid, hardswish) which piece each
+    input fell on (``values``: the inputs themselves, to see how close to a kink they are)."""
 
     def __init__(self, values: bool = False) -> None:
         super().__init__()
@@ -58,15 +89,19 @@ class RecordKinks(TorchFunctionMode):
         self.masks: list[torch.Tensor] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
         if func in _RELUS:  # before the call: relu_ overwrites its input
             self.masks.append(args[0].detach().clone() if self.values else args[0] > 0)
-        return func(*args, **(kwargs or {}))
+        elif func in _PIECEWISE:
+            z = args[0]
+            self.masks.append(z.detach().clone() if self.values else _pieces(func, z, args, kwargs))
+        return func(*args, **kwargs)
 
 
 class PinKinks(TorchFunctionMode):
-    """Replaces the i-th ReLU call of a forward pass by ``z`` where ``masks[i]`` (else 0): the
-    ReLU decisions of the recorded pass, whatever this pass's own rounding (and dtype) would
-    decide."""
+    """Replaces the i-th ReLU call of a forward pass by ``z`` where ``masks[i]`` (else 0), and the
+    i-th other hard activation by its recorded pieces: the decisions of the recorded pass,
+    whatever this pass's own rounding (and dtype) would decide."""
 
     def __init__(self, masks: list[torch.Tensor]) -> None:
         super().__init__()
@@ -74,20 +109,23 @@ class PinKinks(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func not in _RELUS:
+        if func not in _RELUS and func not in _PIECEWISE:
             return func(*args, **kwargs)
         z = args[0]
         if self.calls >= len(self.masks) or self.masks[self.calls].shape != z.shape:
             got = tuple(self.masks[self.calls].shape) if self.calls < len(self.masks) else "none"
             raise ValueError(
-                f"probe check: ReLU call {self.calls} has an input of shape {tuple(z.shape)}, the recorded "
+                f"probe check: activation call {self.calls} has an input of shape {tuple(z.shape)}, the recorded "
                 f"pass's {got}: the model's forward pass is not the same on every call"
             )
+        mask = self.masks[self.calls]
+        self.calls += 1
+        if func in _PIECEWISE:  # a new tensor even where the call was in place: its input is saved for the backward
+            return _on_pieces(func, z, mask, args, kwargs)
         # zero where the recorded pass was not positive; a NaN stays NaN, as through relu.
         # masked_fill rather than z * mask: a product under torch.func.jvp imports
         # torch._dynamo (about 2.5 s, most of a small chunk job), masked_fill does not
-        off = ~(self.masks[self.calls] | z.isnan())
-        self.calls += 1
+        off = ~(mask | z.isnan())
         return z.masked_fill_(off, 0) if _in_place(func, args, kwargs) else z.masked_fill(off, 0)
 
 

@@ -327,11 +327,12 @@ def train(
         train_err = errors(traj.train_predictions[-1], train_labels)
         test_err = errors(traj.test_predictions[-1], test_data.y)
         logger.info(
-            "epoch %d/%d  batch loss %.4f (train mode, augmented)  train error %.3f  test error %.3f "
-            "(eval mode, %s)  lr %.2g  %.2fs",
+            "epoch %d/%d  batch loss %.4f (train mode%s)  train error %.3f  test error %.3f (eval mode, %s)  "
+            "lr %.2g  %.2fs",
             epoch,
             s.epochs,
             loss,
+            ", augmented" if s.augment_crop or s.augment_flip else "",
             train_err,
             test_err,
             statistics,

@@ -37,7 +37,7 @@ NORMALISATION_MEANING = {
     "stored": "batch-norm running statistics as training stored them (momentum averages; defaults at initialisation)",
     NO_NORMALISATION: "the network has no normalisation layers with running statistics",
 }
-STATISTICS_BATCH = 256  # samples per forward pass of the recomputation (no autograd graph is kept)
+STATISTICS_BATCH = 1024  # samples per forward pass of the recomputation, as a prediction pass (no autograd graph)
 STATISTICS = ("running_mean", "running_var")
 
 
@@ -86,12 +86,10 @@ class _Moments:
         self.mean: torch.Tensor | None = None
         self.m2: torch.Tensor | None = None
 
-    def add(self, x: torch.Tensor) -> None:
-        dims = [d for d in range(x.dim()) if d != 1]
-        xd = x.detach().double()
-        count = x.numel() // x.shape[1]
-        mean = xd.mean(dim=dims)
-        m2 = ((xd - mean.view(1, -1, *([1] * (x.dim() - 2)))) ** 2).sum(dim=dims)
+    def add(self, count: int, mean: torch.Tensor, unbiased_var: torch.Tensor) -> None:
+        """One batch: ``count`` values per channel, their mean and unbiased variance."""
+        mean = mean.double()
+        m2 = unbiased_var.double() * max(1, count - 1)
         if self.mean is None:
             self.count, self.mean, self.m2 = count, mean, m2
             return
@@ -100,6 +98,18 @@ class _Moments:
         self.mean = self.mean + delta * (count / total)
         self.m2 = self.m2 + m2 + delta**2 * (self.count * count / total)
         self.count = total
+
+
+def _batch_moments(moments: _Moments):
+    """A forward hook for a normalisation layer run with momentum 1: after the call its running
+    statistics are that batch's mean and unbiased variance, computed by the layer's own kernel
+    (no second pass over its inputs)."""
+
+    def hook(module: _BatchNorm, args: tuple, output: torch.Tensor) -> None:
+        x = args[0]
+        moments.add(x.numel() // x.shape[1], module.running_mean.detach(), module.running_var.detach())
+
+    return hook
 
 
 @torch.no_grad()
@@ -123,9 +133,12 @@ def recompute_statistics(
         raise ValueError("recomputing normalisation statistics needs at least 2 samples")
     saved = current_statistics(model)
     counters = {name: m.num_batches_tracked.detach().clone() for name, m in layers}
+    momenta = {name: m.momentum for name, m in layers}
     modes = {m: m.training for m in model.modules()}
     moments = {name: _Moments() for name, _ in layers}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: moments[name].add(args[0])) for name, m in layers]
+    hooks = [m.register_forward_hook(_batch_moments(moments[name])) for name, m in layers]
+    for _, m in layers:
+        m.momentum = 1.0  # each call leaves its batch's statistics in the running buffers
     try:
         model.eval()
         for _, m in layers:
@@ -141,6 +154,7 @@ def recompute_statistics(
         load_statistics(model, saved)
         for name, m in layers:
             m.num_batches_tracked.copy_(counters[name])
+            m.momentum = momenta[name]
         for m, training in modes.items():
             m.training = training
     out = {}
