@@ -171,6 +171,8 @@ def test_a_J_of_rank_at_most_K_stops_the_spectrum_naming_the_checkpoint():
     assert "rank 3" in checked_degeneracy(spec, attrs, True, "ckpt.pt")
     sound = Spectrum(np.array([7.85, 7.8, 7.7, 1.0, 0.5]), np.eye(30)[:, :5], "full")
     assert checked_degeneracy(sound, attrs, False, "ckpt.pt") == ""
+    top2 = Spectrum(np.array([7.85, 7.8]), np.eye(30)[:, :2], "topk")  # only 2 < K computed, both resolved
+    assert checked_degeneracy(top2, attrs, False, "ckpt.pt") == ""
     assert output_spread(np.zeros((10, 3))).constant() is False  # a zero head: no size to compare with
 
 

@@ -114,7 +114,7 @@ def information_space(
             m.training = training
     floor = max(floor, float(np.finfo(np.float32).eps) * float(s[0]))  # J's rows are float32
     k = U.shape[0] // len(x)
-    description = degeneracy(rank=numerical_rank(s, floor), num_classes=k, num_samples=len(x))
+    description = degeneracy(rank=numerical_rank(s, floor), num_classes=k, num_samples=len(x), computed=len(s))
     handle_degeneracy(description, "information_space", allow_degenerate, logger)
     if rank > U.shape[1]:
         raise ValueError(f"rank {rank} exceeds the {U.shape[1]} computed singular vectors")

@@ -105,6 +105,7 @@ def label_noise_figure(detections: Sequence[RunDetection], paths: Sequence[str |
     axes[0].set_xlabel("cut-off r")
     axes[0].set_title("J's nuisance space over r")
     axes[1].set_xscale("symlog", linthresh=1)
+    axes[1].set_xlim(0, max((len(d.losses) - 1 for d in detections), default=1))
     axes[1].set_xlabel("epoch")
     axes[1].set_title("over training")
     if detections:

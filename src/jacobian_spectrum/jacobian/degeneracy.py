@@ -65,16 +65,20 @@ def degeneracy(
     rank: int | None = None,
     num_classes: int = 0,
     num_samples: int = 0,
+    computed: int | None = None,
 ) -> str:
     """The signs that hold, in words with their figures ("" when none does). The rank sign
-    needs at least two samples (one sample's J has K rows, so rank at most K is no sign)."""
+    needs at least two samples (one sample's J has K rows, so rank at most K is no sign) and,
+    of a top-k spectrum (``computed`` singular values), a computed value below the floor: where
+    all k are resolved, the rank is at least k and may be more."""
     signs = []
     if spread is not None and spread.constant():
         signs.append(
             f"its outputs do not vary across the {spread.samples} samples (spread {spread.spread:.2e} "
             f"against size {spread.size:.2e}: {spread.relative:.1e} < {SPREAD_TOLERANCE:.0e})"
         )
-    if rank is not None and num_samples >= 2 and rank <= num_classes:
+    resolved_all = computed is not None and rank is not None and rank >= computed
+    if rank is not None and num_samples >= 2 and rank <= num_classes and not resolved_all:
         signs.append(f"J has numerical rank {rank}, at most K = {num_classes}, on {num_samples} samples")
     return "; ".join(signs)
 

@@ -66,7 +66,7 @@ def checked_degeneracy(spec: Spectrum, source_attrs: Mapping, allow: bool, what:
     rank = numerical_rank(spec.singular_values, max(spectrum_floors(spec, source_attrs)))
     signs = [
         str(source_attrs.get("degenerate", "")),
-        degeneracy(rank=rank, num_classes=k, num_samples=len(spec.U) // k),
+        degeneracy(rank=rank, num_classes=k, num_samples=len(spec.U) // k, computed=len(spec.singular_values)),
     ]
     return handle_degeneracy("; ".join(x for x in signs if x), what, allow, logger)
 
