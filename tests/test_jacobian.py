@@ -151,9 +151,9 @@ def test_a_chunk_deleted_or_replaced_after_the_gather_is_named_when_J_is_read(su
     # a missing chunk is named, not read as fill values
     paths[1].unlink()
     settings = {"info_dim": 5, "method": "full", "memory_budget_mb": 100, "threads": 1}
-    with pytest.raises(FileNotFoundError, match=r"J.h5: J is stored in .*c1.h5, which does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"J.h5: J is a virtual dataset over 2 chunk.*1 do not exist: .*c1.h5"):
         compute_spectrum(root / "J.h5", settings)
-    with pytest.raises(FileNotFoundError, match=r"c1.h5, which does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"do not exist: .*c1.h5"):
         gram(root / "J.h5", 100, 1)
     # a reader that skips the check reads NaN (the fill value) there, which every check of J refuses
     slab = read_slab(root / "J.h5", 0, 5)

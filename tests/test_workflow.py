@@ -110,7 +110,8 @@ def test_a_second_run_has_nothing_to_do(tiny_results):
 
 def test_a_plotting_option_reruns_only_figure_rules(tiny_results, tmp_path):
     jobs = dry_run_jobs(tiny_results, {"figures": {"min_window": 3}}, tmp_path)
-    assert set(jobs) == {"residual_figure", "figure9", "theorem_terms", "all"}
+    # the small-loss criterion's epoch is the lowest test error averaged over min_window epochs
+    assert set(jobs) == {"residual_figure", "figure9", "theorem_terms", "label_noise", "all"}
 
 
 def test_a_new_corruption_level_reruns_only_what_depends_on_it(tiny_results, tmp_path):
@@ -142,7 +143,7 @@ def test_a_changed_tracking_grid_reruns_only_the_new_epochs_and_what_reads_them(
     temporary = {"jacobian_chunk_temporary", "jacobian_gather_temporary"}
     assert sorted(set(jobs) - temporary - {"spectrum"}) == sorted(
         {"measure", "alignment_over_training", "cutoff", "theorem_terms", "memorisation", "table", "comparison"}
-        | {"figure9", "residual_figure", "all"}
+        | {"figure9", "residual_figure", "label_noise", "all"}
     )
 
 
@@ -333,8 +334,9 @@ def test_own_network_and_data_run_through_the_whole_workflow(tmp_path):
     with h5py.File(out / "data/subset.h5") as f:
         assert f.attrs["dataset"] == "examples.own_data:stripes" and '"per_class": 40' in f.attrs["config"]
     # every later stage rebuilt the factory's network: J_final's rows are the gradients of the
-    # trained network in eval mode (batch-norm's running statistics fixed), and its probe check ran
-    model, _ = load_checkpoint(out / "runs/sgd_clean/checkpoints/epoch6.pt")
+    # trained network in eval mode (batch-norm's statistics those recomputed for its weights,
+    # fixed), and its probe check ran
+    model, _ = load_checkpoint(out / "runs/sgd_clean/checkpoints/epoch6.pt", normalisation="recomputed")
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     model.eval()
     x = torch.from_numpy(read_split(out / "data/subset.h5", "train").x)

@@ -192,7 +192,9 @@ def test_zoo_networks_run_through_the_whole_workflow(tmp_path, model):
             net.zero_grad()
             net(x[i : i + 1])[0, k].backward()
             grad = torch.cat([p.grad.reshape(-1) for p in net.parameters()]).numpy()
-            assert np.allclose(f["J"][i * 3 + k], grad, rtol=1e-4, atol=1e-6)
+            # in norm: with batch-norm working, a few entries are small sums of large terms
+            # (batch-norm's parameters), which two passes round apart by more than 1e-4 each
+            assert np.linalg.norm(f["J"][i * 3 + k] - grad) <= 1e-4 * np.linalg.norm(grad)
     assert model["name"] in (out / "tables/table1.md").read_text()
 
 

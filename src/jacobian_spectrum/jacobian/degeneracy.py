@@ -43,9 +43,10 @@ class OutputSpread:
         return self.spread / self.size if self.size > 0 else float("nan")
 
     def constant(self) -> bool:
-        """Whether the outputs do not vary across samples. Outputs that are all exactly zero (a
-        head initialised to zero) have no size to compare with: that is not this sign."""
-        return self.samples >= 2 and self.size > 0 and self.relative < SPREAD_TOLERANCE
+        """Whether the outputs do not vary across samples: a spread below SPREAD_TOLERANCE of
+        their size, or outputs that are all exactly zero (SqueezeNet's final ReLU at
+        initialisation)."""
+        return self.samples >= 2 and (self.size == 0 or self.relative < SPREAD_TOLERANCE)
 
 
 def output_spread(outputs: np.ndarray) -> OutputSpread:
@@ -72,7 +73,9 @@ def degeneracy(
     of a top-k spectrum (``computed`` singular values), a computed value below the floor: where
     all k are resolved, the rank is at least k and may be more."""
     signs = []
-    if spread is not None and spread.constant():
+    if spread is not None and spread.constant() and spread.size == 0:
+        signs.append(f"its outputs are exactly zero for all {spread.samples} samples")
+    elif spread is not None and spread.constant():
         signs.append(
             f"its outputs do not vary across the {spread.samples} samples (spread {spread.spread:.2e} "
             f"against size {spread.size:.2e}: {spread.relative:.1e} < {SPREAD_TOLERANCE:.0e})"
