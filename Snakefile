@@ -37,6 +37,7 @@ else:
         epoch="[0-9]+",
         chunk="[0-9]+",
         level="[0-9.]+",
+        fold="[0-9]+",
 
     rule all:
         default_target: True

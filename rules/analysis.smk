@@ -159,6 +159,7 @@ rule label_noise:
         measurements=[f"{R}/runs/{run}/measurements.h5" for run in LABEL_NOISE_RUNS],
         trajectories=[f"{R}/runs/{run}/trajectory.h5" for run in LABEL_NOISE_RUNS],
         labels=[labels_path(run) for run in LABEL_NOISE_RUNS],
+        folds=[path for run in LABEL_NOISE_RUNS for path in fold_files(run)],
     output:
         **figure_output("label_noise", "label_noise"),
         csv=f"{R}/tables/label_noise.csv",
@@ -170,6 +171,7 @@ rule label_noise:
     params:
         runs=LABEL_NOISE_RUNS,
         corruption={run: RUNS[run]["corruption"] for run in LABEL_NOISE_RUNS},
+        folds={run: fold_files(run) for run in LABEL_NOISE_RUNS},
         window=config["figures"]["min_window"],
         caption=CAPTION,
         code=code_version("label_noise.py"),

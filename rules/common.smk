@@ -206,6 +206,16 @@ THEOREM_RUNS = config["figures"]["corruption_runs"]
 MEMORISATION_RUNS = config["figures"]["corruption_runs"]
 # which labels are wrong: every run with corrupted and kept labels both (docs/label_noise.md)
 LABEL_NOISE_RUNS = [run for run in RUNS if 0 < RUNS[run]["corruption"] < 1]
+LABEL_NOISE = config["analysis"]["label_noise"]
+
+
+def fold_files(run):
+    """The out-of-fold outputs of a run's k trainings (analysis.label_noise.cleanlab), else none."""
+    if not LABEL_NOISE["cleanlab"]:
+        return []
+    return [f"{R}/runs/{run}/folds/fold{k}.h5" for k in range(LABEL_NOISE["folds"])]
+
+
 # names the config on every figure of the analysis (results folder, data set, n, r)
 CAPTION = (
     f"{R}: {config['dataset']['name']}, n = {N_SPLIT['train']}, K = {K}, "

@@ -25,3 +25,12 @@ def tiny_results(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "results"
     snakemake("--cores", "2", "--configfile", str(TINY), "--config", f"results={out}")
     return out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that reads the tiny workflow's results waits for the whole workflow, and a CIFAR-10
+    test for a CIFAR-10 workflow: both are slow (`pytest -m "not slow"`, the fast tier of
+    CONTRIBUTING.md, replaces the default `-m 'not cifar10'` and must leave them out too)."""
+    for item in items:
+        if "tiny_results" in getattr(item, "fixturenames", ()) or item.get_closest_marker("cifar10"):
+            item.add_marker(pytest.mark.slow)

@@ -17,8 +17,9 @@ import pytest
 import yaml
 from conftest import ROOT, snakemake
 
-from jacobian_spectrum.analysis.quantities import centred_mean, rank_correlation
+from jacobian_spectrum.analysis.quantities import rank_correlation
 from jacobian_spectrum.figures.paper import PAPER_TABLES
+from jacobian_spectrum.train.trajectory import centred_mean
 
 pytestmark = pytest.mark.cifar10
 

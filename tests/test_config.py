@@ -137,6 +137,24 @@ def test_a_replaced_key_is_refused_naming_its_replacement(tmp_path):
     assert proc.returncode != 0 and "was replaced by jacobian.keep" in proc.stdout + proc.stderr
 
 
+def test_cleanlab_without_the_package_is_refused_saying_how_to_install_it(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "cleanlab" else find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"analysis.label_noise.cleanlab.*pip install -e \"\.\[cleanlab\]\""):
+        validated(with_("analysis.label_noise.cleanlab", True))
+    validated(with_("analysis.label_noise.cleanlab", False))  # off, cleanlab is not needed
+
+
+def test_more_folds_than_images_of_a_class_are_refused():
+    pytest.importorskip("cleanlab")
+    with pytest.raises(ConfigError, match="analysis.label_noise.folds.*allowed: 2..20"):
+        validated(with_("analysis.label_noise.folds", 21))
+
+
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     cfg = with_("spectrum.info_dim", 500)
     path = tmp_path / "bad.yaml"
@@ -157,7 +175,7 @@ def test_cifar10_configs_are_valid_and_unpack_their_archive_first(tmp_path):
     archive = write_image_archive(
         tmp_path / "cifar.tar.gz", top="cifar10", per=(600, 300), classes=("airplane", "automobile", "bird"), size=2
     )
-    for name in ("cifar10-small", "cifar10-medium"):
+    for name in ("cifar10-small", "cifar10-medium", "label-noise-cifar10"):
         cfg = load(ROOT / "config" / f"{name}.yaml")
         assert cfg["model"]["width"] == 1.0 and cfg["dataset"]["name"] == "imagefolder"
         cfg["dataset"].update(archive=str(archive), root=str(tmp_path / "images"), archive_sha256=None)

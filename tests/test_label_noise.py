@@ -6,7 +6,15 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from jacobian_spectrum.analysis.label_noise import area_under_margin, detection, margins, run_detection
+from jacobian_spectrum.analysis.label_noise import (
+    area_under_margin,
+    cleanlab_scores,
+    detection,
+    fitted_temperature,
+    margins,
+    output_probabilities,
+    run_detection,
+)
 from jacobian_spectrum.analysis.quantities import cutoff_grid, sample_energies, sample_nuisance_over_r
 
 
@@ -74,6 +82,87 @@ def test_detection_is_judged_against_the_stored_corrupted_mask():
         run_detection("r", {"attrs": {"info_dim": 2}}, predictions, labels, np.zeros(7), corrupted, 0.3, 1, {})
 
 
+def test_folds_are_stratified_and_hold_out_each_sample_once(tmp_path):
+    from jacobian_spectrum.train.folds import FoldPredictions, fold_assignment, read_out_of_fold, write_fold
+
+    labels = np.repeat([0, 1, 2], [12, 9, 9])
+    a = fold_assignment(labels, 3, seed=0)
+    assert np.array_equal(a, fold_assignment(labels, 3, seed=0))
+    assert not np.array_equal(a, fold_assignment(labels, 3, seed=1))
+    for k in range(3):  # each fold holds a third of each class
+        assert [int(np.sum((a == k) & (labels == c))) for c in range(3)] == [4, 3, 3]
+    outputs = np.arange(30 * 3, dtype=np.float32).reshape(30, 3)
+    paths = []
+    for k in range(3):
+        idx = np.flatnonzero(a == k)
+        paths.append(tmp_path / f"fold{k}.h5")
+        write_fold(paths[-1], FoldPredictions(k, 3, idx, outputs[idx], 2, 1.5), {"run": "r"})
+    got, seconds = read_out_of_fold(paths, 30)
+    assert np.array_equal(got, outputs) and seconds == 4.5
+    with pytest.raises(ValueError, match="10 of 30 training samples are not held out by exactly one fold"):
+        read_out_of_fold(paths[:2], 30)
+    with pytest.raises(ValueError, match="are not held out by exactly one fold"):
+        read_out_of_fold([paths[0], paths[0], paths[1], paths[2]], 30)
+
+
+def test_a_held_out_samples_label_never_reaches_its_out_of_fold_outputs():
+    """Out-of-fold means out of fold: relabelling the held-out samples leaves their outputs bit for
+    bit as they were, relabelling one training sample moves them."""
+    from jacobian_spectrum.train.folds import fold_assignment, train_fold
+    from jacobian_spectrum.train.loop import TrainSettings
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(24, 1, 4, 4, generator=gen)
+    labels = np.tile([0, 1, 2], 8)
+    a = fold_assignment(labels, 3, seed=0)
+    s = TrainSettings("sgd", 0.1, 3, batch_size=8, augment_crop=False)
+
+    def out_of_fold(y):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+        return train_fold(model, s, x, y, a, 0, 3)
+
+    p = out_of_fold(labels)
+    assert np.array_equal(p.indices, np.flatnonzero(a == 0)) and p.outputs.shape == (8, 3) and p.stop_epoch == 3
+    relabelled = labels.copy()
+    relabelled[a == 0] = (labels[a == 0] + 1) % 3
+    assert np.array_equal(out_of_fold(relabelled).outputs, p.outputs)
+    relabelled = labels.copy()
+    i = np.flatnonzero(a == 1)[0]
+    relabelled[i] = (labels[i] + 1) % 3
+    assert not np.array_equal(out_of_fold(relabelled).outputs, p.outputs)
+
+
+def test_probabilities_of_least_squares_outputs_and_the_fitted_temperature():
+    f = np.array([[0.7, 0.4, -0.1], [-0.2, -0.3, -0.1], [1.4, 0.0, 0.0]])
+    p = output_probabilities(f, "clipped")
+    assert np.allclose(p.sum(1), 1) and np.allclose(p[0], [0.7 / 1.1, 0.4 / 1.1, 0])
+    assert np.allclose(p[1], 1 / 3) and np.allclose(p[2], [1, 0, 0])  # none claimed: uniform; above 1: clipped
+    rng = np.random.default_rng(0)
+    logits = 3 * rng.standard_normal((4000, 3))
+    true_t = 2.5  # labels drawn from softmax(logits / 2.5): the fitted T recovers it
+    p_true = output_probabilities(logits / true_t, "softmax")
+    labels = np.array([rng.choice(3, p=row) for row in p_true])
+    assert fitted_temperature(logits, labels) == pytest.approx(true_t, rel=0.1)
+    with pytest.raises(ValueError, match="allowed"):
+        output_probabilities(f, "sigmoid")
+
+
+def test_cleanlab_scores_a_flipped_label_highest():
+    """Out-of-fold outputs that know the true class: the sample whose label was flipped has the
+    lowest label quality under every probability mapping."""
+    pytest.importorskip("cleanlab")
+    rng = np.random.default_rng(0)
+    true = np.tile([0, 1, 2], 10)
+    outputs = np.eye(3)[true] * 0.8 + 0.1 * rng.standard_normal((30, 3))
+    labels = true.copy()
+    labels[7] = (true[7] + 1) % 3
+    scores = cleanlab_scores(outputs, labels)
+    assert set(scores) == {"cleanlab", "cleanlab, softmax", "cleanlab, softmax, fitted T"}
+    for s in scores.values():
+        assert int(np.argmax(s)) == 7
+
+
 def test_the_default_style_run_writes_per_sample_scores_that_sum_to_its_tables(tiny_results):
     """The tiny workflow's measurement files: per sample, summed, the aggregate ||P_N y||^2 of
     Tables 1-3 (to 1e-12); tables/label_noise.csv's AUROC is that of the stored mask."""
@@ -97,4 +186,33 @@ def test_the_default_style_run_writes_per_sample_scores_that_sum_to_its_tables(t
     rows = list(csv.DictReader(open(tiny_results / "tables/label_noise.csv")))
     row = next(r for r in rows if r["run"] == "sgd_corrupt50" and r["score"] == "J_init nuisance")
     assert float(row["auroc"]) == pytest.approx(expected)
-    assert {"J_init nuisance", "J_final nuisance", "AUM", "small loss"} <= {r["score"] for r in rows}
+    assert {"J_init nuisance", "J_final nuisance", "AUM", "small loss", "cleanlab"} <= {r["score"] for r in rows}
+
+
+def test_cleanlab_rows_come_from_the_out_of_fold_outputs_of_the_fold_jobs(tiny_results):
+    """The tiny config's three fold trainings: each held out a third, stopped at the run's epoch of
+    lowest test error; the table's cleanlab AUROC is cleanlab's own score of those outputs."""
+    import csv
+
+    import h5py
+    from cleanlab.rank import get_label_quality_scores
+
+    from jacobian_spectrum.train.folds import read_out_of_fold
+    from jacobian_spectrum.train.trajectory import lowest_test_error_epoch, read_trajectory
+
+    run = tiny_results / "runs/sgd_corrupt50"
+    folds = sorted(run.glob("folds/fold*.h5"))
+    traj = read_trajectory(run / "trajectory.h5")
+    outputs, _ = read_out_of_fold(folds, len(traj.train_y))
+    with h5py.File(folds[0]) as f:
+        assert f.attrs["stop_epoch"] == max(1, lowest_test_error_epoch(traj.test_error, 2))
+        assert len(folds) == f.attrs["folds"] == 3
+    with h5py.File(tiny_results / "data/labels_noise0.5.h5") as f:
+        corrupted = f["corrupted"][...]
+    probs = np.clip(outputs, 0, 1)
+    probs = np.where(probs.sum(1, keepdims=True) > 0, probs / probs.sum(1, keepdims=True), 1 / 3)
+    expected = roc_auc_score(corrupted, 1 - get_label_quality_scores(traj.train_y, probs))
+    rows = list(csv.DictReader(open(tiny_results / "tables/label_noise.csv")))
+    row = next(r for r in rows if r["run"] == "sgd_corrupt50" and r["score"] == "cleanlab")
+    assert float(row["auroc"]) == pytest.approx(expected)
+    assert float(row["seconds"]) > 0

@@ -48,6 +48,7 @@ def test_plan_lists_the_workflows_jobs_and_their_sizes(tmp_path):
     for s in plan.steps:
         by_rule[s.rule] += s.jobs
     assert by_rule["train"] == counts["train"]
+    assert by_rule["train_fold"] == counts["train_fold"] == 3  # cleanlab's folds of the one corrupted run
     jobs = sum(counts.get(f"jacobian_{r}{t}", 0) for r in ("chunk", "gather") for t in ("", "_temporary"))
     assert by_rule["jacobian_chunk"] == jobs
     # the J's the plan deletes are those the workflow marks temporary
@@ -114,6 +115,8 @@ def test_plan_takes_measured_seconds_from_an_earlier_runs_benchmark_files(tiny_r
     with open(tiny_results / "benchmarks" / "train" / "sgd_clean.tsv", newline="") as fh:
         row = next(csv.DictReader(fh, delimiter="\t"))
     assert train.source == "measured" and train.seconds == pytest.approx(float(row["s"]))
+    folds = next(s for s in plan.steps if s.key == "folds:sgd_corrupt50")
+    assert folds.source == "measured" and len(P.benchmark_file(tiny_results, folds)) == 3
     spectra = [s for s in plan.steps if s.rule == "spectrum"]
     assert spectra and all(s.source == "measured" for s in spectra)
     jac = next(s for s in plan.steps if s.key == "jacobian:init/train_epoch0")

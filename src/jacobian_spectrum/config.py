@@ -274,7 +274,26 @@ def _check_figures(figs: Mapping, runs: Mapping) -> None:
             )
 
 
+def _check_label_noise(config: Mapping) -> None:
+    ln = config["analysis"]["label_noise"]
+    if not ln["cleanlab"]:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("cleanlab") is None:
+        raise ConfigError(
+            "config key 'analysis.label_noise.cleanlab': true needs the cleanlab package, which is not installed; "
+            'install it with pip install -e ".[cleanlab]" (or pip install cleanlab), or set it to false'
+        )
+    n = int(config["dataset"]["train_per_class"])
+    if ln["folds"] > n:
+        raise ConfigError(
+            f"config key 'analysis.label_noise.folds': {ln['folds']} folds of {n} images per class; allowed: 2..{n}"
+        )
+
+
 def _check_analysis(config: Mapping) -> None:
+    _check_label_noise(config)
     analysis, runs = config["analysis"], config["runs"]
     for run in analysis.get("track_runs") or []:
         if run not in runs:

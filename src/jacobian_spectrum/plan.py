@@ -185,6 +185,7 @@ def _steps(config: Mapping, rates: Rates, device: str, table: Mapping[str, str] 
                 after=["initialise"],
             )
         )
+        steps += _fold_steps(config, run, rates, device, n["train"], epochs, start, threads)
     steps += _jacobian_steps(config, rates, device, n, k, table)
     if table is not None:  # the network's share of the one architecture_table job
         steps.append(
@@ -197,6 +198,34 @@ def _steps(config: Mapping, rates: Rates, device: str, table: Mapping[str, str] 
         Step("report", "measure, figures, tables", "measure", small, small * start, rates.base_bytes, 0, after=["*"])
     )
     return steps
+
+
+def _fold_steps(
+    config: Mapping, run: str, rates: Rates, device: str, n_train: int, epochs: int, start: float, threads: int
+) -> list[Step]:
+    """cleanlab's k trainings of a corrupted run (analysis.label_noise), each on (k-1)/k of the
+    split with no per-epoch evaluation. They stop at the run's epoch of lowest test error, which
+    is known only once it has trained: counted here at its full length, an upper bound."""
+    ln = config.get("analysis", {}).get("label_noise", {})
+    corruption = float(config["runs"][run]["corruption"])
+    if not ln.get("cleanlab") or not 0 < corruption < 1:
+        return []
+    folds = int(ln.get("folds", 5))
+    per_epoch = n_train * (folds - 1) / folds * rates.train_image_seconds
+    return [
+        Step(
+            f"folds:{run}",
+            f"train_fold {run} ({folds} folds, at most {epochs} epochs each)",
+            "train_fold",
+            folds,
+            folds * (start + epochs * per_epoch),
+            rates.train_bytes,
+            0,
+            threads=threads,
+            gpu_bytes=rates.train_gpu_bytes if device == "cuda" else 0.0,
+            after=[f"train:{run}"],
+        )
+    ]
 
 
 def _jacobian_steps(
@@ -329,6 +358,8 @@ def benchmark_file(results: str | Path, step: Step) -> list[Path]:
     kind, _, what = step.key.partition(":")
     if kind == "train":
         return [results / "train" / f"{what}.tsv"]
+    if kind == "folds":
+        return sorted((results / "train").glob(f"{what}_fold*.tsv"))
     if kind == "jacobian":  # its chunk jobs and its gather
         return sorted((results / "jacobian").glob(f"{what}.*.tsv"))
     if kind == "spectrum":

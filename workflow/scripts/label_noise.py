@@ -11,6 +11,8 @@ out = {
     "md": snakemake.output.md,
     "figures": [snakemake.output.png, *snakemake.output.other],
 }
-rows = label_noise(runs, snakemake.params.corruption, snakemake.params.window, out, snakemake.params.caption)
+rows = label_noise(
+    runs, snakemake.params.corruption, snakemake.params.window, out, snakemake.params.caption, snakemake.params.folds
+)
 for row in rows:
     log.info("%s", row)

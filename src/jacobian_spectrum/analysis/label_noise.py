@@ -8,6 +8,11 @@ Scores, higher = more likely a corrupted label:
                of the assigned label y, averaged over the training epochs (unaugmented outputs)
   small loss   ||f(x_i) - y_i||^2 at the epoch of the lowest test error (before the network
                memorises the noise)
+  cleanlab     1 - cleanlab's label-quality score (``cleanlab.rank.get_label_quality_scores``,
+               self-confidence) of out-of-fold probabilities: k networks of the same recipe, each
+               trained without one fold up to that epoch (:mod:`..train.folds`). The least-squares
+               outputs estimate P(y = k | x), so the probabilities are the outputs clipped to
+               [0, 1] and renormalised; the table checks two softmax readings beside it
 Each is judged by its AUROC and average precision for picking out the samples whose label the
 workflow corrupted (``corrupted`` of the labels file).
 
@@ -19,11 +24,11 @@ the odd ones out, and the AUROC falls below 0.5.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from .quantities import centred_mean
+from ..train.trajectory import lowest_test_error_epoch
 
 TABLE_COLUMNS = ("run", "corruption", "score", "r", "epoch", "auroc", "average_precision", "seconds")
 
@@ -62,10 +67,60 @@ def detection(scores: np.ndarray, corrupted: np.ndarray) -> tuple[float, float]:
     return float(roc_auc_score(corrupted, scores)), float(average_precision_score(corrupted, scores))
 
 
-def lowest_test_error_epoch(test_error: np.ndarray, window: int) -> int:
-    """The epoch of the lowest test error, the curve averaged over ``window`` epochs (Figure 8's)."""
-    curve = centred_mean(test_error, window) if window > 1 else np.asarray(test_error, dtype=np.float64)
-    return int(np.argmin(curve))
+# how least-squares outputs f(x) (trained against one-hot labels) become class probabilities
+PROBABILITY_MAPPINGS = {
+    "clipped": "the outputs clipped to [0, 1] and renormalised (least squares estimates P(y = k | x))",
+    "softmax": "softmax of the outputs",
+    "softmax, fitted T": "softmax of the outputs / T, T fitted to the assigned labels (temperature scaling)",
+}
+CLEANLAB_SCORE = "cleanlab"  # the table's name of the score from the first mapping
+
+
+def fitted_temperature(outputs: np.ndarray, labels: np.ndarray) -> float:
+    """The T minimising the mean negative log-likelihood of ``labels`` under softmax(outputs / T)."""
+    from scipy.optimize import minimize_scalar
+    from scipy.special import log_softmax
+
+    f = np.asarray(outputs, dtype=np.float64)
+    rows = np.arange(len(f))
+
+    def nll(log_t: float) -> float:
+        return float(-log_softmax(f / np.exp(log_t), axis=1)[rows, labels].mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(1e-3), np.log(1e3)), method="bounded").x))
+
+
+def output_probabilities(outputs: np.ndarray, mapping: str, labels: np.ndarray | None = None) -> np.ndarray:
+    """(n, K) probabilities of the outputs under one of :data:`PROBABILITY_MAPPINGS`
+    (``labels`` for the fitted temperature)."""
+    from scipy.special import softmax
+
+    f = np.asarray(outputs, dtype=np.float64)
+    if mapping == "clipped":
+        p = np.clip(f, 0.0, 1.0)
+        total = p.sum(axis=1, keepdims=True)
+        # a sample whose outputs are all <= 0 claims no class: uniform
+        return np.where(total > 0, p / np.where(total > 0, total, 1.0), 1.0 / f.shape[1])
+    if mapping == "softmax":
+        return softmax(f, axis=1)
+    if mapping == "softmax, fitted T":
+        if labels is None:
+            raise ValueError("the fitted temperature needs the labels")
+        return softmax(f / fitted_temperature(f, labels), axis=1)
+    raise ValueError(f"probability mapping {mapping!r}: allowed {list(PROBABILITY_MAPPINGS)}")
+
+
+def cleanlab_scores(outputs: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
+    """Score name -> (n,) 1 - cleanlab's label quality of out-of-fold ``outputs``, one per
+    probability mapping (the first is the table's "cleanlab")."""
+    from cleanlab.rank import get_label_quality_scores
+
+    out = {}
+    for i, mapping in enumerate(PROBABILITY_MAPPINGS):
+        p = output_probabilities(outputs, mapping, labels)
+        name = CLEANLAB_SCORE if i == 0 else f"{CLEANLAB_SCORE}, {mapping}"
+        out[name] = 1.0 - get_label_quality_scores(np.asarray(labels), p)
+    return out
 
 
 @dataclass
@@ -82,7 +137,8 @@ class RunDetection:
     aum: np.ndarray  # (n,) minus the area under the margin
     losses: np.ndarray  # (T+1, n) per-sample loss at each epoch
     best_epoch: int  # the epoch of the lowest test error
-    seconds: dict[str, float]  # J_init, training -> what the score costs
+    seconds: dict[str, float]  # J_init, training, folds -> what the score costs
+    cleanlab: dict[str, np.ndarray] = field(default_factory=dict)  # from out-of-fold outputs, where trained
 
     def scores(self) -> dict[str, np.ndarray]:
         """Score name -> (n,) at r = info_dim: what the table's and ROC figure's rows compare."""
@@ -92,6 +148,7 @@ class RunDetection:
             "J_final nuisance": self.nuisance_over_r["J_final"][i],
             "AUM": self.aum,
             "small loss": self.losses[self.best_epoch],
+            **self.cleanlab,
         }
 
     def auroc_over_r(self, key: str) -> np.ndarray:
@@ -112,6 +169,7 @@ class RunDetection:
             "J_final nuisance": (self.info_dim, final_epoch, self.seconds.get("training", float("nan"))),
             "AUM": ("", final_epoch, self.seconds.get("training", float("nan"))),
             "small loss": ("", self.best_epoch, self.seconds.get("training", float("nan"))),
+            **{name: ("", self.best_epoch, self.seconds.get("folds", float("nan"))) for name in self.cleanlab},
         }
         out = []
         for name, scores in self.scores().items():
@@ -150,9 +208,11 @@ def run_detection(
     corruption: float,
     window: int,
     seconds: Mapping[str, float],
+    out_of_fold: np.ndarray | None = None,
 ) -> RunDetection:
     """One run's detection from its measurements (``read_measurements``), training predictions
-    (T+1, n, K), trained labels, test error per epoch and the labels file's corrupted mask."""
+    (T+1, n, K), trained labels, test error per epoch and the labels file's corrupted mask;
+    with ``out_of_fold`` (n, K) outputs (:func:`..train.folds.read_out_of_fold`), cleanlab's too."""
     ps = {k.split("/", 1)[1]: v for k, v in measurements.items() if k.startswith("per_sample/")}
     if "label_nuisance_over_r" not in ps:
         raise ValueError(f"run {run}: its measurement file has no per-sample scores; rerun the measure rule")
@@ -171,4 +231,5 @@ def run_detection(
         losses=sample_losses(predictions, labels),
         best_epoch=lowest_test_error_epoch(test_error, window),
         seconds=dict(seconds),
+        cleanlab={} if out_of_fold is None else cleanlab_scores(out_of_fold, labels),
     )

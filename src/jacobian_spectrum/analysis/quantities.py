@@ -101,14 +101,6 @@ def best_cutoff(bound: np.ndarray) -> tuple[int, float]:
     return i + 1, float(bound[i])
 
 
-def centred_mean(values: np.ndarray, window: int) -> np.ndarray:
-    """out[t] = mean of values[t - window//2 .. t + window//2 - 1] (shorter at the ends): a test
-    error curve whose single epochs jump by several points, read as a level."""
-    values = np.asarray(values, dtype=np.float64)
-    h = window // 2
-    return np.array([values[max(0, t - h) : t + h].mean() for t in range(len(values))])
-
-
 def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
     """Spearman's rank correlation of two equally long sequences (NaN below 3 points)."""
     from scipy.stats import spearmanr

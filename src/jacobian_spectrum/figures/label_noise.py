@@ -13,6 +13,7 @@ import numpy as np
 from ..analysis.label_noise import TABLE_COLUMNS, RunDetection, run_detection
 from ..analysis.measure import read_measurements
 from ..common.h5io import atomic_path, open_checked
+from ..train.folds import read_out_of_fold
 from ..train.trajectory import read_trajectory
 from .paper import plt, save_figure, write_csv
 
@@ -21,6 +22,9 @@ SCORE_STYLES = {
     "J_final nuisance": ("tab:blue", "-"),
     "AUM": ("tab:orange", "-"),
     "small loss": ("tab:green", "-"),
+    "cleanlab": ("tab:red", "-"),
+    "cleanlab, softmax": ("tab:red", ":"),
+    "cleanlab, softmax, fitted T": ("tab:red", "-."),
 }
 
 
@@ -32,9 +36,16 @@ def spectrum_seconds(path: str | Path) -> float:
 
 
 def read_detection(
-    run: str, measurements: str | Path, trajectory: str | Path, labels: str | Path, corruption: float, window: int
+    run: str,
+    measurements: str | Path,
+    trajectory: str | Path,
+    labels: str | Path,
+    corruption: float,
+    window: int,
+    folds: Sequence[str | Path] = (),
 ) -> RunDetection:
-    """A run's scores against the corrupted mask stored in its labels file."""
+    """A run's scores against the corrupted mask stored in its labels file; with the run's fold
+    files (the train_fold rule), cleanlab's scores of their out-of-fold outputs too."""
     m = read_measurements(measurements)
     traj = read_trajectory(trajectory)
     with open_checked(labels, ["corrupted", "y"], artifact="labels") as f:
@@ -44,8 +55,20 @@ def read_detection(
     with h5py.File(trajectory) as f:
         training = float(np.sum(f["epoch_seconds"][...]))
     seconds = {"J_init": spectrum_seconds(m["attrs"]["spectrum_init"]), "training": training}
+    out_of_fold = None
+    if folds:
+        out_of_fold, seconds["folds"] = read_out_of_fold(folds, len(traj.train_y))
     return run_detection(
-        run, m, traj.train_predictions, traj.train_y, traj.test_error, corrupted, corruption, window, seconds
+        run,
+        m,
+        traj.train_predictions,
+        traj.train_y,
+        traj.test_error,
+        corrupted,
+        corruption,
+        window,
+        seconds,
+        out_of_fold,
     )
 
 
@@ -64,7 +87,9 @@ def write_label_noise_table(detections: Sequence[RunDetection], csv_path: str | 
         "**Which labels are wrong: each score's AUROC and average precision for picking out the corrupted "
         "training labels** (1 = every corrupted label ranked first, 0.5 = chance; J nuisance: a sample's "
         "share of the label vector on N; AUM: minus the area under the margin; small loss: the loss at the "
-        "epoch of the lowest test error; seconds: the J_init spectrum's, or the training run's)",
+        "epoch of the lowest test error; cleanlab: 1 - its label quality of out-of-fold probabilities from k "
+        "trainings stopped at that epoch, the outputs clipped to [0, 1] and renormalised, or softmax of them; "
+        "seconds: the J_init spectrum's, the training run's, or the k fold trainings')",
         "",
         "| run | corruption | score | r | epoch | AUROC | average precision | seconds |",
         "|---|---|---|---|---|---|---|---|",
@@ -131,11 +156,16 @@ def label_noise(
     window: int,
     out: Mapping[str, object],
     caption: str,
+    folds: Mapping[str, Sequence[str | Path]] | None = None,
 ) -> list:
     """The label_noise rule: runs (name -> measurements, trajectory, labels file) with
-    0 < corruption < 1 (the others have no two groups to tell apart)."""
+    0 < corruption < 1 (the others have no two groups to tell apart), and each run's fold files
+    where cleanlab's scores are asked for."""
+    folds = folds or {}
     detections = [
-        read_detection(run, *paths, corruption[run], window) for run, paths in runs.items() if 0 < corruption[run] < 1
+        read_detection(run, *paths, corruption[run], window, folds.get(run, ()))
+        for run, paths in runs.items()
+        if 0 < corruption[run] < 1
     ]
     rows = write_label_noise_table(detections, out["csv"], out["md"])
     label_noise_figure(detections, out["figures"], caption)

@@ -151,3 +151,17 @@ def read_trajectory(path: str | Path) -> TrajectoryData:
         d["test/loss"],
         d["lr"],
     )
+
+
+def centred_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """out[t] = mean of values[t - window//2 .. t + window//2 - 1] (shorter at the ends): a test
+    error curve whose single epochs jump by several points, read as a level."""
+    values = np.asarray(values, dtype=np.float64)
+    h = window // 2
+    return np.array([values[max(0, t - h) : t + h].mean() for t in range(len(values))])
+
+
+def lowest_test_error_epoch(test_error: np.ndarray, window: int) -> int:
+    """The epoch of the lowest test error, the curve averaged over ``window`` epochs (Figure 8's)."""
+    curve = centred_mean(test_error, window) if window > 1 else np.asarray(test_error, dtype=np.float64)
+    return int(np.argmin(curve))
