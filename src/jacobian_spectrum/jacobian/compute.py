@@ -64,7 +64,7 @@ def plain_layers(model: nn.Module) -> list[tuple[str, nn.Module]] | None:
 def grouped_conv_is_faster(in_channels: int, output_pixels: int, device: torch.device) -> bool:
     """Whether oneDNN's grouped-convolution backward beats unfold + bmm for this layer on CPU.
 
-    The rule comes from ``bench/conv_weight_grads.py`` (its grid and ratios: docs/benchmarks.md).
+    The rule and the measurement behind it: docs/benchmarks.md#settled-choices.
     A fixed rule rather than a timing picks the method, so that J is bit-for-bit
     reproducible. On CUDA the batched matmul is used throughout.
     """
