@@ -89,12 +89,9 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 if (ROOT / "src" / "jacobian_spectrum").is_dir():  # the tree's own package (the GPU image has none installed)
     sys.path.insert(0, str(ROOT / "src"))
-if str(HERE) not in sys.path:  # bench/spectrum_device.py, also when run through runpy
-    sys.path.insert(0, str(HERE))
 
 import h5py  # noqa: E402
 import numpy as np  # noqa: E402
-import spectrum_device  # noqa: E402
 import torch  # noqa: E402
 
 from jacobian_spectrum.analysis.measure import TABLE_ROWS, flatten_rows, projection_ratios  # noqa: E402
@@ -115,7 +112,7 @@ from jacobian_spectrum.figures.paper import (  # noqa: E402
 from jacobian_spectrum.jacobian.compute import jacobian  # noqa: E402
 from jacobian_spectrum.jacobian.probe import probe_errors  # noqa: E402
 from jacobian_spectrum.spectrum.dense import slab_width  # noqa: E402
-from jacobian_spectrum.spectrum.device import eigh_checked, gram_on_device  # noqa: E402
+from jacobian_spectrum.spectrum.device import eigh_checked, gram_in_memory, gram_on_device  # noqa: E402
 from jacobian_spectrum.train.loop import TrainSettings, augment, least_squares_loss, make_optimizer, predict  # noqa: E402
 from jacobian_spectrum.train.models import ModelSpec, build_model, count_parameters  # noqa: E402
 from jacobian_spectrum.train.trajectory import errors, split_errors  # noqa: E402
@@ -172,6 +169,15 @@ SAFETY = 1.2  # predictions are stretched by this: a step that only just fits is
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def seconds(fn, device: torch.device) -> float:
+    """Wall seconds of fn(), the device synchronised before and after."""
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
 
 
 def new_stream(device: torch.device):
@@ -466,25 +472,6 @@ def evaluate(run: TrainingRun, data: Data, lr: float, loss: float) -> dict:
 
 
 # ---------------------------------------------------------------- spectra
-def gram_in_memory(J: torch.Tensor, memory_budget_mb: float) -> torch.Tensor:
-    """G = J J^T in float64 on J's device, one float64 column slab at a time, as
-    spectrum.device.gram_on_device adds the slabs it streams from HDF5; J is on the device
-    already here, and writing it to a file (32 GB at the paper's size) would cost more than G."""
-    rows, cols = J.shape
-    width = slab_width(rows, cols, memory_budget_mb, 1)
-    G = torch.zeros((rows, rows), dtype=torch.float64, device=J.device)
-    bad = []  # NaN/Inf counts per slab, read once at the end: no host sync per slab
-    for a in range(0, cols, width):
-        slab = J[:, a : a + width].double()
-        bad.append((a, min(cols, a + width), (~torch.isfinite(slab)).sum()))
-        G.addmm_(slab, slab.T)
-        del slab
-    for a, b, count in bad:
-        if int(count):
-            raise ValueError(f"J holds NaN or Inf in columns {a}..{b}")
-    return G
-
-
 def alignment_rows(U: np.ndarray, s: np.ndarray, data: Data, init_pred: np.ndarray) -> dict:
     """Tables 1-3's six columns for every run's labels y and r0 = f(W0) - y (analysis.measure's)."""
     out = {}
@@ -927,9 +914,10 @@ class Session:
             write_s = time.perf_counter() - t0
             budget = self.plan.memory_budget_mb
             gram_on_device(path, self.device, budget)  # warm-up: page cache, kernels
-            G, stream_s = spectrum_device.timed(lambda: gram_on_device(path, self.device, budget), self.device)
-            del G
-            memory_s = spectrum_device.gram_in_memory(path, self.device)
+            stream_s = seconds(lambda: gram_on_device(path, self.device, budget), self.device)
+            with h5py.File(path) as f:  # the baseline: J on the device in float64, G in one product
+                J = torch.from_numpy(f["J"][...]).to(self.device).double()
+            memory_s = seconds(lambda: gram_in_memory(J, 2 * J.numel() * 12 / 1e6), self.device)
         finally:
             path.unlink(missing_ok=True)
             release(self.device)

@@ -513,6 +513,20 @@ def test_gram_on_device_equals_the_cpu_gram(tmp_path, device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_gram_in_memory_equals_the_streamed_gram_and_names_nan(tmp_path, device):
+    from jacobian_spectrum.spectrum.device import gram_in_memory, gram_on_device
+
+    J = random_J("low_rank", np.random.default_rng(1)).astype(np.float32)
+    expected = gram_on_device(write_J(tmp_path / "J.h5", J), device, 50).cpu().numpy()
+    for budget in (0.05, 50):  # many slabs, one
+        G = gram_in_memory(torch.from_numpy(J).to(device), budget).cpu().numpy()
+        assert np.abs(G - expected).max() <= 1e-12 * np.abs(expected).max()
+    J[7, 650] = np.nan
+    with pytest.raises(ValueError, match=r"J holds NaN or Inf in columns \d+\.\.\d+"):
+        gram_in_memory(torch.from_numpy(J).to(device), 0.05)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_gram_on_device_names_the_columns_holding_nan(tmp_path, device):
     from jacobian_spectrum.spectrum.device import gram_on_device
 

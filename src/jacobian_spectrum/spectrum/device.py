@@ -68,6 +68,26 @@ def gram_on_device(path: str | Path, device: str | torch.device, memory_budget_m
     return G
 
 
+def gram_in_memory(J: torch.Tensor, memory_budget_mb: float) -> torch.Tensor:
+    """G = J J^T in float64 on J's device from a J already there, one float64 column slab at a
+    time (``memory_budget_mb`` bounds a slab), as :func:`gram_on_device` adds the slabs it
+    streams from HDF5: where J was computed on the device, writing it to a file first would
+    cost more than G (32 GB at the paper's size)."""
+    rows, cols = J.shape
+    width = slab_width(rows, cols, memory_budget_mb, 1)
+    G = torch.zeros((rows, rows), dtype=torch.float64, device=J.device)
+    bad = []  # NaN/Inf counts per slab, read once at the end: no host sync per slab
+    for a in range(0, cols, width):
+        slab = J[:, a : a + width].double()
+        bad.append((a, min(cols, a + width), (~torch.isfinite(slab)).sum()))
+        G.addmm_(slab, slab.T)
+        del slab
+    for a, b, count in bad:
+        if int(count):
+            raise ValueError(f"J holds NaN or Inf in columns {a}..{b}")
+    return G
+
+
 def _read_slabs(path, cols: int, width: int, host: list, free: queue.Queue, filled: queue.Queue) -> None:
     """The reader thread: column slabs of J into free host buffers, in order; None at the end,
     or the exception that stopped it."""
