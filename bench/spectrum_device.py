@@ -7,12 +7,13 @@
   eigh          spectrum.device.eigh_checked on G (the residual check included)
   spectrum      the whole step, HDF5 to U and s (jacobian_spectrum.spectrum.methods.full_spectrum)
 
-Prints one JSON record with the ratio gram_memory / gram_stream (1.0 = streaming from disk costs
+--gram-only leaves out eigh and spectrum (bench/paper_gpu.py's step 3 runs it so). Prints one JSON
+record with the ratio gram_memory / gram_stream (1.0 = streaming from disk costs
 nothing; the goal on a GPU is at least 0.7). The paper's size is --rows 30000 (nK of the paper's
 training J); --cols sets p (the file is rows x cols float32 on disk). Runs on the CPU where no
 GPU is present (a check of the script, not a GPU measurement).
 
-  python bench/spectrum_device.py [--rows 30000] [--cols 20000] [--budget-mb 4000]
+  python bench/spectrum_device.py [--rows 30000] [--cols 20000] [--budget-mb 4000] [--gram-only]
 
 Smallest: --rows 100 --cols 500
 """
@@ -56,23 +57,23 @@ def main() -> None:
     ap.add_argument("--cols", type=int, default=20000)
     ap.add_argument("--budget-mb", type=float, default=2000)
     ap.add_argument("--dir", default=".", help="where the temporary J file is written")
+    ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--gram-only", action="store_true", help="the two Gram products only: no eigh, no spectrum")
     args = ap.parse_args()
-    device = select_device("auto")
+    device = select_device(args.device)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = Path(tmp) / "J.h5"
         write_random_J(path, args.rows, args.cols)
         gram_on_device(path, device, args.budget_mb)  # warm-up: page cache, CUDA context, kernels
         G, t_stream = timed(lambda: gram_on_device(path, device, args.budget_mb), device)
-        t_memory = memory_gram_seconds(path, device)
-        _, t_eigh = timed(lambda: eigh_checked(G), device)
-        _, t_spectrum = timed(lambda: full_spectrum(path, 50, args.budget_mb, 2, device=device.type), device)
-    emit(
-        "spectrum_device",
-        device,
-        {"gram_memory_over_stream": t_memory / t_stream},
-        shape=[args.rows, args.cols],
-        seconds={"gram_stream": t_stream, "gram_memory": t_memory, "eigh": t_eigh, "spectrum": t_spectrum},
-    )
+        seconds = {"gram_stream": t_stream, "gram_memory": memory_gram_seconds(path, device)}
+        if not args.gram_only:
+            seconds["eigh"] = timed(lambda: eigh_checked(G), device)[1]
+            seconds["spectrum"] = timed(lambda: full_spectrum(path, 50, args.budget_mb, 2, device=device.type), device)[
+                1
+            ]
+    ratios = {"gram_memory_over_stream": seconds["gram_memory"] / seconds["gram_stream"]}
+    emit("spectrum_device", device, ratios, shape=[args.rows, args.cols], seconds=seconds)
 
 
 if __name__ == "__main__":

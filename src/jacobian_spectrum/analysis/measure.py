@@ -65,6 +65,21 @@ def residual_energies(residuals: np.ndarray, U: np.ndarray) -> tuple[np.ndarray,
     return info, np.maximum(total - info, 0.0)
 
 
+def alignment_by_labels(
+    U: np.ndarray, s: np.ndarray, labels: Mapping[str, np.ndarray], clean: np.ndarray, predictions0: np.ndarray
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """One spectrum's Tables 1-3 columns (TABLE_COLUMNS) for several label sets (name -> the trained
+    labels, (n,)): y and r0 = f(W0) - y, ``predictions0`` the initial outputs (n, K); and each set's
+    no-memorisation reference (``no_memorisation_alignment`` against the ``clean`` labels)."""
+    k = predictions0.shape[-1]
+    ys = {name: flatten_rows(one_hot(y, k)) for name, y in labels.items()}
+    rows = {
+        n: [*projection_ratios(y, U, s), *projection_ratios(flatten_rows(predictions0) - y, U, s)]
+        for n, y in ys.items()
+    }
+    return rows, {name: list(no_memorisation_alignment(y, clean, k)) for name, y in ys.items()}
+
+
 @dataclass
 class Tracking:
     """The alignment at each tracked epoch (beyond the paper: its two moments become a curve)."""
