@@ -11,9 +11,8 @@ It writes, as results come: results.json, table1-3.md, fig8.png, fig8.csv, check
   python bench/paper_gpu.py [--out DIR] [--budget 540] [--resume DIR] [--data PATH] [--quick]
 
 --resume DIR continues an earlier output folder; --quick runs tiny sizes on the CPU (tests/test_paper_gpu.py).
-Estimates at the H200 rates of docs/scale.md (``h200_estimates_s``): train sgd_clean 196 s, sgd_corrupt50
-392 s, evaluations 29 s, each spectrum 25 s (J 0.9 s, Gram 7.2 s at FP64 peak, eigh 16.8 s); steps 1 and 2
-692 s: more than one 540-s budget, so a second command (--resume) finishes them.
+At the H200 rates of docs/scale.md (``h200_estimates_s``): sgd_clean 196 s, sgd_corrupt50 392 s, evaluations
+29 s, each spectrum 25 s; steps 1 and 2 692 s, more than one 540-s budget: a second command (--resume) ends them.
 """
 
 from __future__ import annotations
@@ -43,21 +42,22 @@ import numpy as np
 import torch
 import yaml
 
-from jacobian_spectrum.analysis.measure import alignment_by_labels
-from jacobian_spectrum.analysis.quantities import energy_share
+from jacobian_spectrum.analysis.measure import spectrum_summary
 from jacobian_spectrum.common.budget import Budget
-from jacobian_spectrum.common.device import device_name, free_bytes, release, select_device, synchronize
+from jacobian_spectrum.common.device import device_name, free_bytes, release, select_device
 from jacobian_spectrum.common.h5io import atomic_path, write_json
+from jacobian_spectrum.common.logs import log_to
 from jacobian_spectrum.data.archive import ARCHIVE_MANIFEST, extract_archive
 from jacobian_spectrum.data.corruption import corrupt_labels
 from jacobian_spectrum.data.subset import subset_splits
 from jacobian_spectrum.figures.paper import error_curves_figure, measured_table, write_csv
 from jacobian_spectrum.plan import Rates
 from jacobian_spectrum.spectrum.device import spectrum_bytes, spectrum_in_memory, spectrum_seconds
+from jacobian_spectrum.train import together
 from jacobian_spectrum.train.loop import TrainSettings, predict
 from jacobian_spectrum.train.models import ModelSpec, build_model, count_parameters
-from jacobian_spectrum.train.together import Run, end_epoch, load_run, make_run, run_state, train_round
-from jacobian_spectrum.train.trajectory import EPOCH_ERRORS, epoch_errors
+from jacobian_spectrum.train.together import Run
+from jacobian_spectrum.train.trajectory import EPOCH_ERRORS
 
 log = logging.getLogger("jacobian_spectrum.paper_gpu")  # a child: the package's own lines land in log.txt too
 
@@ -70,16 +70,9 @@ QUICK_EPOCHS = {"sgd_clean": (6, [4, 5]), "sgd_corrupt50": (12, [10]), "adam_cle
 PAIR, FIG8_RUN, PROBE_SAMPLES = [TABLE_RUNS[1], TABLE_RUNS[3]], TABLE_RUNS[3], 64
 H200 = {"train_images_per_s": 20_409, "j_rows_per_s": 33_829, "eigh_30k_s": 16.8, "fp64_peak": 67e12}  # docs/scale.md
 EVAL_COST = 1 / 3  # a predicted image costs about a third of a trained one (forward only): assumed
-OUTPUT_FILES = (
-    "results.json",
-    *(f"table{k}.md" for k in (1, 2, 3)),
-    "fig8.png",
-    "fig8.csv",
-    "checkpoints.pt",
-    "log.txt",
-)
-MAX_FILE_BYTES = 16 << 20
-CHECKPOINT_FORMAT = "paper_gpu.checkpoints/2"  # 2: each run's state is train.together.run_state's
+OUTPUT_FILES = tuple("results.json table1.md table2.md table3.md fig8.png fig8.csv checkpoints.pt log.txt".split())
+MAX_FILE_BYTES = 16 << 20  # each output file stays below it (what a GPU session can bring back)
+CHECKPOINT_FORMAT = together.RUNS_FORMAT  # checkpoints.pt: train.together.save_runs' file
 HISTORY_COLUMNS = ("run", "epoch", "lr", "batch_loss", *EPOCH_ERRORS)
 
 
@@ -95,8 +88,6 @@ class Plan:
     eval_every: int = 10
     info_dim: int = PAPER["spectrum"]["info_dim"]
     data_seed: int = PAPER["dataset"]["seed"]
-    corruption_seed: int = PAPER["corruption"]["seed"]
-    init_seed: int = PAPER["model"]["init_seed"]
     gram_rows: int = 30_000
     gram_cols: int = 20_000
     memory_budget_mb: float = 4000.0  # per Gram slab (float64) on the device
@@ -149,14 +140,7 @@ class Data:
     y_test: np.ndarray
     labels: dict[str, np.ndarray]  # run -> the labels it trains on
     num_classes: int
-    image_shape: tuple[int, int, int]
     info: dict
-
-
-def default_data() -> Path | None:
-    """The CIFAR-10 image archive where these machines keep it: shared/ in the tree, or beside it."""
-    paths = [base / "shared" / "data" / "cifar10-jpeg.tar.gz" for base in (ROOT, ROOT.parent)]
-    return next((p for p in paths if p.is_file()), None)
 
 
 def load_data(data: Path, work: Path, plan: Plan, device: torch.device) -> Data:
@@ -165,37 +149,17 @@ def load_data(data: Path, work: Path, plan: Plan, device: torch.device) -> Data:
     root = data if data.is_dir() else work / f"images-{hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:10]}"
     if not data.is_dir() and not (root / ARCHIVE_MANIFEST).is_file():  # else unpacked by an earlier call here
         extract_archive(data, root)
-    dataset = {"name": "imagefolder", "root": str(root), "classes": plan.classes, "seed": plan.data_seed}
-    subset, train, test = subset_splits(
-        {**dataset, "train_per_class": plan.train_per_class, "test_per_class": plan.test_per_class}, work
-    )
-    k, seed = train.num_classes, plan.corruption_seed
+    per_class = {"train_per_class": plan.train_per_class, "test_per_class": plan.test_per_class}
+    dataset = {"name": "imagefolder", "root": str(root), "classes": plan.classes, "seed": plan.data_seed, **per_class}
+    subset, train, test = subset_splits(dataset, work)
+    k, seed = train.num_classes, PAPER["corruption"]["seed"]
     labels = {n: corrupt_labels(train.y, k, c, seed)[0] if c else train.y for n, c in CORRUPTION.items()}
-    digest = hashlib.sha256()
-    for part in (subset.source_index["train"], subset.source_index["test"], train.y, test.y):
-        digest.update(np.ascontiguousarray(part).tobytes())
+    parts = (subset.source_index["train"], subset.source_index["test"], train.y, test.y)
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(part).tobytes() for part in parts))
     info = {"source": str(data), "classes": subset.class_names, "n_train": len(train.y), "n_test": len(test.y)}
     info.update(image_shape=list(train.image_shape), subset_sha256=digest.hexdigest()[:16])
     x_train, x_test = torch.from_numpy(train.x).to(device), torch.from_numpy(test.x).to(device)
-    return Data(x_train, x_test, train.y, test.y, labels, k, train.image_shape, info)
-
-
-def history_row(run: Run, data: Data, lr: float, loss: float, predictions: tuple | None = None) -> dict:
-    """The errors after an epoch (train.trajectory.epoch_errors), from the run's predictions unless given."""
-    train_pred, test_pred = predictions or (predict(run.model, data.x_train), predict(run.model, data.x_test))
-    errors = epoch_errors(np.asarray(train_pred), run.labels, data.y_clean, np.asarray(test_pred), data.y_test)
-    return {"epoch": run.epoch, "lr": lr, "batch_loss": loss, **errors}
-
-
-def read_prior(folder: Path) -> dict:
-    """An earlier output folder: its checkpoints (required) and results.json (its spectra are kept)."""
-    if not (folder / "checkpoints.pt").is_file():
-        raise SystemExit(f"--resume {folder}: no checkpoints.pt there")
-    ckpt = torch.load(folder / "checkpoints.pt", map_location="cpu", weights_only=True)
-    if ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise SystemExit(f"--resume {folder}: checkpoints.pt is not a {CHECKPOINT_FORMAT} file")
-    results = json.loads((folder / "results.json").read_text()) if (folder / "results.json").is_file() else {}
-    return {"folder": str(folder), "checkpoints": ckpt, "results": results}
+    return Data(x_train, x_test, train.y, test.y, labels, k, info)
 
 
 class Session:
@@ -206,7 +170,7 @@ class Session:
         self.work.mkdir(parents=True, exist_ok=True)
         self.device = select_device("cpu" if args.quick else args.device)  # TF32 off
         self.budget, self.runs, self.round_s, self.eval_s = Budget(args.budget, T_START), {}, [], []
-        self.last_checkpoint, self.fig8_rows, self.prior = time.perf_counter(), -1, None
+        self.last_checkpoint, self.fig8_rows = time.perf_counter(), -1
         tf32 = bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32)
         self.results = {"script": "bench/paper_gpu.py", "argv": sys.argv[1:], "quick": args.quick, "tf32": tf32}
         self.results.update(device=device_name(self.device), torch=torch.__version__, budget_s=args.budget)
@@ -222,7 +186,7 @@ class Session:
         """results.json, the three tables and Figure 8 (when an epoch was evaluated), each atomically."""
         t0 = time.perf_counter()
         self.results["elapsed_s"] = round(self.budget.elapsed(), 2)
-        self.results["runs"] = {name: self.run_summary(run) for name, run in self.runs.items()}
+        self.results["runs"] = {name: together.run_summary(run) for name, run in self.runs.items()}
         write_json(self.out / "results.json", self.results)
         for k in (1, 2, 3):
             with atomic_path(self.out / f"table{k}.md") as tmp:
@@ -232,74 +196,64 @@ class Session:
         self.budget.margin = 2 * (time.perf_counter() - t0)  # the outputs are written twice more at the end
 
     def checkpoint(self) -> None:
-        synchronize(self.device)
-        state = {"format": CHECKPOINT_FORMAT, "setup": self.setup, "init": self.init_model.state_dict()}
-        state["runs"] = {name: run_state(run) for name, run in self.runs.items()}
-        with atomic_path(self.out / "checkpoints.pt") as tmp:
-            torch.save(state, tmp)
+        together.save_runs(self.out / "checkpoints.pt", self.runs, setup=self.setup, init=self.init_model.state_dict())
         self.last_checkpoint = time.perf_counter()
 
     def prepare(self) -> None:
         """Data, the shared initialisation and every run (from --resume's checkpoints where given)."""
-        t0, path = time.perf_counter(), Path(self.args.data) if self.args.data else default_data()
+        shared = [base / "shared" / "data" / "cifar10-jpeg.tar.gz" for base in (ROOT, ROOT.parent)]  # these machines'
+        t0, path = time.perf_counter(), Path(self.args.data) if self.args.data else None
+        path = path or next(filter(Path.is_file, shared), None)
         if path is None or not path.exists():
             raise SystemExit(f"--data: no CIFAR-10 image archive or folder at {path}; pass --data PATH")
         d = self.data = load_data(path, self.work, self.plan, self.device)
         self.results["data"] = {**d.info, "seconds": round(time.perf_counter() - t0, 2)}
-        self.spec = ModelSpec("resnet20", d.image_shape[0], d.image_shape[1], d.num_classes, width=self.plan.width)
-        seeds = [self.plan.data_seed, self.plan.corruption_seed, self.plan.init_seed]
+        self.spec = ModelSpec("resnet20", *d.x_train.shape[1:3], d.num_classes, width=self.plan.width)
+        seeds = [self.plan.data_seed, PAPER["corruption"]["seed"], PAPER["model"]["init_seed"]]
         self.setup = {"classes": d.info["classes"], "subset_sha256": d.info["subset_sha256"], "seeds": seeds}
         self.setup["model"] = asdict(self.spec)
-        self.prior = read_prior(Path(self.args.resume)) if self.args.resume else None
-        ckpt = self.prior["checkpoints"] if self.prior else {"setup": self.setup, "runs": {}}
+        prior = Path(self.args.resume) if self.args.resume else None
+        ckpt = together.read_runs(prior / "checkpoints.pt") if prior else {"setup": self.setup, "runs": {}}
         if ckpt["setup"] != self.setup:
-            raise SystemExit(f"--resume: the checkpoints are of {ckpt['setup']}, this run is {self.setup}")
-        self.init_model = build_model(self.spec, seed=self.plan.init_seed).to(self.device)  # the initialise rule
+            raise ValueError(f"the checkpoints are of {ckpt['setup']}, this run is {self.setup}")
+        self.init_model = build_model(self.spec, seed=seeds[2]).to(self.device)  # the workflow's initialise rule
         if "init" in ckpt:
             self.init_model.load_state_dict(ckpt["init"])
         self.init_pred = predict(self.init_model, d.x_train).numpy()
-        init_pred = (self.init_pred, predict(self.init_model, d.x_test).numpy())
+        nan = {"lr": math.nan, "batch_loss": math.nan}
         for name in self.plan.runs:
             model, settings = copy.deepcopy(self.init_model), self.plan.settings(name)
-            run = self.runs[name] = make_run(name, settings, d.labels[name], d.num_classes, model, self.device)
-            try:
-                if name in ckpt["runs"]:
-                    load_run(run, ckpt["runs"][name])
-            except ValueError as exc:  # trained with other settings
-                raise SystemExit(f"--resume: {exc}") from exc
-            if not run.history:  # epoch 0: the shared initialisation's predictions
-                run.history.append(history_row(run, d, math.nan, math.nan, init_pred))
+            run = self.runs[name] = together.make_run(name, settings, d.labels[name], d.num_classes, model, self.device)
+            if name in ckpt["runs"]:
+                together.load_run(run, ckpt["runs"][name])  # ValueError where trained with other settings
+            if not run.history:  # epoch 0: the shared initialisation's
+                run.history.append(together.evaluate(run, d.x_train, d.x_test, d.y_clean, d.y_test, **nan))
         p, self.rows = count_parameters(self.init_model), len(d.y_clean) * d.num_classes
         self.results["model"] = {**asdict(self.spec), "p": p}
         self.scale = f"CIFAR-10 images ({path}) classes {', '.join(d.info['classes'])}, n = {len(d.y_clean)} (nK = "
         self.scale += f"{self.rows}), resnet20 width {self.spec.width:g} (p = {p}), r = {self.plan.info_dim}; J float32"
         self.scale += f" on {self.results['device']} (TF32 off), Gram and eigh in float64"
         self.results["h200_estimates_s"] = h200_estimates(len(d.y_clean), len(d.y_test), d.num_classes, p, self.plan)
-        if self.prior:
-            prior, epochs = self.prior["results"], {name: run.epoch for name, run in self.runs.items()}
-            self.results["resumed_from"] = {"folder": self.prior["folder"], "epochs": epochs}
-            self.results["resumed_from"]["previous_steps"] = prior.get("steps", [])
-            self.results["spectra"] = dict(prior.get("spectra", {}))
-            if "gram_ratio" in prior:
-                self.results["gram_ratio"] = prior["gram_ratio"]
+        if prior:  # the spectra (and the Gram ratio) measured before are kept
+            before = json.loads((prior / "results.json").read_text()) if (prior / "results.json").is_file() else {}
+            epochs, steps = {name: run.epoch for name, run in self.runs.items()}, before.get("steps", [])
+            self.results["resumed_from"] = {"folder": str(prior), "epochs": epochs, "previous_steps": steps}
+            self.results.update({k: before[k] for k in ("spectra", "gram_ratio") if k in before})
         self.record("data", "done", seconds=self.results["data"]["seconds"])
 
     def calibrate(self) -> None:
-        """plan.Rates from this run: a throwaway run's epoch on 8 batches (after one of warm-up), and the
-        spectrum of 128 samples (on a GPU eigh at the H200's measured rate: a small eigh there is
-        latency-bound, so scaling it up overestimates). The measured rounds, evaluations and spectra
-        replace them."""
+        """plan.Rates from a throwaway run's epoch of 8 batches and the spectrum of 128 samples (on a GPU
+        eigh at the H200's rate: a small one there is latency-bound); later measurements replace them."""
         d, dev, t0 = self.data, self.device, time.perf_counter()
         settings = self.plan.settings(PAIR[0])
-        warm = make_run("warm-up", settings, d.y_clean, d.num_classes, copy.deepcopy(self.init_model), dev)
+        warm = together.make_run("warm-up", settings, d.y_clean, d.num_classes, copy.deepcopy(self.init_model), dev)
         x = d.x_train[: 8 * settings.batch_size]
-        train_round([warm], x)  # warm-up: the kernels' choice, the allocator
-        image_s = train_round([warm], x)[0] / len(x)
-        rates = dict(train_image_seconds=image_s, eval_image_seconds=image_s * EVAL_COST, job_start_seconds=0.0)
-        rates.update(jacobian_sample_seconds=0.0, gram_flops=0.0, eigh_seconds_per_n3=0.0)
-        self.rates = Rates(
-            dev.type, write_bytes_per_second=0.0, read_bytes_per_second=0.0, base_bytes=0, train_bytes=0, **rates
-        )
+        together.train_round([warm], x)  # warm-up: the kernels' choice, the allocator
+        image_s = together.train_round([warm], x)[0] / len(x)
+        later = ["jacobian_sample_seconds", "gram_flops", "eigh_seconds_per_n3"]  # from the spectrum below
+        unused = ["write_bytes_per_second", "read_bytes_per_second", "job_start_seconds", "base_bytes", "train_bytes"]
+        rates = dict(train_image_seconds=image_s, eval_image_seconds=image_s * EVAL_COST)
+        self.rates = Rates(device=dev.type, **rates, **dict.fromkeys(later + unused, 0.0))
         x, budget = d.x_train[:128], self.plan.memory_budget_mb
         spectrum_in_memory(self.init_model, x[:8], budget)  # warm-up
         self.spectrum_rates(len(x), spectrum_in_memory(self.init_model, x, budget)[2]["seconds"])
@@ -348,28 +302,31 @@ class Session:
         due = sum(eval_epoch(r.epoch + 1, r.settings.epochs, self.plan.eval_every) for r in active)
         return self.rates.train_image_seconds * n * len(active) + due * self.rates.eval_image_seconds * (n + n_test)
 
+    def spectrum_cost(self, model: torch.nn.Module) -> tuple[float, float, float]:
+        """(predicted seconds, bytes needed, bytes free on the device) of a model's spectrum."""
+        cols = count_parameters(model)
+        need = spectrum_bytes(self.rows, cols, self.plan.memory_budget_mb)
+        return spectrum_seconds(self.rates, self.rows, cols, self.data.num_classes), need, free_bytes(self.device)
+
     def reserve(self, reserve_spectrum: bool) -> float:
-        if not reserve_spectrum or "J_init" in self.results["spectra"]:
-            return 0.0
-        rows, cols = self.rows, count_parameters(self.init_model)
-        predicted = spectrum_seconds(self.rates, rows, cols, self.data.num_classes)
-        if spectrum_bytes(rows, cols, self.plan.memory_budget_mb) > free_bytes(self.device):
-            return 0.0  # it will be skipped for its memory: no time to keep for it
-        return self.budget.safety * predicted
+        """Seconds kept for J_init's spectrum, unless measured or to be skipped for its memory."""
+        predicted, need, free = self.spectrum_cost(self.init_model)
+        keep = reserve_spectrum and "J_init" not in self.results["spectra"] and need <= free
+        return self.budget.safety * predicted if keep else 0.0
 
     def round(self, active: list[Run]) -> int:
         """One epoch of each active run (train.together.train_round), then their evaluations; the rates
         become the slowest of the last three measured."""
-        d, (s, losses) = self.data, train_round(active, self.data.x_train)
+        d, (s, losses) = self.data, together.train_round(active, self.data.x_train)
         n, parts = len(d.x_train), []
         self.round_s.append(s / (n * len(active)))
         self.rates.train_image_seconds = max(self.round_s[-3:])
         for r, loss in zip(active, losses):
-            lr, r.seconds = end_epoch(r, loss), r.seconds + s
+            lr, r.seconds = together.end_epoch(r, loss), r.seconds + s
             parts.append(f"{r.name} {r.epoch}/{r.settings.epochs} loss {loss:.4f}")
             if eval_epoch(r.epoch, r.settings.epochs, self.plan.eval_every):
                 t0 = time.perf_counter()
-                h = history_row(r, d, lr, loss)
+                h = together.evaluate(r, d.x_train, d.x_test, d.y_clean, d.y_test, lr=lr, batch_loss=loss)
                 r.history.append(h)
                 self.eval_s.append((time.perf_counter() - t0) / (n + len(d.x_test)))
                 self.rates.eval_image_seconds = max(self.eval_s[-3:])
@@ -386,9 +343,7 @@ class Session:
         if run is not None and not run.done:
             return self.record(step, "skipped", reason=f"{run.name} is at epoch {run.epoch} of {run.settings.epochs}")
         model = self.init_model if run is None else run.model
-        rows, cols = self.rows, count_parameters(model)
-        predicted = spectrum_seconds(self.rates, rows, cols, d.num_classes)
-        need, free = spectrum_bytes(rows, cols, self.plan.memory_budget_mb), free_bytes(self.device)
+        predicted, need, free = self.spectrum_cost(model)
         if need > free:
             reason = f"needs about {need / 1e9:.1f} GB on {self.device.type}, {free / 1e9:.1f} GB free"
             return self.record(step, "skipped", reason=reason, predicted_s=predicted)
@@ -396,13 +351,10 @@ class Session:
             return self.record(step, "skipped", reason=self.budget.reason(step, predicted), predicted_s=predicted)
         w, V, entry = spectrum_in_memory(model, d.x_train, self.plan.memory_budget_mb, PROBE_SAMPLES)
         model.train()
-        s, r = np.sqrt(np.maximum(w, 0.0)), self.plan.info_dim
         self.spectrum_rates(len(d.x_train), entry["seconds"])
-        alignment, reference = alignment_by_labels(V[:, :r], s, d.labels, d.y_clean, self.init_pred)
-        entry.update(rows=rows, cols=cols, singular_values_top=s[:100].tolist(), s_r=float(s[r - 1]))
-        entry.update(energy_share_top_r=float(energy_share(s)[r - 1]), no_memorisation=reference)
-        entry.update(alignment=alignment, predicted_s=predicted)
-        entry.update(epoch=0 if run is None else run.epoch, run=None if run is None else run.name)
+        entry.update(spectrum_summary(w, V, d.labels, d.y_clean, self.init_pred, self.plan.info_dim), rows=self.rows)
+        entry.update(cols=count_parameters(model), predicted_s=predicted, epoch=run.epoch if run else 0)
+        entry["run"] = run.name if run else None
         self.results["spectra"][key] = entry
         self.record(step, "done", seconds=entry["seconds"]["total"], predicted_s=predicted)
 
@@ -417,49 +369,29 @@ class Session:
         if not self.budget.fits(predicted):
             return self.record(step, "skipped", reason=self.budget.reason(step, predicted), predicted_s=predicted)
         release(self.device)
-        args = ["--rows", rows, "--cols", cols, "--budget-mb", self.plan.memory_budget_mb, "--dir", self.work]
-        cmd = [
-            sys.executable,
-            ROOT / "bench" / "spectrum_device.py",
-            *args,
-            "--device",
-            self.device.type,
-            "--gram-only",
-        ]
+        cmd = [sys.executable, ROOT / "bench" / "spectrum_device.py", "--gram-only", "--device", self.device.type]
+        cmd += ["--rows", rows, "--cols", cols, "--budget-mb", self.plan.memory_budget_mb, "--dir", self.work]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]))
         t0, proc = time.perf_counter(), subprocess.run([str(c) for c in cmd], capture_output=True, text=True, env=env)
         if proc.returncode:
             return self.record(step, "failed", reason=proc.stderr.strip()[-500:], predicted_s=predicted)
-        record = json.loads(proc.stdout)
-        seconds_ = {f"{k}_s": v for k, v in record["seconds"].items()}
-        self.results["gram_ratio"] = {"shape": [rows, cols], **seconds_, **record["ratios"], "record": record}
-        self.results["gram_ratio"]["ratio_memory_over_stream"] = record["ratios"]["gram_memory_over_stream"]
+        record = json.loads(proc.stdout)  # its one JSON record (bench/timing.py)
+        ratio = {"shape": [rows, cols], "ratio_memory_over_stream": record["ratios"]["gram_memory_over_stream"]}
+        self.results["gram_ratio"] = {**ratio, **{f"{k}_s": v for k, v in record["seconds"].items()}, "record": record}
         self.record(step, "done", seconds=round(time.perf_counter() - t0, 2), predicted_s=predicted)
-
-    def run_summary(self, run: Run) -> dict:
-        best = min(run.history, key=lambda row: row["test_error"])
-        summary = {"settings": asdict(run.settings), "epoch": run.epoch, "done": run.done, "last": run.history[-1]}
-        summary.update(training_seconds=round(run.seconds, 2), rng=run.rng_note or None)
-        summary["lowest_test_error"] = {"epoch": best["epoch"], "test_error": best["test_error"]}
-        return summary
 
     def table_markdown(self, number: int) -> str:
         """Table ``number`` beside the paper's values, or why a row is not measured (figures.paper)."""
-        run = self.runs.get(TABLE_RUNS[number])
-        caption = (
-            f"run {run.name}; measured: {self.scale}; run at epoch {run.epoch} of {run.settings.epochs}"
-            if run
-            else "no data read yet"
-        )
+        run = self.runs[TABLE_RUNS[number]]
+        caption = f"run {run.name}; measured: {self.scale}; run at epoch {run.epoch} of {run.settings.epochs}"
         return measured_table(number, TABLE_RUNS[number], self.results["spectra"], caption, self.budget.steps)
 
     def write_fig8(self) -> None:
         rows = [[name, *(row[c] for c in HISTORY_COLUMNS[1:])] for name, r in self.runs.items() for row in r.history]
         write_csv(self.out / "fig8.csv", HISTORY_COLUMNS, rows)
-        run = self.runs.get(FIG8_RUN)
-        title = f"Figure 8: 50% corrupted labels, SGD (epoch {run.epoch} of {run.settings.epochs})" if run else ""
-        milestones = run.settings.milestones if run else []
-        error_curves_figure(run.history if run else [], title, milestones, [self.out / "fig8.png"])
+        run = self.runs[FIG8_RUN]  # the runs are there before the first output is written
+        title = f"Figure 8: 50% corrupted labels, SGD (epoch {run.epoch} of {run.settings.epochs})"
+        error_curves_figure(run.history, title, run.settings.milestones, [self.out / "fig8.png"])
         self.fig8_rows = len(rows)
 
 
@@ -478,24 +410,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def start_logging(out: Path, append: bool) -> None:
-    """The package's progress lines (and this script's) to stderr and log.txt."""
-    parent, fmt = logging.getLogger("jacobian_spectrum"), logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
-    parent.setLevel(logging.INFO)
-    parent.propagate = False
-    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(out / "log.txt", "a" if append else "w")):
-        handler.setFormatter(fmt)
-        parent.addHandler(handler)
-
-
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    start_logging(out, append=bool(args.resume) and Path(args.resume).resolve() == out.resolve())
+    log_to(out / "log.txt", append=bool(args.resume) and Path(args.resume).resolve() == out.resolve())
     s = Session(args)
     log.info("paper_gpu on %s, budget %.0f s, out %s%s", s.results["device"], args.budget, out, " (quick)" * args.quick)
-    s.prepare()
+    try:
+        s.prepare()
+    except ValueError as exc:  # unreadable data (DataError), or --resume of another setup or other settings
+        raise SystemExit(f"paper_gpu: {exc}") from exc
     s.calibrate()
     s.train(PAIR, reserve_spectrum=True)  # step 1
     for key, name in (("J_init", None), *((f"J_final {n}", n) for n in PAIR)):  # step 2
@@ -515,8 +440,8 @@ def main(argv: list[str] | None = None) -> dict:
     for p in (p for p in out.iterdir() if p.stat().st_size > MAX_FILE_BYTES):
         log.warning("%s: over %d bytes (%d)", p.name, MAX_FILE_BYTES, p.stat().st_size)
     print(f"paper_gpu: {s.results['elapsed_s']:.1f} s of {args.budget:.0f} on {s.results['device']}")
-    for e in s.results["steps"]:
-        print(f"  {e['step']}: {e['status']}" + (f" ({e['reason']})" if e.get("reason") else ""))
+    steps = [f"  {e['step']}: {e['status']}" + (f" ({e['reason']})" if e.get("reason") else "") for e in s.budget.steps]
+    print(*steps, sep="\n")
     print("", *(s.table_markdown(k) for k in (1, 3, 2)), f"outputs: {', '.join(OUTPUT_FILES)} in {out}", sep="\n")
     return s.results
 

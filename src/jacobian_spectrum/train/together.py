@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..common.device import new_stream, on_stream, synchronize
+from ..common.h5io import atomic_path
 from ..data.corruption import one_hot
-from .loop import TrainSettings, load_training_state, make_optimizer, train_steps, training_state
+from .loop import TrainSettings, load_training_state, make_optimizer, predict, train_steps, training_state
+from .trajectory import epoch_errors
+
+RUNS_FORMAT = "train.together.runs/1"
 
 
 @dataclass
@@ -96,6 +102,23 @@ def train_round(runs: list[Run], x: torch.Tensor) -> tuple[float, list[float]]:
     return time.perf_counter() - t0, [float(s) / len(x) for s in sums]
 
 
+def evaluate(
+    run: Run, x_train: torch.Tensor, x_test: torch.Tensor, clean: np.ndarray, test_labels: np.ndarray, **row: float
+) -> dict:
+    """A row of the run's history: ``row`` (its epoch's step size, loss...) and its errors now
+    (train.trajectory.epoch_errors) from its predictions on both splits (train.loop.predict)."""
+    train_pred, test_pred = predict(run.model, x_train).numpy(), predict(run.model, x_test).numpy()
+    return {"epoch": run.epoch, **row, **epoch_errors(train_pred, run.labels, clean, test_pred, test_labels)}
+
+
+def run_summary(run: Run) -> dict:
+    """Where the run is: its settings, epoch, seconds, last history row and lowest test error."""
+    best = min(run.history, key=lambda row: row["test_error"])
+    summary = {"settings": asdict(run.settings), "epoch": run.epoch, "done": run.done, "last": run.history[-1]}
+    summary.update(training_seconds=round(run.seconds, 2), rng=run.rng_note or None)
+    return {**summary, "lowest_test_error": {"epoch": best["epoch"], "test_error": best["test_error"]}}
+
+
 def end_epoch(run: Run, loss: float) -> float:
     """Step the schedule as train.loop.train does after an epoch; returns the epoch's step size."""
     lr = run.opt.param_groups[0]["lr"]
@@ -104,3 +127,22 @@ def end_epoch(run: Run, loss: float) -> float:
     if not math.isfinite(loss):
         raise FloatingPointError(f"{run.name} diverged at epoch {run.epoch} (loss {loss})")
     return lr
+
+
+def save_runs(path: str | Path, runs: Mapping[str, Run], **extra: object) -> None:
+    """Every run's :func:`run_state` and ``extra`` (tensors and plain values) in one torch file,
+    written atomically, the device synchronised first."""
+    for run in runs.values():
+        synchronize(run.gen.device)
+    with atomic_path(path) as tmp:
+        torch.save({"format": RUNS_FORMAT, **extra, "runs": {n: run_state(r) for n, r in runs.items()}}, tmp)
+
+
+def read_runs(path: str | Path) -> dict:
+    """A :func:`save_runs` file (on the CPU); ValueError for a missing file or another format."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: no such file")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("format") != RUNS_FORMAT:
+        raise ValueError(f"{path} is not a {RUNS_FORMAT} file")
+    return saved
