@@ -66,11 +66,17 @@ def machine(device: torch.device | str) -> dict[str, object]:
     }
 
 
+def git(*args: str) -> str:
+    try:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    except OSError:  # no git on this machine (a GPU image): the record says "unknown"
+        return ""
+
+
 def commit() -> str:
     """The checkout's commit, with ``+dirty`` where tracked files differ from it."""
-    run = lambda *a: subprocess.run(["git", *a], cwd=ROOT, capture_output=True, text=True).stdout.strip()  # noqa: E731
-    head = run("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    head = git("rev-parse", "--short", "HEAD") or "unknown"
+    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def emit(benchmark: str, device: torch.device | str, ratios: dict[str, float], **fields: object) -> dict:
