@@ -5,10 +5,13 @@
      and, on 32 samples, against the same rows computed on the CPU
   3. a float64 eigendecomposition (torch.linalg.eigh) of Gram matrices of size 10k, 20k, 30k
 
-TF32 is off (numerical rules). --quick runs tiny sizes (a CPU check of the script itself);
---budget-s stops before a step whose predicted time would pass the budget.
+TF32 is off (numerical rules). The ratio is the device's Jacobian rows/s against the CPU's on
+the same 32 samples (measured in the same run). --budget-s stops before a step whose predicted
+time would pass the budget. Progress goes to stderr, the one JSON record to stdout.
 
   python bench/gpu_smoke.py [--quick] [--eigh-sizes 10000 20000 30000] [--budget-s 420]
+
+Smallest: --quick (tiny sizes, width 0.25; on the CPU where no GPU is present: a check of the script itself)
 """
 
 import argparse
@@ -18,12 +21,12 @@ import sys
 import time
 
 import torch
-from timing import timed
+from timing import emit, timed
 
 from jacobian_spectrum.common.device import select_device
 from jacobian_spectrum.jacobian.compute import jacobian
 from jacobian_spectrum.jacobian.probe import probe_errors
-from jacobian_spectrum.train.loop import augment, least_squares_loss
+from jacobian_spectrum.train.loop import TrainSettings, make_optimizer, train_epoch
 from jacobian_spectrum.train.models import ModelSpec, build_model
 
 
@@ -34,30 +37,23 @@ def main():
     ap.add_argument("--chunk", type=int, default=1000)
     ap.add_argument("--eigh-sizes", type=int, nargs="+", default=[10000, 20000, 30000])
     ap.add_argument("--budget-s", type=float, default=420)
+    ap.add_argument("--width", type=float, default=1.0, help="ResNet20's width (1: the paper's)")
     args = ap.parse_args()
     if args.quick:
-        args.images, args.chunk, args.eigh_sizes = 256, 16, [200, 400]
+        args.images, args.chunk, args.eigh_sizes, args.width = 64, 8, [100, 200], 0.25
     device = select_device("auto")
     start = time.perf_counter()
-    report = {
-        "device": torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",
-        "tf32": torch.backends.cuda.matmul.allow_tf32,
-    }
-    spec = ModelSpec("resnet20", 3, 32, 3, width=1.0)
+    report = {"tf32": torch.backends.cuda.matmul.allow_tf32}
+    spec = ModelSpec("resnet20", 3, 32, 3, width=args.width)
     model = build_model(spec, seed=0).to(device)
     x = torch.randn(args.images, 3, 32, 32, device=device)
     y = torch.nn.functional.one_hot(torch.randint(0, 3, (args.images,), device=device), 3).float()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    settings = TrainSettings("sgd", 0.01, 1, momentum=0.9, batch_size=128, augment_flip=True)
+    opt, _ = make_optimizer(model, settings)
     gen = torch.Generator(device=device).manual_seed(0)
 
-    def epoch():
-        perm = torch.randperm(args.images, generator=gen, device=device)
-        for i in range(0, args.images, 128):
-            idx = perm[i : i + 128]
-            loss = least_squares_loss(model(augment(x[idx], True, True, gen)), y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+    def epoch():  # the package's training epoch (train.loop.train_epoch)
+        train_epoch(model, opt, x, y, settings, gen)
 
     timed(epoch, device)  # warm-up (cuDNN autotuning, allocator)
     _, report["train_epoch_s"] = timed(epoch, device)
@@ -70,7 +66,9 @@ def main():
     report["jacobian_shape"] = list(J.shape)
     report["jacobian_probe_errors"] = probe_errors(model, xs[:64], J[: 64 * 3])
     # the same rows computed on the CPU (unfold and grouped-convolution paths there)
-    J_cpu = jacobian(copy.deepcopy(model).cpu(), xs[:32].cpu())
+    cpu_model, x_cpu = copy.deepcopy(model).cpu(), xs[:32].cpu()
+    J_cpu, t_cpu = timed(lambda: jacobian(cpu_model, x_cpu), torch.device("cpu"))
+    _, t_device = timed(lambda: jacobian(model, xs[:32]), device)
     diff = J[: 32 * 3].cpu().double() - J_cpu.double()
     report["jacobian_cpu_vs_device"] = {
         "relative_frobenius": float(diff.norm() / J_cpu.double().norm()),
@@ -102,7 +100,7 @@ def main():
             torch.cuda.empty_cache()
         print(json.dumps(report), file=sys.stderr, flush=True)
     report["total_s"] = time.perf_counter() - start
-    print(json.dumps(report, indent=1))
+    emit("gpu_smoke", device, {"jacobian_device_over_cpu_rows_per_s": t_cpu / t_device}, **report)
 
 
 if __name__ == "__main__":

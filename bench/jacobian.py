@@ -12,20 +12,21 @@ and, to show where ours' time goes: the forward and K backward passes to every l
 output that ours makes before its per-sample weight gradients, and the first write to a
 freshly allocated buffer the size of ours' largest batch of rows (page faults: a cost of
 storing J that the bound, which stores nothing, does not have).
-Prints rows/s of each and the ratios ours/bound and ours/naive as JSON. The three are timed
+Prints one JSON record: rows/s of each and the ratios ours/bound and ours/naive. The three are timed
 in interleaved rounds and each keeps its fastest round, so that load from other processes
 on a shared machine hits all three alike.
 
   python bench/jacobian.py [--samples 128] [--width 0.25] [--size 8] [--channels 1] [--classes 3]
                           [--repeats 5] [--device cpu]
+
+Smallest: --samples 4 --width 0.125 --repeats 1
 """
 
 import argparse
-import json
 import os
 
 import torch
-from timing import best_of_interleaved
+from timing import best_of_interleaved, emit
 
 from jacobian_spectrum.jacobian.compute import (
     batch_slices,
@@ -132,20 +133,7 @@ def main():
         device,
     )
     grouped = [grouped_conv_is_faster(conv.in_channels, px, device) for conv, px in _conv_output_pixels(model, x[:1])]
-    result = {
-        "device": str(device),
-        "threads": args.threads,
-        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
-        "cudnn": args.cudnn,
-        "samples": args.samples,
-        "rows": rows,
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "conv_layers_by_method": {
-            "grouped": sum(grouped),
-            "unfold": len(grouped) - sum(grouped),
-        },
-        "batches": [b.stop - b.start for b in batch_slices(len(x), batch)],
-        "rows_per_s": {k: rows / t[k] for k in ("ours", "in_memory", "naive", "bound")},
+    ratios = {
         "ours_over_bound": t["bound"] / t["ours"],
         "ours_over_naive": t["naive"] / t["ours"],
         "in_memory_over_bound": t["bound"] / t["in_memory"],
@@ -155,7 +143,21 @@ def main():
         "backprops_share_of_ours": t["backprops"] / t["ours"],
         "first_touch_of_batch_buffer_time_over_bound_time": t["first_touch"] / t["bound"],
     }
-    print(json.dumps(result, indent=1))
+    emit(
+        "jacobian",
+        device,
+        ratios,
+        seconds=t,
+        rows_per_s={k: rows / t[k] for k in ("ours", "in_memory", "naive", "bound")},
+        threads=args.threads,
+        THP_MEM_ALLOC_ENABLE=os.environ.get("THP_MEM_ALLOC_ENABLE", "unset"),
+        cudnn=args.cudnn,
+        samples=args.samples,
+        rows=rows,
+        parameters=sum(p.numel() for p in model.parameters()),
+        conv_layers_by_method={"grouped": sum(grouped), "unfold": len(grouped) - sum(grouped)},
+        batches=[b.stop - b.start for b in batch_slices(len(x), batch)],
+    )
 
 
 if __name__ == "__main__":

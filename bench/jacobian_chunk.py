@@ -5,9 +5,11 @@ ResNet20 checkpoint to a temporary folder, then runs ``compute_chunk`` (J batch 
 the probe check, the HDF5 write) in a new process per round, with PyTorch's 2 MiB pages
 off and on (THP_MEM_ALLOC_ENABLE=0/1) taking turns. Prints, per setting, the median
 seconds of the job and of its three parts, the peak RSS against the chunk's J in bytes, and
-the ratio of the two settings' medians.
+the ratio of the two settings' medians, as one JSON record.
 
   python bench/jacobian_chunk.py [--samples 512] [--width 1] [--size 32] [--channels 3] [--rounds 3]
+
+Smallest: --samples 4 --width 0.125 --size 8 --rounds 1
 """
 
 import argparse
@@ -20,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from timing import emit
 
 from jacobian_spectrum.data.sources import Source
 from jacobian_spectrum.data.subset import Subset, write_subset
@@ -73,23 +76,18 @@ def main() -> None:
                 results.append(json.loads(out.stdout.splitlines()[-1]))
     j_bytes = args.samples * 3 * p * 4
     median = {s: {key: statistics.median(r[key] for r in results) for key in results[0]} for s, results in runs.items()}
-    print(
-        json.dumps(
-            {
-                **vars(args),
-                "parameters": p,
-                "J_bytes": j_bytes,
-                "median_seconds": {
-                    f"THP_MEM_ALLOC_ENABLE={s}": {k: round(v, 3) for k, v in m.items() if k != "peak_rss_bytes"}
-                    for s, m in median.items()
-                },
-                "peak_rss_over_J_bytes": {
-                    f"THP_MEM_ALLOC_ENABLE={s}": m["peak_rss_bytes"] / j_bytes for s, m in median.items()
-                },
-                "job_time_THP_1_over_0": median["1"]["job"] / median["0"]["job"],
-            },
-            indent=1,
-        )
+    emit(
+        "jacobian_chunk",
+        "cpu",
+        {"job_time_THP_1_over_0": median["1"]["job"] / median["0"]["job"]},
+        **vars(args),
+        parameters=p,
+        J_bytes=j_bytes,
+        median_seconds={
+            f"THP_MEM_ALLOC_ENABLE={s}": {k: round(v, 3) for k, v in m.items() if k != "peak_rss_bytes"}
+            for s, m in median.items()
+        },
+        peak_rss_over_J_bytes={f"THP_MEM_ALLOC_ENABLE={s}": m["peak_rss_bytes"] / j_bytes for s, m in median.items()},
     )
 
 

@@ -12,40 +12,38 @@
                 room for are formed by the first pass and held for the later ones
                 (matrix_free_plan's held_samples; ``--memory-budget-mb 0`` holds none: every pass
                 forms every row)
-  jvp           the engine it replaced, applying J with one JVP per probe column
-                (torch.func.jvp, vmapped over the l columns), one product J X, timed here
   materialised  J in memory, then G = J J^T and its top-k eigenpairs (spectrum.method: full's
                 route; LAPACK's subset solver for the top k)
 
-Prints, as JSON, the seconds of each and the ratios the issue asks for: **method_over_rows** (the
+Prints one JSON record: the seconds of each and the ratios the issue asks for: **method_over_rows** (the
 whole method against forming the rows once) and **max_relative_error_top_k** (its top k against
 Gram + eigh), with the stored residuals and movement, an independent residual check by two more
-passes (not part of the method's cost), normal_pass / rows, jvp / normal_pass and
-method / materialised. rows, normal_pass (and jvp) take turns in rounds with a warm-up
+passes (not part of the method's cost), normal_pass / rows and method / materialised. rows and
+normal_pass take turns in rounds with a warm-up
 (``--repeats``), so that load from other processes hits them alike; the method runs once, and
 its time is compared with rows measured beside it.
 
   python bench/matrix_free.py [--samples 200] [--classes 10] [--width 0.25] [--size 32]
                               [--k 50] [--oversampling 150] [--iterations 3]
-                              [--iteration block_krylov] [--threads 2] [--skip-jvp]
+                              [--iteration block_krylov] [--threads 2]
                               [--memory-budget-mb 2000]
                               [--skip-reference] [--also OVERSAMPLING:Q:ITERATION ...]
 
 The issue's verification at the large size (10 classes x 2,000 images, 20,000 rows):
-  python bench/matrix_free.py --samples 2000 --repeats 1 --skip-jvp
+  python bench/matrix_free.py --samples 2000 --repeats 1
+
+Smallest: --samples 4 --classes 3 --width 0.125 --size 8 --k 3 --oversampling 4 --iterations 1 --repeats 1
 """
 
 import argparse
-import json
 import time
 
 import numpy as np
 import scipy.linalg
 import torch
-from timing import best_of_interleaved
-from torch.func import functional_call, jvp, vmap
+from timing import best_of_interleaved, emit
 
-from jacobian_spectrum.jacobian.compute import batch_slices, jacobian, jacobian_blocks, split_params
+from jacobian_spectrum.jacobian.compute import jacobian, jacobian_blocks
 from jacobian_spectrum.spectrum.dense import rank_update, symmetrize_upper
 from jacobian_spectrum.spectrum.matrix_free import (
     JacobianOperator,
@@ -54,26 +52,6 @@ from jacobian_spectrum.spectrum.matrix_free import (
     vector_residuals,
 )
 from jacobian_spectrum.train.models import ModelSpec, build_model
-
-
-def jvp_product(model: torch.nn.Module, x: torch.Tensor, X: torch.Tensor, batch: int) -> torch.Tensor:
-    """J X by one JVP per column of X (the engine matrix_free used before it streamed rows)."""
-    params, buffers = split_params(model)
-    names, sizes = list(params), [p.numel() for p in params.values()]
-
-    def unflatten(v: torch.Tensor) -> dict:
-        out, off = {}, 0
-        for n, s in zip(names, sizes):
-            out[n] = v[off : off + s].reshape(params[n].shape)
-            off += s
-        return out
-
-    blocks = []
-    for b in batch_slices(len(x), batch):
-        f = lambda p, xb=x[b]: functional_call(model, (p, buffers), (xb,))  # noqa: E731
-        one = lambda col, f=f: jvp(f, (params,), (unflatten(col),))[1].reshape(-1)  # noqa: E731
-        blocks.append(vmap(one, in_dims=1, out_dims=1)(X))
-    return torch.cat(blocks)
 
 
 def main() -> None:
@@ -96,12 +74,8 @@ def main() -> None:
         help="the method's spectrum.memory_budget_mb: the rows it holds between passes (0: none held)",
     )
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--skip-jvp", action="store_true", help="leave out the JVP engine (the large verification)")
     ap.add_argument(
         "--skip-reference", action="store_true", help="leave out Gram + eigh: the method's cost, no accuracy"
-    )
-    ap.add_argument(
-        "--jvp-batch", type=int, default=4, help="samples per vmapped JVP batch (memory: l tangents x activations)"
     )
     ap.add_argument(
         "--also",
@@ -135,11 +109,8 @@ def main() -> None:
         "rows": lambda: [None for _ in jacobian_blocks(model, x, a.batch)],
         "normal_pass": lambda: op.normal_matmat(Z),
     }
-    if not a.skip_jvp:
-        timings["jvp_product"] = lambda: jvp_product(model, x, torch.from_numpy(Z), a.jvp_batch)
     t = best_of_interleaved(timings, a.repeats, torch.device("cpu"))
     t_rows, t_normal = t["rows"], t["normal_pass"]
-    t_jvp = t.get("jvp_product", float("nan"))
     mop, held = method_operator(a.oversampling, a.iterations, a.iteration)
     t0 = time.perf_counter()
     top = randomized_svd(mop, a.k, a.oversampling, a.iterations, iteration=a.iteration)
@@ -177,60 +148,55 @@ def main() -> None:
     def error(values: np.ndarray) -> float:
         return float("nan") if s_ref is None else float(np.max(np.abs(values[: a.k] - s_ref) / s_ref))
 
-    print(
-        json.dumps(
+    emit(
+        "matrix_free",
+        "cpu",
+        {
+            # against the faster of the two rows timings (the bound is the machine's best)
+            "method_over_rows": t_method / min(t_rows, t_rows_after),
+            "normal_pass_over_rows": t_normal / t_rows,
+            "method_over_materialised": t_method / t_materialised,
+            "max_relative_error_top_k": error(top.singular_values),
+        },
+        rows=rows,
+        parameters=cols,
+        k=a.k,
+        probe_columns=ell,
+        power_iterations=a.iterations,
+        iteration=a.iteration,
+        passes=passes,
+        memory_budget_mb=a.memory_budget_mb,
+        held_samples=held,
+        rows_formed_in_passes=rows_formed / rows,
+        seconds={
+            "rows": t_rows,
+            "rows_after_method": t_rows_after,
+            "normal_pass": t_normal,
+            "method": t_method,
+            # the passes within the method: the rest is its own work between passes
+            "method_passes": t_method_passes,
+            "materialised": t_materialised,
+        },
+        # each pass's Ritz values (the last: the returned ones) against Gram + eigh
+        max_relative_error_after_each_pass=[error(e) for e in top.estimates],
+        subspace_overlap_top_k=float("nan") if V is None else float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),
+        stored_residual_top_k=float(top.residuals.max()),
+        stored_checks=top.checks(),
+        movement_top_k=top.movement(a.k),
+        independent_left_residual_top_k=float(residuals.max()),
+        also=[
             {
-                "rows": rows,
-                "parameters": cols,
-                "k": a.k,
-                "probe_columns": ell,
-                "power_iterations": a.iterations,
-                "iteration": a.iteration,
-                "passes": passes,
-                "memory_budget_mb": a.memory_budget_mb,
-                "held_samples": held,
-                "rows_formed_in_passes": rows_formed / rows,
-                "seconds": {
-                    "rows": t_rows,
-                    "rows_after_method": t_rows_after,
-                    "normal_pass": t_normal,
-                    "jvp_product": t_jvp,
-                    "method": t_method,
-                    # the passes within the method: the rest is its own work between passes
-                    "method_passes": t_method_passes,
-                    "materialised": t_materialised,
-                },
-                # against the faster of the two rows timings (the bound is the machine's best)
-                "method_over_rows": t_method / min(t_rows, t_rows_after),
-                "normal_pass_over_rows": t_normal / t_rows,
-                "jvp_product_over_normal_pass": t_jvp / t_normal,
-                "method_over_materialised": t_method / t_materialised,
-                "max_relative_error_top_k": error(top.singular_values),
-                # each pass's Ritz values (the last: the returned ones) against Gram + eigh
-                "max_relative_error_after_each_pass": [error(e) for e in top.estimates],
-                "subspace_overlap_top_k": float("nan")
-                if V is None
-                else float(np.linalg.norm(top.U.T @ V[:, : a.k]) ** 2 / a.k),
-                "stored_residual_top_k": float(top.residuals.max()),
-                "stored_checks": top.checks(),
-                "movement_top_k": top.movement(a.k),
-                "independent_left_residual_top_k": float(residuals.max()),
-                "also": [
-                    {
-                        "setting": setting,
-                        "passes": passes_,
-                        "held_samples": held_,
-                        "method_over_rows": seconds / min(t_rows, t_rows_after),
-                        "max_relative_error_top_k": error(other.singular_values),
-                        "max_relative_error_after_each_pass": [error(e) for e in other.estimates],
-                        "stored_residual_top_k": float(other.residuals.max()),
-                        "movement_top_k": other.movement(a.k),
-                    }
-                    for setting, other, passes_, seconds, held_ in others
-                ],
-            },
-            indent=1,
-        )
+                "setting": setting,
+                "passes": passes_,
+                "held_samples": held_,
+                "method_over_rows": seconds / min(t_rows, t_rows_after),
+                "max_relative_error_top_k": error(other.singular_values),
+                "max_relative_error_after_each_pass": [error(e) for e in other.estimates],
+                "stored_residual_top_k": float(other.residuals.max()),
+                "movement_top_k": other.movement(a.k),
+            }
+            for setting, other, passes_, seconds, held_ in others
+        ],
     )
 
 

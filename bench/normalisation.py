@@ -11,24 +11,18 @@ the commit.
 
   python bench/normalisation.py [--model torchvision:resnet18] [--images 300] [--size 32]
                                 [--batch 32] [--repeats 3] [--threads 2]
+
+Smallest: --model resnet20 --width 0.125 --images 16 --size 8 --batch 8 --repeats 1
 """
 
 import argparse
-import json
-import platform
-import subprocess
 
 import torch
-from timing import best_of_interleaved
+from timing import best_of_interleaved, emit
 
 from jacobian_spectrum.train.loop import TrainSettings, make_optimizer, predict, train_epoch
 from jacobian_spectrum.train.models import ModelSpec, build_model
 from jacobian_spectrum.train.normalisation import normalisation_layers, recompute_statistics
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "unknown"
 
 
 def main() -> None:
@@ -59,22 +53,19 @@ def main() -> None:
         a.repeats,
         device,
     )
-    print(
-        json.dumps(
-            {
-                "benchmark": "normalisation",
-                "model": a.model,
-                "normalisation_layers": len(normalisation_layers(model)),
-                "images": a.images,
-                "size": a.size,
-                "threads": a.threads,
-                "seconds": {k: round(v, 4) for k, v in seconds.items()},
-                "recompute_over_epoch": round(seconds["recompute"] / seconds["epoch"], 3),
-                "recompute_over_predict": round(seconds["recompute"] / seconds["predict"], 3),
-                "machine": f"{platform.machine()} {platform.processor()}".strip(),
-                "commit": commit(),
-            }
-        )
+    emit(
+        "normalisation",
+        device,
+        {
+            "recompute_over_epoch": round(seconds["recompute"] / seconds["epoch"], 3),
+            "recompute_over_predict": round(seconds["recompute"] / seconds["predict"], 3),
+        },
+        model=a.model,
+        normalisation_layers=len(normalisation_layers(model)),
+        images=a.images,
+        size=a.size,
+        threads=a.threads,
+        seconds={k: round(v, 4) for k, v in seconds.items()},
     )
 
 

@@ -8,11 +8,15 @@ machine, with nothing else running:
 
 Prints, per kind of step (training, Jacobian, spectrum), the estimated and measured seconds
 summed over its jobs, the largest estimated and measured peak memory of one job, and their
-ratios (estimate / measured; the goal is within 0.5 to 2) as JSON.
+ratios (estimate / measured; the goal is within 0.5 to 2) as one JSON record.
+
+Smallest: --configfile tests/configs/tiny.yaml --results DIR, DIR holding the run's
+``benchmarks/`` files (tests/test_bench.py writes a few).
 """
 
 import argparse
-import json
+
+from timing import emit
 
 from jacobian_spectrum.plan import benchmark_file, load_config, make_plan, measure_rates, read_benchmark
 
@@ -44,7 +48,8 @@ def main() -> None:
     for o in out.values():
         o["ratio_seconds"] = o["seconds_estimate"] / o["seconds_measured"]
         o["ratio_rss"] = o["rss_estimate"] / o["rss_measured"] if o["rss_measured"] else None
-    print(json.dumps({"config": args.configfile or "config.yaml", "cores": args.cores, "steps": out}, indent=1))
+    ratios = {f"{kind}_{r}": o[r] for kind, o in out.items() for r in ("ratio_seconds", "ratio_rss")}
+    emit("plan_check", "cpu", ratios, config=args.configfile or "config.yaml", cores=args.cores, steps=out)
 
 
 if __name__ == "__main__":

@@ -5,20 +5,22 @@
   eigh          the float64 symmetric eigensolver on G
   topk          randomized SVD of the stored J (dask svd_compressed), and its accuracy
                 (max relative error of the top-r singular values against eigh's)
-Prints seconds, the ratio gram_memory / gram_hdf5 (1.0 = no cost for reading from disk) and
-topk accuracy as JSON.
+Prints one JSON record: seconds, the ratio gram_memory / gram_hdf5 (1.0 = no cost for reading
+from disk) and topk accuracy.
 
   python bench/spectrum.py [--rows 3000] [--cols 60000] [--rank 60] [--threads 2]
+
+Smallest: --rows 200 --cols 3000 --rank 10 --info-dim 5
 """
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import h5py
 import numpy as np
+from timing import emit
 
 from jacobian_spectrum.common.h5io import write_provenance
 from jacobian_spectrum.spectrum.dense import eigh_descending, gram, topk_spectrum
@@ -67,18 +69,15 @@ def main():
         top = topk_spectrum(path, args.info_dim, 2 * args.info_dim, 20, 4, args.budget_mb, args.threads)
         t_topk = time.perf_counter() - t0
         err = np.abs(top.singular_values[: args.info_dim] - s_full[: args.info_dim]) / s_full[: args.info_dim]
-    print(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "cols": args.cols,
-                "threads": args.threads,
-                "seconds": {"gram_hdf5": t_hdf5, "gram_memory": t_mem, "eigh": t_eigh, "topk": t_topk},
-                "gram_hdf5_over_memory_throughput": t_mem / t_hdf5,
-                "topk_max_relative_error_top_r": float(err.max()),
-            },
-            indent=1,
-        )
+    emit(
+        "spectrum",
+        "cpu",
+        {"gram_hdf5_over_memory_throughput": t_mem / t_hdf5, "topk_over_eigh_time": t_topk / t_eigh},
+        rows=args.rows,
+        cols=args.cols,
+        threads=args.threads,
+        seconds={"gram_hdf5": t_hdf5, "gram_memory": t_mem, "eigh": t_eigh, "topk": t_topk},
+        topk_max_relative_error_top_r=float(err.max()),
     )
 
 

@@ -228,3 +228,38 @@ def test_table_titles_come_from_the_configured_run_and_degenerate_rows_are_marke
     assert "Not the paper's" not in comparison_table(
         {1: out["csv"]}, tmp_path / "c.md", "scale", {1: sgd}, "resnet20", 9999
     )
+
+
+def test_alignment_by_labels_gives_each_label_sets_six_columns_and_reference():
+    from jacobian_spectrum.analysis.measure import alignment_by_labels, flatten_rows
+    from jacobian_spectrum.analysis.quantities import no_memorisation_alignment
+    from jacobian_spectrum.data.corruption import one_hot
+
+    rng = np.random.default_rng(0)
+    clean, noisy = np.arange(20) % 3, rng.integers(0, 3, 20)
+    U, _ = np.linalg.qr(rng.standard_normal((60, 5)))
+    s, f0 = np.linspace(5, 1, 5), rng.standard_normal((20, 3))
+    rows, reference = alignment_by_labels(U, s, {"clean": clean, "noisy": noisy}, clean, f0)
+    y = flatten_rows(one_hot(noisy, 3))
+    assert rows["noisy"] == [*projection_ratios(y, U, s), *projection_ratios(flatten_rows(f0) - y, U, s)]
+    assert reference["noisy"] == list(no_memorisation_alignment(y, clean, 3))
+    assert reference["clean"][0] == pytest.approx(1.0)  # no noise to leave out
+
+
+def test_measured_table_puts_values_beside_the_papers_and_says_why_a_row_is_missing():
+    from jacobian_spectrum.figures.paper import PAPER_TABLES, format_value, measured_table
+
+    values = [0.5, 0.25, 0.125, 0.75, 0.5, 0.5]
+    spectra = {"J_init": {"alignment": {"a": values}, "no_memorisation": {"a": [0.7, 0.3]}}}
+    steps = [
+        {"step": "train a + b", "status": "partial", "reason": "budget ended"},
+        {"step": "spectrum J_final a", "status": "skipped", "reason": "a is at epoch 3 of 6"},
+    ]
+    text = measured_table(3, "a", spectra, "tiny", steps)
+    assert text.startswith("**Table 3: 50% corrupted labels, SGD** (tiny)")
+    init = next(line for line in text.splitlines() if line.startswith("| J_init |"))
+    assert f"{format_value(values[0])} (paper {format_value(PAPER_TABLES[3][0][0])})" in init
+    assert "| J_final | - (paper" in text and "J_final: not measured (a is at epoch 3 of 6)" in text
+    assert "\u2016P_I y\u2016/\u2016y\u2016 = 0.700" in text  # the no-memorisation reference
+    assert "J_final: not measured (budget ended)" in measured_table(3, "a", spectra, "tiny", steps[:1])
+    assert "J_init: not measured (not reached yet)" in measured_table(1, "b", {}, "tiny", [])

@@ -87,6 +87,19 @@ def test_digits_subset_is_balanced_traceable_and_disjoint(tmp_path):
     assert abs(data.x.mean()) < 1e-5 and abs(data.x.std() - 1) < 1e-4
 
 
+def test_subset_splits_are_the_subset_files_splits_without_a_file_left(tmp_path):
+    from jacobian_spectrum.data.subset import subset_splits
+
+    subset, train, test = subset_splits(DIGITS, tmp_path)
+    assert list(tmp_path.iterdir()) == []  # the temporary subset file is gone
+    expected, source = build_subset(DIGITS)
+    write_subset(tmp_path / "subset.h5", expected, source, DIGITS)
+    for split, data in (("train", train), ("test", test)):
+        assert np.array_equal(subset.source_index[split], expected.source_index[split])
+        np.testing.assert_array_equal(data.x, read_split(tmp_path / "subset.h5", split).x)
+        assert np.array_equal(data.y, expected.y[split]) and data.num_classes == 3
+
+
 def test_subset_seed_changes_the_draw():
     a = draw_subset({"train": np.arange(100) % 2, "test": np.arange(50) % 2}, [0, 1], 10, 5, seed=0)
     b = draw_subset({"train": np.arange(100) % 2, "test": np.arange(50) % 2}, [0, 1], 10, 5, seed=0)

@@ -16,6 +16,9 @@ import pytest
 import torch
 import yaml
 
+from jacobian_spectrum.analysis.measure import TABLE_ROWS
+from jacobian_spectrum.figures.paper import PAPER_TABLE_TITLES, PAPER_TABLES, format_value, markdown_columns
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "paper_gpu.py"
 # runs the script as `python bench/paper_gpu.py ARGS` would, then fails if Snakemake or Dask were
@@ -89,14 +92,14 @@ def quick_eval_epochs(run: str) -> list[int]:
 
 def check_table(text: str, number: int, measured: tuple[bool, bool]) -> None:
     """The title, the columns, and each row's six cells: measured (or '-') beside the paper's value."""
-    assert text.startswith(f"**{pg.PAPER_TABLE_TITLES[number]}**")
-    assert "| | " + " | ".join(pg.markdown_columns()) + " |" in text
-    for row, paper, row_measured in zip(pg.TABLE_ROWS, pg.PAPER_TABLES[number], measured):
+    assert text.startswith(f"**{PAPER_TABLE_TITLES[number]}**")
+    assert "| | " + " | ".join(markdown_columns()) + " |" in text
+    for row, paper, row_measured in zip(TABLE_ROWS, PAPER_TABLES[number], measured):
         line = next(line for line in text.splitlines() if line.startswith(f"| {row} |"))
         cells = line.strip("|").split("|")[1:]
         assert len(cells) == 6
         for cell, value in zip(cells, paper):
-            assert cell.strip().endswith(f"(paper {pg.format_value(value)})"), cell
+            assert cell.strip().endswith(f"(paper {format_value(value)})"), cell
             assert cell.strip().startswith("-") != row_measured, cell
 
 
@@ -181,11 +184,13 @@ def test_a_budget_too_small_skips_every_step_saying_why(tmp_path, images):
 
 
 def test_interleaved_steps_are_the_package_training_loop():
-    """Two runs stepped alternately (TrainingRun, train_round) end bit-for-bit where
-    train.loop.train ends each alone: the same ops in the same order."""
+    """Two runs trained together (train.together.train_round: their batches taking turns, each
+    run's epoch train.loop.train_steps) end bit-for-bit where train.loop.train ends each alone,
+    with the same losses: the same ops in the same order."""
     from jacobian_spectrum.data.subset import SplitData
     from jacobian_spectrum.train.loop import TrainSettings, train
     from jacobian_spectrum.train.models import ModelSpec, build_model
+    from jacobian_spectrum.train.together import end_epoch, make_run, train_round
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((40, 3, 8, 8)).astype(np.float32)
@@ -197,21 +202,19 @@ def test_interleaved_steps_are_the_package_training_loop():
         TrainSettings("adam", 0.001, 3, batch_size=16, augment_flip=True, seed=1),
     ]
     cpu = torch.device("cpu")
-    runs = [
-        pg.TrainingRun(f"r{i}", s, y, 3, copy.deepcopy(init), cpu) for i, (s, y) in enumerate(zip(settings, labels))
-    ]
+    runs = [make_run(f"r{i}", s, y, 3, copy.deepcopy(init), cpu) for i, (s, y) in enumerate(zip(settings, labels))]
     losses = [[], []]
     for _ in range(3):
-        pg.train_round(runs, torch.from_numpy(x), cpu)
-        for run, loss in zip(runs, losses):
-            loss.append(run.end_epoch(len(x))[1])
+        for run, loss, value in zip(runs, losses, train_round(runs, torch.from_numpy(x))[1]):
+            end_epoch(run, value)
+            loss.append(value)
     test = SplitData(x[:8], labels[0][:8], 3, (3, 8, 8))
     for run, s, y, loss in zip(runs, settings, labels, losses):
         alone = copy.deepcopy(init)
         traj, _ = train(alone, spec, s, SplitData(x, y, 3, (3, 8, 8)), y, test, cpu)
         for name, value in alone.state_dict().items():
             assert torch.equal(value, run.model.state_dict()[name]), name
-        np.testing.assert_allclose(loss, traj.batch_loss[1:], rtol=1e-6)
+        assert loss == traj.batch_loss[1:]
 
 
 def test_the_runs_are_config_paper_yaml_s():

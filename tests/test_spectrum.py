@@ -513,6 +513,20 @@ def test_gram_on_device_equals_the_cpu_gram(tmp_path, device, dtype):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_gram_in_memory_equals_the_streamed_gram_and_names_nan(tmp_path, device):
+    from jacobian_spectrum.spectrum.device import gram_in_memory, gram_on_device
+
+    J = random_J("low_rank", np.random.default_rng(1)).astype(np.float32)
+    expected = gram_on_device(write_J(tmp_path / "J.h5", J), device, 50).cpu().numpy()
+    for budget in (0.05, 50):  # many slabs, one
+        G = gram_in_memory(torch.from_numpy(J).to(device), budget).cpu().numpy()
+        assert np.abs(G - expected).max() <= 1e-12 * np.abs(expected).max()
+    J[7, 650] = np.nan
+    with pytest.raises(ValueError, match=r"J holds NaN or Inf in columns \d+\.\.\d+"):
+        gram_in_memory(torch.from_numpy(J).to(device), 0.05)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_gram_on_device_names_the_columns_holding_nan(tmp_path, device):
     from jacobian_spectrum.spectrum.device import gram_on_device
 
@@ -640,3 +654,27 @@ def test_auto_takes_the_gram_iteration_where_it_fits_and_costs_fewer_passes():
     assert matrix_free_plan(900, 3, 50_000, 50, 50, 6, budget_mb=2000).passes == 2
     with pytest.raises(ValueError, match=r"spectrum.iteration = gram: the Gram matrix of J \(100,000 x"):
         matrix_free_plan(100_000, 10, 269_722, 50, 50, 6, budget_mb=4000, iteration="gram")
+
+
+def test_spectrum_in_memory_is_eigh_of_j_jt_with_its_probe_check_and_costs():
+    """J of a small network, its probe check, G and the checked eigh, nothing on disk; and the
+    time and memory predictions the fused GPU run budgets with."""
+    from jacobian_spectrum.jacobian.compute import jacobian
+    from jacobian_spectrum.plan import Rates
+    from jacobian_spectrum.spectrum.device import spectrum_bytes, spectrum_in_memory, spectrum_seconds
+    from jacobian_spectrum.train.models import ModelSpec, build_model
+
+    model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0)
+    x = torch.randn(10, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    w, V, info = spectrum_in_memory(model, x, memory_budget_mb=0.05, probe_samples=4)
+    J = jacobian(model, x).double().numpy()
+    expected = np.linalg.eigvalsh(J @ J.T)[::-1]
+    assert np.abs(w - expected).max() <= 1e-10 * expected[0] and V.shape == (30, 30)
+    assert np.allclose((J @ J.T) @ V[:, 0], w[0] * V[:, 0], rtol=1e-8, atol=1e-8 * w[0])
+    assert max(info["probe_errors"].values()) < 1e-4
+    assert set(info["seconds"]) == {"jacobian", "probe", "gram", "eigh", "total"}
+    rates = Rates("cpu", 0, 0, 0.01, 1e9, 1e-9, 0, 0, 0, 0, 0)  # 10 ms per sample, 1 G multiply-adds/s
+    assert spectrum_seconds(rates, 300, 1000, 3) == pytest.approx(
+        (300 + 3 * 64 * 3) / 3 * 0.01 + 300**2 * 1000 / 1e9 + 1e-9 * 300**3 + 3 * 300**2 * 8 / 5e9
+    )
+    assert spectrum_bytes(300, 1000, 1000) >= 300 * 1000 * 4 + 300 * 300 * 8

@@ -227,3 +227,30 @@ def test_least_squares_loss_is_half_squared_norm_per_sample():
     assert least_squares_loss(out, target).item() == pytest.approx((0.5 * 1 + 0.5 * 4) / 2)
     assert errors(np.array([[[1, 0], [0, 1]]]), np.array([0, 0])).tolist() == [0.5]
     assert predict(torch.nn.Linear(2, 2), torch.zeros(3, 2)).shape == (3, 2)
+
+
+def test_a_training_state_continues_an_epoch_bit_for_bit():
+    """train.loop.training_state after one epoch, loaded into fresh objects, gives the second
+    epoch of an uninterrupted run exactly (the fused GPU run's checkpoints rely on it)."""
+    import copy
+
+    from jacobian_spectrum.train.loop import load_training_state, make_optimizer, train_epoch, training_state
+
+    x, y = torch.randn(24, 1, 8, 8), torch.nn.functional.one_hot(torch.arange(24) % 3, 3).float()
+    s = TrainSettings("sgd", 0.05, 2, momentum=0.9, milestones=[1], batch_size=8, augment_flip=True)
+    init = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0)
+
+    def objects(model):
+        opt, sched = make_optimizer(model, s)
+        return model, opt, sched, torch.Generator().manual_seed(s.seed)
+
+    model, opt, sched, gen = objects(copy.deepcopy(init))
+    train_epoch(model, opt, x, y, s, gen)
+    sched.step()
+    state = copy.deepcopy(training_state(model, opt, sched, gen))
+    last = train_epoch(model, opt, x, y, s, gen)
+    again = objects(copy.deepcopy(init))
+    load_training_state(state, *again)
+    assert train_epoch(again[0], again[1], x, y, s, again[3]) == last
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, again[0].state_dict()[name]), name

@@ -6,6 +6,9 @@ attrs; for a Jacobian also the Frobenius norm of each parameter tensor's column 
 virtual dataset over its chunk files; the copy holds the values and reads anywhere).
 ``plan [--configfile FILE] [--device cpu|cuda] [--cores N]`` prints each step's expected
 time, memory, GPU memory and disk before a run (:mod:`jacobian_spectrum.plan`).
+``job-times [LOG] [--jobs]`` tells where a workflow run's time went, per rule, from its
+Snakemake log (:mod:`jacobian_spectrum.common.job_times`). ``factors CONFIG[=TIME_LOG]...``
+prints docs/cifar10.md's factor table from finished runs (:mod:`jacobian_spectrum.figures.factors`).
 """
 
 from __future__ import annotations
@@ -79,7 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     p_plan.add_argument("--configfile", default=None, help="the config to plan (default: config.yaml)")
     p_plan.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where the heavy steps will run")
     p_plan.add_argument("--cores", type=int, default=0, help="cores Snakemake will use (default: this machine's)")
+    p_times = sub.add_parser("job-times", help="each rule's jobs and seconds from a Snakemake log")
+    p_times.add_argument("log", nargs="?", help="a Snakemake log (default: the newest in .snakemake/log)")
+    p_times.add_argument("--jobs", action="store_true", help="also list every job")
+    p_factors = sub.add_parser("factors", help="docs/cifar10.md's factor table from finished workflow runs")
+    p_factors.add_argument("runs", nargs="+", help="CONFIG[=TIME_LOG]: a config whose workflow has finished")
     args = parser.parse_args(argv)
+    if args.command in ("job-times", "factors"):
+        return tools(args)
     if args.command == "plan":
         from snakemake.exceptions import WorkflowError
 
@@ -108,6 +118,25 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: {exc}", file=sys.stderr)
             status = 1
     return status
+
+
+def tools(args: argparse.Namespace) -> int:
+    """The two readers of finished runs: job-times (a Snakemake log) and factors (results folders)."""
+    try:
+        if args.command == "job-times":
+            from .common.job_times import job_spans, job_times_report, newest_log
+
+            log = Path(args.log) if args.log else newest_log()
+            lines = job_times_report(job_spans(log.read_text()), args.jobs)
+            print(f"{log}: " + "\n".join(lines))
+        else:
+            from .figures.factors import factor_table
+
+            print(factor_table(args.runs), end="")
+    except (OSError, ValueError, KeyError) as exc:  # no log, a log without jobs, an unfinished run
+        print(f"error: {exc!r}" if isinstance(exc, KeyError) else f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

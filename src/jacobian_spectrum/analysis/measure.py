@@ -65,6 +65,38 @@ def residual_energies(residuals: np.ndarray, U: np.ndarray) -> tuple[np.ndarray,
     return info, np.maximum(total - info, 0.0)
 
 
+def alignment_by_labels(
+    U: np.ndarray, s: np.ndarray, labels: Mapping[str, np.ndarray], clean: np.ndarray, predictions0: np.ndarray
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """One spectrum's Tables 1-3 columns (TABLE_COLUMNS) for several label sets (name -> the trained
+    labels, (n,)): y and r0 = f(W0) - y, ``predictions0`` the initial outputs (n, K); and each set's
+    no-memorisation reference (``no_memorisation_alignment`` against the ``clean`` labels)."""
+    k = predictions0.shape[-1]
+    ys = {name: flatten_rows(one_hot(y, k)) for name, y in labels.items()}
+    rows = {
+        n: [*projection_ratios(y, U, s), *projection_ratios(flatten_rows(predictions0) - y, U, s)]
+        for n, y in ys.items()
+    }
+    return rows, {name: list(no_memorisation_alignment(y, clean, k)) for name, y in ys.items()}
+
+
+def spectrum_summary(
+    w: np.ndarray, V: np.ndarray, labels: Mapping[str, np.ndarray], clean: np.ndarray, predictions0: np.ndarray, r: int
+) -> dict:
+    """What a fused run keeps of a whole spectrum (eigenvalues ``w`` of G = J J^T, descending, and
+    their vectors ``V``): the top 100 singular values, s_r and the top r's share of ||J||_F^2, and
+    :func:`alignment_by_labels` at the cut-off r."""
+    s = np.sqrt(np.maximum(w, 0.0))
+    alignment, reference = alignment_by_labels(V[:, :r], s, labels, clean, predictions0)
+    summary = {"singular_values_top": s[:100].tolist(), "s_r": float(s[r - 1])}
+    return {
+        **summary,
+        "energy_share_top_r": float(energy_share(s)[r - 1]),
+        "alignment": alignment,
+        "no_memorisation": reference,
+    }
+
+
 @dataclass
 class Tracking:
     """The alignment at each tracked epoch (beyond the paper: its two moments become a curve)."""

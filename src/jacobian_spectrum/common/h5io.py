@@ -34,6 +34,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def json_safe(value: object) -> object:
+    """``value`` as strict JSON takes it: NaN and infinities as null, numpy scalars as numbers,
+    tuples as lists, keys as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return int(value) if isinstance(value, np.integer) else value
+
+
+def write_json(path: str | Path, value: object) -> None:
+    """``value`` (:func:`json_safe`) as indented JSON, written atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(json_safe(value), indent=1) + "\n")
+
+
 def _remove_stale_temporaries(path: Path) -> None:
     """Delete temporaries of ``path`` left by killed writers (their process is gone).
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 logger = logging.getLogger("jacobian_spectrum")
 
@@ -15,4 +16,16 @@ def start_log(path: str | None = None) -> logging.Logger:
     logging.basicConfig(
         stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", force=True
     )
+    return logger
+
+
+def log_to(path: str | Path, append: bool = False) -> logging.Logger:
+    """The package's progress lines to stderr and to ``path`` too, for a command that writes its
+    own log file beside its results (bench/paper_gpu.py's log.txt); ``append`` continues it."""
+    fmt = logging.Formatter("%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    for handler in (logging.StreamHandler(sys.stderr), logging.FileHandler(path, mode="a" if append else "w")):
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
     return logger

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -131,3 +132,16 @@ def read_split(path: str | os.PathLike, split: str) -> SplitData:
         std = np.asarray(f.attrs["channel_std"], dtype=np.float32)[None, :, None, None]
         x = (x / np.float32(f.attrs["pixel_max"]) - mean) / std
         return SplitData(x, y, int(f.attrs["num_classes"]), tuple(int(v) for v in f.attrs["image_shape"]))
+
+
+def subset_splits(dataset: Mapping, scratch: str | os.PathLike) -> tuple[Subset, SplitData, SplitData]:
+    """The configured subset and its two splits normalised as the workflow's subset file gives them
+    (:func:`read_split`), through a temporary file in ``scratch``: where no workflow runs
+    (bench/paper_gpu.py), the same images, labels and normalisation."""
+    subset, source = build_subset(dataset)
+    path = Path(scratch) / f"subset-{os.getpid()}.h5"
+    try:
+        write_subset(path, subset, source, dataset)
+        return subset, read_split(path, "train"), read_split(path, "test")
+    finally:
+        path.unlink(missing_ok=True)

@@ -376,6 +376,90 @@ def write_table(
     return values
 
 
+def beside_paper_markdown(
+    number: int,
+    measured: Mapping[str, Sequence[float] | None],
+    caption: str,
+    missing: Mapping[str, str] | None = None,
+    reference: float | None = None,
+) -> str:
+    """Table ``number`` in Markdown, each measured value beside the paper's printed one: ``measured``
+    maps a row of TABLE_ROWS to its six values, or to None where it was not measured ("-", and
+    ``missing`` says why); a note per row gives the largest difference over the four projection
+    columns, and ``reference`` (||P_I y||/||y|| with no label noise memorised) is added below 1."""
+    lines = [f"**{PAPER_TABLE_TITLES[number]}** ({caption})", "", "| | " + " | ".join(markdown_columns()) + " |"]
+    lines.append("|---" * (len(TABLE_COLUMNS) + 1) + "|")
+    notes = []
+    for row, paper in zip(TABLE_ROWS, PAPER_TABLES[number]):
+        values = measured.get(row)
+        cells = [
+            (format_value(v) if values else "-") + f" (paper {format_value(q)})" for v, q in zip(values or paper, paper)
+        ]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+        if values:
+            diff = max(abs(values[i] - paper[i]) for i in (0, 1, 3, 4))
+            notes.append(f"{row}: largest |measured - paper| over the four projection columns {diff:.3f}")
+        else:
+            notes.append(f"{row}: not measured ({(missing or {}).get(row, 'not reached yet')})")
+    lines += ["", *notes]
+    if reference is not None and reference < 1:
+        lines.append(
+            "No-memorisation reference (I = the true-class structure, none of the label noise): "
+            f"\u2016P_I y\u2016/\u2016y\u2016 = {format_value(reference)}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def measured_table(
+    number: int, run: str, spectra: Mapping[str, Mapping], caption: str, steps: Sequence[Mapping]
+) -> str:
+    """:func:`beside_paper_markdown` of run ``run`` from spectra keyed "J_init" and "J_final {run}",
+    each holding "alignment" and "no_memorisation" per run (bench/paper_gpu.py's results.json); a
+    row not measured says the last reason ``steps`` (records with "step" and "reason") gave for its
+    spectrum or its run's training."""
+    init, final = spectra.get("J_init", {}), spectra.get(f"J_final {run}", {})
+    measured = {"J_init": init.get("alignment", {}).get(run), "J_final": final.get("alignment", {}).get(run)}
+
+    def why(spectrum: str, trained: str = "") -> str:
+        def about(step: str) -> bool:  # the spectrum's own step, or the training of its run
+            return step == spectrum or (step.startswith("train ") and trained in step[6:].split(" + "))
+
+        hits = [e["reason"] for e in steps if e.get("reason") and about(e["step"])]
+        return hits[-1] if hits else "not reached yet"
+
+    missing = {"J_init": why("spectrum J_init"), "J_final": why(f"spectrum J_final {run}", run)}
+    reference = (final or init).get("no_memorisation", {}).get(run, [None])[0]
+    return beside_paper_markdown(number, measured, caption, missing, reference)
+
+
+def error_curves_figure(
+    rows: Sequence[Mapping[str, float]], title: str, milestones: Sequence[int], paths: Sequence[str | Path]
+) -> None:
+    """Figure 8's panel from per-epoch rows ("epoch" and train.trajectory.epoch_errors' keys) of the
+    evaluated epochs only (no window): the errors against the training and the clean labels, the
+    kept and the corrupted samples, the test error with its lowest point, the step-size divisions."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if rows:
+        epochs = [row["epoch"] for row in rows]
+        for key, label, style in (
+            ("train_error", "training error (training labels)", "-"),
+            ("train_error_clean", "training error (clean labels)", "--"),
+            ("train_error_kept", "kept samples", "-."),
+            ("train_error_corrupted", "corrupted samples (100% - memorised)", ":"),
+            ("test_error", "test error", "k-"),
+        ):
+            ax.plot(epochs, [100 * row[key] for row in rows], style, label=label)
+        best = min(rows, key=lambda row: row["test_error"])
+        ax.plot([best["epoch"]], [100 * best["test_error"]], "kv", label=f"lowest test error (epoch {best['epoch']})")
+        for m in milestones:
+            ax.axvline(m, color="0.6", linewidth=0.8)
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("misclassification error (%)")
+    ax.legend(fontsize=7)
+    save_figure(fig, paths)
+
+
 def setting_differences(settings: Mapping[int, Mapping], network: str, n: int) -> list[str]:
     """Where the measured setting differs from the paper's: the network and n for all tables,
     then each table's recipe (optimiser, corruption) against the paper's for that table."""

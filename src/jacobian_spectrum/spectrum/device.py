@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from pathlib import Path
 
 import h5py
@@ -28,6 +29,7 @@ from .dense import slab_width
 # eigenpairs whose residual max_i ||G u_i - lambda_i u_i|| exceeds this share of max |lambda|
 # are not trusted (float64 LAPACK-quality solvers stay near n * 1e-16)
 EIGH_RESIDUAL_TOLERANCE = 1e-9
+HOST_BYTES_PER_S = 5e9  # eigenvectors from the device to the host: assumed
 
 
 def gram_on_device(path: str | Path, device: str | torch.device, memory_budget_mb: float, buffers: int = 2):
@@ -66,6 +68,72 @@ def gram_on_device(path: str | Path, device: str | torch.device, memory_budget_m
         if int(count):
             raise ValueError(f"{path}: J holds NaN or Inf in columns {a}..{b}")
     return G
+
+
+def gram_in_memory(J: torch.Tensor, memory_budget_mb: float) -> torch.Tensor:
+    """G = J J^T in float64 on J's device from a J already there, one float64 column slab at a
+    time (``memory_budget_mb`` bounds a slab), as :func:`gram_on_device` adds the slabs it
+    streams from HDF5: where J was computed on the device, writing it to a file first would
+    cost more than G (32 GB at the paper's size)."""
+    rows, cols = J.shape
+    width = slab_width(rows, cols, memory_budget_mb, 1)
+    G = torch.zeros((rows, rows), dtype=torch.float64, device=J.device)
+    bad = []  # NaN/Inf counts per slab, read once at the end: no host sync per slab
+    for a in range(0, cols, width):
+        slab = J[:, a : a + width].double()
+        bad.append((a, min(cols, a + width), (~torch.isfinite(slab)).sum()))
+        G.addmm_(slab, slab.T)
+        del slab
+    for a, b, count in bad:
+        if int(count):
+            raise ValueError(f"J holds NaN or Inf in columns {a}..{b}")
+    return G
+
+
+def spectrum_in_memory(
+    model: torch.nn.Module, x: torch.Tensor, memory_budget_mb: float, probe_samples: int = 64
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The spectrum step with nothing on disk, where J fits the device: J of ``model`` on ``x``
+    (float32, on x's device), its probe check on the first ``probe_samples`` samples, G = J J^T
+    (:func:`gram_in_memory`; J freed before the eigh) and :func:`eigh_checked`. Returns the
+    eigenvalues (descending), the eigenvectors, and the parts' seconds and probe errors."""
+    from ..common.device import release, synchronize
+    from ..jacobian.compute import jacobian
+    from ..jacobian.probe import probe_errors
+
+    seconds, t0 = {}, time.perf_counter()
+    J = jacobian(model, x)
+    synchronize(x.device)
+    seconds["jacobian"], t1 = time.perf_counter() - t0, time.perf_counter()
+    m = min(len(x), probe_samples)
+    probes = probe_errors(model, x[:m], J[: m * (len(J) // len(x))])
+    seconds["probe"], t1 = time.perf_counter() - t1, time.perf_counter()
+    G = gram_in_memory(J, memory_budget_mb)
+    del J
+    synchronize(x.device)
+    seconds["gram"], t1 = time.perf_counter() - t1, time.perf_counter()
+    release(x.device)
+    w, V = eigh_checked(G)
+    del G
+    release(x.device)
+    seconds["eigh"], seconds["total"] = time.perf_counter() - t1, time.perf_counter() - t0
+    return w, V, {"seconds": seconds, "probe_errors": {"jvp": probes[0], "vjp": probes[1]}}
+
+
+def spectrum_seconds(rates, rows: int, cols: int, k: int) -> float:
+    """:func:`spectrum_in_memory`'s time at ``rates`` (a plan.Rates): J's rows (and the probe
+    check's, about three passes over 64 samples) at jacobian_sample_seconds per K rows, G at
+    gram_flops multiply-adds per second, eigh scaled by n^3, and the eigenvectors to the host."""
+    j = (rows + 3 * 64 * k) / k * rates.jacobian_sample_seconds
+    host = 3 * rows**2 * 8 / HOST_BYTES_PER_S
+    return j + rows * rows * cols / rates.gram_flops + rates.eigh_seconds_per_n3 * rows**3 + host
+
+
+def spectrum_bytes(rows: int, cols: int, memory_budget_mb: float) -> float:
+    """Device bytes :func:`spectrum_in_memory` holds at its peak: J, G and a slab; then G, V and
+    the residual check's two; plus the device's own working memory."""
+    j, g = rows * cols * 4.0, rows * rows * 8.0
+    return max(j + g + rows * slab_width(rows, cols, memory_budget_mb, 1) * 8.0, 4 * g) + (512 << 20)
 
 
 def _read_slabs(path, cols: int, width: int, host: list, free: queue.Queue, filled: queue.Queue) -> None:

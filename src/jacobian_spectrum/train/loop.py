@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -169,10 +169,7 @@ def _save_resume(
     state = {
         "fingerprint": fingerprint,
         "epoch": epoch,
-        "model": model.state_dict(),
-        "optimizer": opt.state_dict(),
-        "scheduler": sched.state_dict(),
-        "generator": gen.get_state(),
+        **training_state(model, opt, sched, gen),
         "trajectory": _trajectory_state(traj),
         "checkpoint_epochs": sorted(ckpts),
     }
@@ -213,16 +210,39 @@ def _load_resume(path: Path, fingerprint: str) -> dict | None:
 
 def _restore(state: Mapping, model: nn.Module, opt, sched, gen: torch.Generator) -> tuple[Trajectory, dict, int]:
     """Load a resume state into the training objects; returns the record, checkpoints and next epoch."""
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    gen.set_state(state["generator"])
+    load_training_state(state, model, opt, sched, gen)
     ckpts = dict(state["checkpoints"])  # epoch -> state dict, read from its file by _load_resume
     return _trajectory_from_state(state["trajectory"]), ckpts, int(state["epoch"]) + 1
 
 
 def _state_copy(model: nn.Module) -> dict:
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def train_steps(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    s: TrainSettings,
+    gen: torch.Generator,
+    loss_sum: torch.Tensor,
+) -> Iterator[int]:
+    """One pass over the training set in a random order, one batch per iteration (it yields the
+    batch's start), adding each batch's loss x size into ``loss_sum`` (a float64 scalar on the
+    device: no host synchronisation per batch). Several runs can share a device by taking turns
+    batch by batch (bench/paper_gpu.py); :func:`train_epoch` runs one alone."""
+    n = len(x_train)
+    perm = torch.randperm(n, generator=gen, device=x_train.device)
+    for i in range(0, n, s.batch_size):
+        idx = perm[i : i + s.batch_size]
+        xb = augment(x_train[idx], s.augment_crop, s.augment_flip, gen)
+        loss = least_squares_loss(main_output(model(xb)), y_train[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_sum += loss.detach().double() * len(idx)  # as float(loss) * len(idx): float64, the same rounding
+        yield i
 
 
 def train_epoch(
@@ -234,18 +254,31 @@ def train_epoch(
     gen: torch.Generator,
 ) -> float:
     """One pass over the training set in a random order; returns the mean batch loss."""
-    n = len(x_train)
-    perm = torch.randperm(n, generator=gen, device=x_train.device)
-    total = 0.0
-    for i in range(0, n, s.batch_size):
-        idx = perm[i : i + s.batch_size]
-        xb = augment(x_train[idx], s.augment_crop, s.augment_flip, gen)
-        loss = least_squares_loss(main_output(model(xb)), y_train[idx])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        total += float(loss.detach()) * len(idx)
-    return total / n
+    loss_sum = torch.zeros((), dtype=torch.float64, device=x_train.device)
+    for _ in train_steps(model, opt, x_train, y_train, s, gen, loss_sum):
+        pass
+    return float(loss_sum) / len(x_train)
+
+
+def training_state(model: nn.Module, opt, sched, gen: torch.Generator) -> dict:
+    """What continues a run bit-for-bit: weights, optimizer, schedule and generator (tensors and
+    plain values only, for ``torch.load(weights_only=True)``)."""
+    return {
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict(),
+        "generator": gen.get_state(),
+    }
+
+
+def load_training_state(state: Mapping, model: nn.Module, opt, sched, gen: torch.Generator | None) -> None:
+    """The inverse of :func:`training_state`; ``gen`` None leaves the generator as it is (a CPU
+    generator's state does not fit a CUDA generator, nor back)."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    sched.load_state_dict(state["scheduler"])
+    if gen is not None:
+        gen.set_state(state["generator"])
 
 
 def _record_epoch(

@@ -44,6 +44,19 @@ def split_errors(predictions: np.ndarray, labels: np.ndarray, clean: np.ndarray)
     return kept_err, corrupt_err
 
 
+EPOCH_ERRORS = ("train_error", "train_error_clean", "train_error_kept", "train_error_corrupted", "test_error")
+
+
+def epoch_errors(
+    train_pred: np.ndarray, labels: np.ndarray, clean: np.ndarray, test_pred: np.ndarray, test_labels: np.ndarray
+) -> dict[str, float]:
+    """One epoch's errors as trajectory.h5 has them: against the trained and the clean labels, on
+    the kept and the corrupted samples (1 - memorised), and on the test set."""
+    kept, corrupted = split_errors(train_pred, labels, clean)
+    values = (errors(train_pred, labels), errors(train_pred, clean), kept, corrupted, errors(test_pred, test_labels))
+    return {key: float(v) for key, v in zip(EPOCH_ERRORS, values)}
+
+
 def write_trajectory(
     path: str | Path,
     traj: Trajectory,
