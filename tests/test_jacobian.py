@@ -482,7 +482,7 @@ def test_probe_check_of_a_large_batch_norm_network_with_a_relu_input_on_its_kink
     as much as a wrong row. With batch-norm and 1M parameters or more, J takes the per-sample
     path (the model's own pass on one sample at a time), which rounds batch-norm differently
     from vmap and from the check's batched and forward-mode passes; at 557k ReLU units a
-    sample, about one sample in eight has such a unit (bench/probe_precision.py). Here one is
+    sample, about one sample in eight has such a unit (docs/reliability.md). Here one is
     planted: the batch-norm bias before a ReLU of the last stage is moved so that the unit where
     the rows' float32 pass and float64 differ most lies between them. References that take
     their own decisions (here float64's) then fail the correct J; the check, which pins the

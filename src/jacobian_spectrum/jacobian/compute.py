@@ -341,7 +341,7 @@ VMAP_BATCH = 64  # samples per batch of the torch.func path (networks other than
 # From this many parameters on, a network other than plain Conv2d/Linear takes one sample at a
 # time through autograd (:func:`jacobian_per_sample`): vmap's batched per-sample gradients then
 # cost more in fresh memory than they save (torchvision ResNet-18, p = 11.2M, 3 outputs:
-# 11.5 samples/s against vmap's 4.4 to 6.8, bench/zoo_jacobian.py on 2 cores).
+# 11.5 samples/s against vmap's 4.4 to 6.8 on 2 cores, docs/own.md).
 PER_SAMPLE_PARAMETERS = 1_000_000
 
 
