@@ -296,40 +296,28 @@ def _jacobian_steps(
 def _matrix_free_step(
     spec: Mapping, rates: Rates, device: str, tag: str, samples: int, k: int, waits: list[str]
 ) -> Step:
-    """The streamed spectrum of one J (jacobian_spectrum.spectrum.matrix_free): power_iterations + 1
-    passes that each form every row (after the first, all but the rows the memory budget holds)
-    and make two products (J Z, J^T J Z) with topk + oversampling columns; J is never stored.
-    Memory from :func:`.spectrum.matrix_free.matrix_free_plan`, the plan the job itself follows
-    (it logs the same figure when it starts)."""
-    from .spectrum.matrix_free import plan_for_settings
+    """The streamed spectrum of one J (:mod:`.spectrum.matrix_free`), J never stored: the gram
+    iteration (G = J J^T from streamed rows) or power_iterations + 1 passes that each form every
+    row (after the first, all but the rows the memory budget holds) and make two products
+    (J Z, J^T J Z) with topk + oversampling columns. Memory from
+    :func:`.spectrum.budget.matrix_free_plan`, the plan the job itself follows (it logs the
+    same figure when it starts)."""
+    from .spectrum.budget import GramPlan, plan_for_settings
     from .spectrum.store import stored_vector_count
 
     rows, p = samples * k, rates.parameters
     mf = plan_for_settings(spec, rows, k, p)
-    passes = spec["power_iterations"] + 1
     per_sample = rates.jacobian_rows_seconds or rates.jacobian_sample_seconds
-    what = f"matrix_free {mf.iteration}: {passes} passes over {rows} x {p:,}, {mf.columns} columns"
-    vectors = min(spec["topk"], rows)
-    if mf.iteration == "gram":  # rows formed mf.passes times over; G's rows^2 p / 2 multiply-adds
+    if isinstance(mf, GramPlan):  # rows formed mf.passes times over; G's rows^2 p / 2 multiply-adds
         seconds = mf.passes * samples * per_sample + rows * rows * p / 2 / rates.gram_flops
         what = (
             f"matrix_free gram: G = J J^T of {rows} x {p:,}, {mf.held_samples} samples' rows held at a time, "
             f"{mf.passes:.2f} passes' worth of rows"
         )
         vectors = rows
-    elif rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
-        # J Z summed in float64 on every block_krylov pass and on subspace's last; float32 otherwise
-        precise = passes if mf.iteration == "block_krylov" else 1
-        fast = rates.matrix_free_fast_pass_seconds or rates.matrix_free_pass_seconds
-        seconds = samples * (precise * rates.matrix_free_pass_seconds + (passes - precise) * fast)
     else:
-        # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
-        seconds = passes * (samples * per_sample + 2 * rows * p * mf.columns / rates.gram_flops)
-    if mf.iteration != "gram" and mf.held_samples:  # held rows: formed by the first pass only
-        measured = rates.matrix_free_pass_seconds and rates.matrix_free_held_pass_seconds
-        rows_s = rates.matrix_free_pass_seconds - rates.matrix_free_held_pass_seconds if measured else per_sample
-        seconds -= (passes - 1) * mf.held_samples * max(rows_s, 0.0)
-        what += f", the rows of {mf.held_samples} samples held ({mf.formations:.2f} passes' worth of rows)"
+        seconds, what = _randomized_seconds(mf, spec, rates, samples, rows, p, per_sample)
+        vectors = min(spec["topk"], rows)
     return Step(
         f"spectrum:{tag}",
         f"spectrum {tag} ({what})",
@@ -342,6 +330,29 @@ def _matrix_free_step(
         gpu_bytes=mf.bytes if device == "cuda" else 0.0,
         after=waits,
     )
+
+
+def _randomized_seconds(
+    mf, spec: Mapping, rates: Rates, samples: int, rows: int, p: int, per_sample: float
+) -> tuple[float, str]:
+    """Seconds of a randomized iteration's passes over J (rows x p), and what the step's name
+    says of them."""
+    passes = spec["power_iterations"] + 1
+    what = f"matrix_free {mf.iteration}: {passes} passes over {rows} x {p:,}, {mf.columns} columns"
+    if rates.matrix_free_pass_seconds:  # measured: rows and both products of one pass
+        # J Z summed in float64 on every block_krylov pass and on subspace's last; float32 otherwise
+        precise = passes if mf.iteration == "block_krylov" else 1
+        fast = rates.matrix_free_fast_pass_seconds or rates.matrix_free_pass_seconds
+        seconds = samples * (precise * rates.matrix_free_pass_seconds + (passes - precise) * fast)
+    else:
+        # gram_flops counts multiply-adds (rows^2 x columns a second): a product is rows x p x l of them
+        seconds = passes * (samples * per_sample + 2 * rows * p * mf.columns / rates.gram_flops)
+    if mf.held_samples:  # held rows: formed by the first pass only
+        measured = rates.matrix_free_pass_seconds and rates.matrix_free_held_pass_seconds
+        rows_s = rates.matrix_free_pass_seconds - rates.matrix_free_held_pass_seconds if measured else per_sample
+        seconds -= (passes - 1) * mf.held_samples * max(rows_s, 0.0)
+        what += f", the rows of {mf.held_samples} samples held ({mf.formations:.2f} passes' worth of rows)"
+    return seconds, what
 
 
 def _computed_vectors(spec: Mapping, rows: int) -> int:
@@ -472,7 +483,7 @@ def _matrix_free_pass_seconds(config: Mapping, model, xs, dev) -> tuple[float, f
     clock starts."""
     import torch
 
-    from .spectrum.matrix_free import JacobianOperator
+    from .spectrum.operator import JacobianOperator
 
     spec = config["spectrum"]
     threads = min(int(spec["threads"]), os.cpu_count() or 1)
