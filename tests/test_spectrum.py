@@ -237,7 +237,7 @@ def test_vectors_are_ordered_as_J_rows():
 def test_a_long_matrix_free_pass_logs_its_progress(monkeypatch, caplog):
     import torch
 
-    from jacobian_spectrum.spectrum import matrix_free
+    from jacobian_spectrum.spectrum import operator as matrix_free
     from jacobian_spectrum.train.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
@@ -302,22 +302,22 @@ def test_held_rows_give_the_same_products_and_later_passes_form_only_the_rest(mo
     import torch
 
     from jacobian_spectrum.jacobian.compute import jacobian
-    from jacobian_spectrum.spectrum import matrix_free
+    from jacobian_spectrum.spectrum import matrix_free, operator
     from jacobian_spectrum.train.models import ModelSpec, build_model
 
     model = build_model(ModelSpec("resnet20", 1, 8, 3, width=0.125), seed=0).double().eval()
     x = torch.randn(40, 1, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     J = jacobian(model, x).numpy()
     formed = []
-    kernel = matrix_free.jacobian_blocks
+    kernel = operator.jacobian_blocks
 
     def counted(model, x, batch_size=None, out=None):
         formed[-1] += len(x)
         return kernel(model, x, batch_size, out)
 
-    monkeypatch.setattr(matrix_free, "jacobian_blocks", counted)
+    monkeypatch.setattr(operator, "jacobian_blocks", counted)
     op = matrix_free.JacobianOperator(model, x, batch_size=16, held=held)
-    monkeypatch.setattr(matrix_free, "LOCAL_TASKS", 3)  # tasks of 13 or 14 samples
+    monkeypatch.setattr(operator, "LOCAL_TASKS", 3)  # tasks of 13 or 14 samples
     rng = np.random.default_rng(0)
     X, Y = rng.standard_normal((J.shape[1], 3)), rng.standard_normal((J.shape[0], 3))
     for _ in range(2):  # the second round reads every held row again
@@ -443,7 +443,7 @@ def test_streamed_top_50_matches_gram_and_eigh_at_ten_classes():
 
 
 def test_a_precise_pass_sums_float32_slab_products_in_float64(monkeypatch):
-    from jacobian_spectrum.spectrum import matrix_free as M
+    from jacobian_spectrum.spectrum import operator as M
 
     monkeypatch.setattr(M, "SUM_SLAB", 64)  # 5 slabs and a tail of 17 columns
     # 2^24 + 273 is no float32 number: a float32 sum of all columns cannot give it, while each
@@ -597,10 +597,10 @@ def test_the_iterations_hold_the_panels_they_plan(monkeypatch):
     (the panels, J Z, the slabs) traced through a whole run, the float64 slabs made small."""
     import tracemalloc
 
-    from jacobian_spectrum.spectrum import matrix_free
+    from jacobian_spectrum.spectrum import matrix_free, operator, randomized
 
-    monkeypatch.setattr(matrix_free, "SLAB_BYTES", 1 << 16)
-    monkeypatch.setattr(matrix_free, "PRODUCT_BYTES", 1 << 16)
+    monkeypatch.setattr(randomized, "SLAB_BYTES", 1 << 16)
+    monkeypatch.setattr(operator, "PRODUCT_BYTES", 1 << 16)
     model, x = streamed_case(samples=40, classes=3, width=0.25)
     op = matrix_free.JacobianOperator(model, x, batch_size=8)
     ell, q = 30, 4
@@ -614,7 +614,7 @@ def test_the_iterations_hold_the_panels_they_plan(monkeypatch):
         # beyond the panels: float64 slabs (SLAB_BYTES each), J Z (120 x 30 x 8 bytes a block) and
         # Rayleigh-Ritz's few L x L matrices (L = the columns of all blocks kept)
         L = ell * panels // 2
-        small = 8 * matrix_free.SLAB_BYTES + 10 * 8 * L**2
+        small = 8 * randomized.SLAB_BYTES + 10 * 8 * L**2
         assert panels * panel <= peak < panels * panel + small, (iteration, peak / panel)
 
 

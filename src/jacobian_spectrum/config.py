@@ -2,24 +2,24 @@
 
 The schema (``workflow/schemas/config.schema.yaml``) checks keys, types and ranges and fills
 defaults; :func:`check_config` then checks the config against the data set and itself.
-Light imports only: the workflow calls this while parsing.
+:func:`load_config` reads a config file as the workflow sees it, for tools that run outside
+it (``python -m jacobian_spectrum plan``). Light imports only: the workflow calls this while
+parsing.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
+from .common.errors import ConfigError
 from .data.base import DataError
-from .data.sources import dataset_info, resolve_classes
+from .data.sources import dataset_info, declared_image_shape, resolve_classes
 
 RUN_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class ConfigError(ValueError):
-    """A config value is not allowed; the message names the key and what is allowed."""
 
 
 # keys a release replaced: the schema would only call them unexpected
@@ -231,7 +231,7 @@ def _check_matrix_free_memory(config: Mapping, shape: tuple[int, int, int] | Non
         if rows * p * 4 <= spec["stream_above_gb"] * 1e9:
             return
         spec["method"] = "matrix_free"
-    from .spectrum.matrix_free import plan_for_settings
+    from .spectrum.budget import plan_for_settings
 
     try:
         plan_for_settings(spec, rows, k, p)
@@ -318,3 +318,76 @@ def _check_analysis(config: Mapping) -> None:
                 f"0..{every} and multiples of training.checkpoint_every = {every} (or add them to "
                 f"runs.{name}.checkpoints, which retrains the run)"
             )
+
+
+# ---------------------------------------------------------------- a config file, as the workflow sees it
+def image_shape(dataset: Mapping) -> tuple[int, int, int]:
+    """(C, H, W) of the data set's images: read from its files where they are there, else the
+    shape a built-in set declares (:func:`.data.sources.declared_image_shape`). An image folder
+    or a loader declares none, and no config key sets it: without its data this stops, naming
+    what it cannot know."""
+    name = dataset["name"]
+    declared = declared_image_shape(name)
+    try:
+        shape = dataset_info(dataset).image_shape
+    except DataError as exc:
+        if declared is None:
+            raise DataError(
+                f"dataset.name {name!r}: the plan cannot know its image shape (channels, height, width) "
+                f"before its data is there, and no config key declares it: {exc}"
+            ) from exc
+        shape = None
+    return shape or declared or (3, 32, 32)  # None: an archive not unpacked yet
+
+
+def load_config(configfile: str | Path | None, notes: list[str] | None = None) -> dict:
+    """The config as the workflow sees it: the schema fills defaults, then the parse-time checks.
+
+    A data set that is not there yet (the plan may come before the download) is added to
+    ``notes`` instead of stopping, which goes on with the image shape the data set declares
+    (:func:`image_shape`); any other mistake stops it as it stops Snakemake.
+    """
+    return load_networks(configfile, notes)[0]
+
+
+def load_networks(configfile: str | Path | None, notes: list[str] | None = None) -> tuple[dict, dict[str, dict]]:
+    """:func:`load_config`, and each network's config as checked (:func:`network_configs`): the
+    checks settle ``spectrum.method: auto`` between a stored and a streamed J, as they do in
+    each network's module of the workflow, so the plan takes the checked configs."""
+    import yaml
+    from snakemake.utils import validate
+
+    # the workflow folder: where the plan runs, or the checkout this package is installed from
+    here, checkout = Path.cwd(), Path(__file__).resolve().parents[2]
+    root = here if (here / "workflow" / "schemas").is_dir() else checkout
+    path = Path(configfile) if configfile else root / "config.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"--configfile: {path} does not exist")
+    with open(path) as fh:
+        config = yaml.safe_load(fh)
+    check_replaced_keys(config)
+    schema = str(root / "workflow" / "schemas" / "config.schema.yaml")
+    validate(config, schema)
+    # an architecture table: each network's own config, checked as its module checks it
+    networks = network_configs(config)
+    for net in networks.values():
+        validate(net, schema)
+        try:
+            check_config(net)
+        except ConfigError as exc:  # the data set's own problems come as a ConfigError caused by a DataError
+            if notes is None or not isinstance(exc.__cause__, DataError):
+                raise
+            shape = "x".join(map(str, image_shape(net["dataset"])))  # an image folder or loader stops here
+            note = f"data: not checked against the config, planned with {shape} images ({exc.__cause__})"
+            if note not in notes:
+                notes.append(note)
+    return config, networks
+
+
+def network_configs(config: Mapping) -> dict[str, dict]:
+    """The configs a plan covers: the config itself, or each network's of an architecture table."""
+    if "architectures" not in config:
+        return {"": dict(config)}
+    from .architectures.configs import architecture_configs
+
+    return architecture_configs(config)

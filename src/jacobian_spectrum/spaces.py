@@ -9,7 +9,7 @@ left singular vectors of J) and the nuisance space N = I^perp (docs/python.md).
     space.fractions(label_vector(labels, K))             # ||P_I y||/||y||, ||P_N y||/||y||, ||J_I^+ y||/||y||
 
 The workflow's stages use the same functions (jacobian.jacobian_blocks, spectrum.eigh_descending,
-matrix_free.randomized_svd, analysis.projection_curves).
+randomized.randomized_svd, analysis.projection_curves).
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from .data.corruption import one_hot
 from .jacobian.compute import jacobian, outputs
 from .jacobian.degeneracy import degeneracy, handle_degeneracy, numerical_rank, output_spread
 from .spectrum.dense import eigh_descending
-from .spectrum.matrix_free import JacobianOperator, randomized_svd
+from .spectrum.operator import JacobianOperator
+from .spectrum.randomized import randomized_svd
 from .spectrum.store import GRAM_FLOOR
 from .train.normalisation import evaluation_statistics
 

@@ -10,7 +10,7 @@ import copy
 import re
 from collections.abc import Mapping
 
-from ..config import ConfigError
+from ..common.errors import ConfigError
 
 ARCHITECTURE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # its rules are named after it
 # the sections a network may set for itself; data, corruption levels and figures stay shared so

@@ -5,4 +5,5 @@ logs         a job's log file
 device       picking the torch device
 plugins      ``package.module:name`` references to a researcher's own code
 codeversion  the hash of the code a workflow script runs (the rules' rerun trigger)
+errors       the config's error (ConfigError)
 """

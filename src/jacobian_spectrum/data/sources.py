@@ -66,6 +66,13 @@ class Source:
 
 
 # ---------------------------------------------------------------- readers
+# (channels, height, width) of the built-in sets, declared so that a plan made before their
+# download knows them (DatasetReader.image_shape)
+DIGITS_SHAPE = (1, 8, 8)
+CIFAR10_SHAPE = (3, 32, 32)
+MNIST_SHAPE = (1, 28, 28)  # MNIST and Fashion-MNIST
+
+
 def _digits() -> Source:
     from sklearn.datasets import load_digits
 
@@ -75,7 +82,7 @@ def _digits() -> Source:
     return Source(
         name="digits",
         class_names=[str(c) for c in range(10)],
-        image_shape=(1, 8, 8),
+        image_shape=DIGITS_SHAPE,
         pixel_max=16.0,
         labels={"train": target, "test": target},
         has_test_split=False,
@@ -176,7 +183,7 @@ def _cifar10(root: str | None, download: bool) -> Source:
             xs.append(x)
             ys.append(y)
         images[split], labels[split] = np.concatenate(xs), np.concatenate(ys)
-    return Source("cifar10", list(meta["label_names"]), (3, 32, 32), 255.0, labels, True, images)
+    return Source("cifar10", list(meta["label_names"]), CIFAR10_SHAPE, 255.0, labels, True, images)
 
 
 def _mnist_like(name: str, root: str | None, download: bool) -> Source:
@@ -202,7 +209,7 @@ def _mnist_like(name: str, root: str | None, download: bool) -> Source:
         images[split] = ds.data.numpy().astype(np.uint8)[:, None]
         labels[split] = ds.targets.numpy().astype(np.int64)
     classes = [str(c) for c in range(10)] if name == "mnist" else list(FASHION_CLASSES)
-    return Source(name, classes, (1, 28, 28), 255.0, labels, True, images)
+    return Source(name, classes, MNIST_SHAPE, 255.0, labels, True, images)
 
 
 def _tv_class(name: str) -> str:
@@ -311,7 +318,7 @@ def _cifar10_info(dataset: Mapping) -> DatasetInfo:
             "(the official cifar-10-batches-py release: batches.meta, data_batch_1..5, test_batch); "
             "put it there or set dataset.download: true where a network is reachable"
         )
-    return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True, (3, 32, 32))
+    return DatasetInfo(names, {s: np.full(len(names), CIFAR10_PER_CLASS[s]) for s in SPLITS}, True, CIFAR10_SHAPE)
 
 
 def _mnist_like_info(dataset: Mapping) -> DatasetInfo:
@@ -322,14 +329,14 @@ def _mnist_like_info(dataset: Mapping) -> DatasetInfo:
     if raw is None or not all((raw / f).is_file() for f in files.values()):
         if dataset.get("download") and root is not None:
             return DatasetInfo(
-                names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True, (1, 28, 28)
+                names, {s: np.full(10, 5000 if s == "train" else 800) for s in SPLITS}, True, MNIST_SHAPE
             )
         raise DataError(
             f"dataset.root: no {name} idx files in {raw} ({', '.join(files.values())} and the image files); "
             "put them there or set dataset.download: true where a network is reachable"
         )
     counts = {s: np.bincount(_idx_labels(raw / f), minlength=10) for s, f in files.items()}
-    return DatasetInfo(names, counts, True, (1, 28, 28))
+    return DatasetInfo(names, counts, True, MNIST_SHAPE)
 
 
 def _imagefolder_info(dataset: Mapping) -> DatasetInfo:
@@ -410,16 +417,19 @@ class DatasetReader:
 
     open: Callable[[Mapping], Source]
     info: Callable[[Mapping], DatasetInfo]
+    image_shape: tuple[int, int, int] | None = None  # declared: known before the data is there
 
 
 # The schema's dataset.name enum lists exactly these names (tests/test_data.py checks it).
 DATASETS: dict[str, DatasetReader] = {
-    "digits": DatasetReader(lambda d: _digits(), _digits_info),
-    "cifar10": DatasetReader(lambda d: _cifar10(d.get("root"), d.get("download", False)), _cifar10_info),
+    "digits": DatasetReader(lambda d: _digits(), _digits_info, DIGITS_SHAPE),
+    "cifar10": DatasetReader(lambda d: _cifar10(d.get("root"), d.get("download", False)), _cifar10_info, CIFAR10_SHAPE),
     "imagefolder": DatasetReader(lambda d: _imagefolder(d.get("root")), _imagefolder_info),
-    "mnist": DatasetReader(lambda d: _mnist_like("mnist", d.get("root"), d.get("download", False)), _mnist_like_info),
+    "mnist": DatasetReader(
+        lambda d: _mnist_like("mnist", d.get("root"), d.get("download", False)), _mnist_like_info, MNIST_SHAPE
+    ),
     "fashion_mnist": DatasetReader(
-        lambda d: _mnist_like("fashion_mnist", d.get("root"), d.get("download", False)), _mnist_like_info
+        lambda d: _mnist_like("fashion_mnist", d.get("root"), d.get("download", False)), _mnist_like_info, MNIST_SHAPE
     ),
 }
 
@@ -437,6 +447,13 @@ def _reader(name: str) -> DatasetReader:
 def open_source(dataset: Mapping) -> Source:
     """Open the data set named in the ``dataset`` config section."""
     return _reader(dataset["name"]).open(dataset)
+
+
+def declared_image_shape(name: str) -> tuple[int, int, int] | None:
+    """(C, H, W) a built-in data set declares; None for an image folder or a loader, whose images
+    alone say it."""
+    reader = DATASETS.get(name)
+    return None if reader is None else reader.image_shape
 
 
 def dataset_info(dataset: Mapping) -> DatasetInfo:
