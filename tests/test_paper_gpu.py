@@ -103,6 +103,7 @@ def check_table(text: str, number: int, measured: tuple[bool, bool]) -> None:
             assert cell.strip().startswith("-") != row_measured, cell
 
 
+@pytest.mark.slow  # a whole quick run of the script (minutes on 2 cores)
 def test_quick_run_writes_every_output_well_formed(full):
     out, proc = full
     assert sorted(p.name for p in out.iterdir()) == sorted(pg.OUTPUT_FILES)
@@ -139,6 +140,7 @@ def test_quick_run_writes_every_output_well_formed(full):
     assert "**Table 1: clean labels, SGD**" in proc.stdout and "spectrum J_init: done" in proc.stdout
 
 
+@pytest.mark.slow  # a whole quick run of the script (minutes on 2 cores)
 def test_a_stopped_run_resumes_to_the_target_epoch_and_the_same_numbers(tmp_path, images, full):
     first, second = tmp_path / "first", tmp_path / "second"
     run_quick(tmp_path, images, "--out", str(first), "--max-epoch", "3")
