@@ -108,6 +108,7 @@ def test_bad_config_is_refused_with_a_message(make, error, words):
     assert words in str(exc.value)
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_auto_streams_a_jacobian_too_large_to_store_and_the_rules_follow(tmp_path):
     # the tiny config's J is 180 x 16,963 float32 (12 MB): stored under the default 10 GB, streamed
     # (matrix_free, no Jacobian chunk job) under a limit of 1 MB; the same limit with a budget too
@@ -126,6 +127,7 @@ def test_auto_streams_a_jacobian_too_large_to_store_and_the_rules_follow(tmp_pat
         validated(cfg)
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_a_replaced_key_is_refused_naming_its_replacement(tmp_path):
     cfg = load()
     cfg.setdefault("jacobian", {})["temporary"] = True
@@ -155,6 +157,7 @@ def test_more_folds_than_images_of_a_class_are_refused():
         validated(with_("analysis.label_noise.folds", 21))
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     cfg = with_("spectrum.info_dim", 500)
     path = tmp_path / "bad.yaml"
@@ -165,6 +168,7 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_cifar10_configs_are_valid_and_unpack_their_archive_first(tmp_path):
     """The CIFAR-10 configs against an archive of the same layout (the real one may be absent)."""
     import sys

@@ -39,6 +39,7 @@ def tiny_config(results):
     return config, rates
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_plan_lists_the_workflows_jobs_and_their_sizes(tmp_path):
     config, rates = tiny_config(tmp_path / "results")
     plan = P.make_plan(config, rates, cores=2)
@@ -124,6 +125,7 @@ def test_plan_takes_measured_seconds_from_an_earlier_runs_benchmark_files(tiny_r
     assert len(P.benchmark_file(tiny_results, jac)) == 3 + 1  # 60 samples in chunks of 25, and the gather
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_plan_command_on_a_config(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "jacobian_spectrum", "plan", "--configfile", str(TINY), "--cores", "2"],
@@ -239,6 +241,7 @@ def test_a_jobs_start_memory_is_the_fresh_process_not_the_planners_peak():
     assert after < before * 1.2
 
 
+@pytest.mark.slow  # Snakemake or plan in a subprocess: out of the fast tier
 def test_a_streamed_spectrum_plans_no_jacobian_and_scales_with_the_rows(tmp_path):
     """runs: {} with spectrum.method matrix_free (config/cifar10-full*.yaml): the plan lists the
     dry run's jobs, no J on disk, and the spectrum's time grows with the rows (one pass forms
