@@ -114,11 +114,11 @@ def _fold_steps(
     """cleanlab's k trainings of a corrupted run (analysis.label_noise), each on (k-1)/k of the
     split with no per-epoch evaluation. They stop at the run's epoch of lowest test error, which
     is known only once it has trained: counted here at its full length, an upper bound."""
-    ln = config.get("analysis", {}).get("label_noise", {})
+    ln = config["analysis"]["label_noise"]  # the schema fills its defaults
     corruption = float(config["runs"][run]["corruption"])
-    if not ln.get("cleanlab") or not 0 < corruption < 1:
+    if not ln["cleanlab"] or not 0 < corruption < 1:
         return []
-    folds = int(ln.get("folds", 5))
+    folds = int(ln["folds"])
     per_epoch = n_train * (folds - 1) / folds * rates.train_image_seconds
     return [
         Step(
